@@ -1,0 +1,172 @@
+//! `tolk-protocol`: the wire protocol of Tolk, typed and validated.
+//!
+//! Two WebSocket protocols meet at the dispatcher: the *session* protocol
+//! (phone ↔ dispatcher, `/ws/session`) and the *node* protocol (node ↔
+//! dispatcher, `/ws/node`). Every frame is a JSON text frame tagged by
+//! `"type"`. This crate holds one type per message, one enum per direction
+//! ([`ClientToServer`], [`ServerToClient`], [`NodeToServer`],
+//! [`ServerToNode`]), a parser that turns bad input into a [`ProtocolError`]
+//! naming the protocol code and the offending field, and the JSON Schema of
+//! every message. It is the only crate that derives `Serialize`/`Deserialize`
+//! for wire types; the others convert at their edge.
+//!
+//! Audio stays opaque base64 text while parsing, so a relay never copies or
+//! decodes it; [`audio`] decodes it for those that need samples.
+//!
+//! # Layout
+//! - [`common`]: types both protocols share (features, extras, error codes).
+//! - [`session`], [`node`]: the messages of each protocol.
+//! - [`validate`]: value checks beyond what types express.
+//! - [`audio`]: decoding and encoding pcm16 and wav audio.
+//! - [`schema`]: JSON Schema generation (checked in under `protocol/schema/`).
+
+pub mod audio;
+pub mod common;
+mod error;
+pub mod node;
+pub mod schema;
+pub mod session;
+pub mod validate;
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+pub use common::{AudioFormat, ErrorCode, ErrorMessage, Extra, Features, JobErrorCode, ModelKind};
+pub use error::ProtocolError;
+pub use node::{NodeToServer, ServerToNode};
+pub use session::{ClientToServer, ServerToClient};
+pub use validate::Validate;
+
+/// A direction's message enum: parse from and serialize to one text frame.
+pub trait Message: Sized + serde::Serialize + Validate {
+    /// Every `"type"` this direction carries.
+    const TYPES: &'static [&'static str];
+
+    /// The `"type"` of this message.
+    fn type_name(&self) -> &'static str;
+
+    /// Deserializes the message whose `"type"` is `ty` (known to be in
+    /// [`Self::TYPES`]), without value checks.
+    #[doc(hidden)]
+    fn deserialize_typed(ty: &str, text: &str) -> Result<Self, ProtocolError>;
+
+    /// Parses and validates one text frame.
+    fn parse(text: &str) -> Result<Self, ProtocolError> {
+        let msg = Self::parse_unvalidated(text)?;
+        msg.validate()?;
+        Ok(msg)
+    }
+
+    /// Parses one text frame, checking types but not value ranges. For peers
+    /// that must accept what an older or newer party sends.
+    fn parse_unvalidated(text: &str) -> Result<Self, ProtocolError> {
+        let ty = message_type(text)?;
+        if !Self::TYPES.contains(&ty.as_ref()) {
+            return Err(ProtocolError::invalid_field("type", format!("unknown message type {:?}", truncate(&ty, 64))));
+        }
+        Self::deserialize_typed(&ty, text)
+    }
+
+    /// Serializes to one JSON text frame.
+    fn to_json(&self) -> String {
+        // Serializing these types cannot fail: every map key is a string and
+        // no Serialize impl is fallible.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Reads only the `"type"` of a frame (the rest is skipped, not built).
+fn message_type(text: &str) -> Result<Cow<'_, str>, ProtocolError> {
+    #[derive(Deserialize)]
+    struct Tag<'a> {
+        #[serde(rename = "type", borrow, default)]
+        ty: Option<Cow<'a, str>>,
+    }
+    match serde_json::from_str::<Tag<'_>>(text) {
+        Ok(Tag { ty: Some(ty) }) => Ok(ty),
+        Ok(Tag { ty: None }) => Err(ProtocolError::invalid_field("type", "missing field `type`")),
+        Err(e) if e.is_data() => {
+            let what = if text.trim_start().starts_with('{') { "field `type` must be a string" } else { "a message must be a JSON object" };
+            let field = text.trim_start().starts_with('{').then(|| "type".to_owned());
+            Err(ProtocolError { code: ErrorCode::InvalidMessage, field, message: what.to_owned() })
+        }
+        Err(e) => Err(ProtocolError::invalid_frame(format!("not valid JSON: {}", strip_position(&e.to_string())))),
+    }
+}
+
+/// Deserializes `T` from `text`, reporting the path of the offending field.
+#[doc(hidden)]
+pub fn deserialize_with_path<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ProtocolError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let message = strip_position(&err.inner().to_string()).to_owned();
+        let parent = (path != ".").then_some(path);
+        // serde reports a missing field at its parent's path; name the field itself.
+        let field = match message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) {
+            Some(name) => Some(parent.map_or_else(|| name.to_owned(), |p| format!("{p}.{name}"))),
+            None => parent,
+        };
+        let message = match &field {
+            Some(f) if !message.starts_with("missing field") => format!("invalid field `{f}`: {message}"),
+            _ => message,
+        };
+        ProtocolError { code: ErrorCode::InvalidMessage, field, message }
+    })
+}
+
+fn strip_position(message: &str) -> &str {
+    message.find(" at line ").map_or(message, |i| &message[..i])
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Declares a direction enum, internally tagged by `"type"`, with its parser.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! direction_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident($tag:literal) $(= $ty:ty)?,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+        #[serde(tag = "type")]
+        pub enum $name {
+            $(#[serde(rename = $tag)] $variant($crate::direction_enum!(@ty $variant $($ty)?)),)*
+        }
+
+        impl $crate::Message for $name {
+            const TYPES: &'static [&'static str] = &[$($tag),*];
+
+            fn type_name(&self) -> &'static str {
+                match self { $(Self::$variant(_) => $tag,)* }
+            }
+
+            fn deserialize_typed(ty: &str, text: &str) -> Result<Self, $crate::ProtocolError> {
+                match ty {
+                    $($tag => $crate::deserialize_with_path(text).map(Self::$variant),)*
+                    other => Err($crate::ProtocolError::invalid_field("type", format!("unknown message type {other:?}"))),
+                }
+            }
+        }
+
+        impl $crate::Validate for $name {
+            fn validate(&self) -> Result<(), $crate::ProtocolError> {
+                match self { $(Self::$variant(m) => m.validate(),)* }
+            }
+        }
+
+        $(
+            impl From<$crate::direction_enum!(@ty $variant $($ty)?)> for $name {
+                fn from(m: $crate::direction_enum!(@ty $variant $($ty)?)) -> Self { Self::$variant(m) }
+            }
+        )*
+    };
+    (@ty $variant:ident $ty:ty) => { $ty };
+    (@ty $variant:ident) => { $variant };
+}
