@@ -1,0 +1,162 @@
+//! Dispatcher configuration: every knob with its default, read from TOML and
+//! overridden by `TOLK_*` environment variables.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::Error;
+
+/// Settings of the decision core (times in milliseconds).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoreConfig {
+    /// How long a disconnected session may be resumed.
+    pub resume_grace_ms: u64,
+    /// A connected session with no message and no work for this long expires.
+    pub session_idle_ms: u64,
+    /// A node silent for this long is declared dead and its jobs are moved.
+    pub node_heartbeat_timeout_ms: u64,
+    /// A connection that has not sent `session_init` / `node_register` by then is closed.
+    pub handshake_timeout_ms: u64,
+    /// How long a job waits for an eligible node with free capacity.
+    pub admission_wait_ms: u64,
+    /// A job's deadline on a node: this base...
+    pub job_timeout_base_ms: u64,
+    /// ...plus this many ms per second of audio.
+    pub job_timeout_per_audio_s_ms: u64,
+    /// Attempts (on distinct nodes) before an utterance fails with `NODE_UNAVAILABLE`.
+    pub max_attempts: u32,
+    /// Jobs one node runs at once.
+    pub max_jobs_per_node: u32,
+    /// Utterances of one session without an outcome yet; more are refused.
+    pub max_pending_per_session: usize,
+    /// Sent outcomes kept per session until the client confirms them.
+    pub max_retained_outcomes: usize,
+    /// Jobs waiting for capacity, all sessions together.
+    pub max_queued_jobs: usize,
+    pub max_sessions: usize,
+    pub max_nodes: usize,
+    /// Lifetime of a pairing code.
+    pub pairing_code_ttl_ms: u64,
+    /// Wrong pairing codes one client address may try per window...
+    pub pairing_max_failures: u32,
+    /// ...of this length.
+    pub pairing_window_ms: u64,
+    /// A registration secret every `node_register` must carry as `auth_token`.
+    pub node_auth_token: Option<String>,
+    /// A disconnected node's identity (and token) is forgotten after this.
+    pub node_forget_ms: u64,
+    /// Sample rates accepted in utterances (a subset of the protocol's).
+    pub sample_rates: Vec<u32>,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            resume_grace_ms: 60_000,
+            session_idle_ms: 300_000,
+            node_heartbeat_timeout_ms: 15_000,
+            handshake_timeout_ms: 10_000,
+            admission_wait_ms: 5_000,
+            job_timeout_base_ms: 15_000,
+            job_timeout_per_audio_s_ms: 2_000,
+            max_attempts: 3,
+            max_jobs_per_node: 4,
+            max_pending_per_session: 64,
+            max_retained_outcomes: 64,
+            max_queued_jobs: 10_000,
+            max_sessions: 100_000,
+            max_nodes: 10_000,
+            pairing_code_ttl_ms: 600_000,
+            pairing_max_failures: 5,
+            pairing_window_ms: 60_000,
+            node_auth_token: None,
+            node_forget_ms: 86_400_000,
+            sample_rates: tolk_protocol::validate::SAMPLE_RATES.to_vec(),
+        }
+    }
+}
+
+/// Settings of the server around the core.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: String,
+    /// Largest text frame accepted, in bytes (30 s of 48 kHz pcm16 in base64 fits).
+    pub max_frame_bytes: usize,
+    /// Frames queued to one peer; a peer that does not read is disconnected past this.
+    pub outbound_queue: usize,
+    /// Open WebSocket connections, all endpoints together.
+    pub max_connections: usize,
+    /// Bearer token of the admin API; the API is off without one.
+    pub admin_token: Option<String>,
+    /// PEM certificate chain and key: serve `wss://` / `https://`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// How long shutdown waits for running jobs.
+    pub shutdown_grace_ms: u64,
+    /// Log as JSON lines.
+    pub log_json: bool,
+    pub core: CoreConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_frame_bytes: 4 * 1024 * 1024,
+            outbound_queue: 256,
+            max_connections: 20_000,
+            admin_token: None,
+            tls_cert: None,
+            tls_key: None,
+            shutdown_grace_ms: 10_000,
+            log_json: false,
+            core: CoreConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (TOML), then applies environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Self, Error> {
+        let mut config = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| Error::Config(format!("{}: {e}", p.display())))?;
+                toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", p.display())))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|k| std::env::var(k).ok())?;
+        Ok(config)
+    }
+
+    /// Applies `TOLK_LISTEN`, `TOLK_ADMIN_TOKEN`, `TOLK_NODE_AUTH_TOKEN`,
+    /// `TOLK_TLS_CERT`, `TOLK_TLS_KEY`, `TOLK_MAX_FRAME_BYTES`, `TOLK_LOG_JSON`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), Error> {
+        if let Some(v) = get("TOLK_LISTEN") {
+            self.listen = v;
+        }
+        if let Some(v) = get("TOLK_ADMIN_TOKEN") {
+            self.admin_token = Some(v);
+        }
+        if let Some(v) = get("TOLK_NODE_AUTH_TOKEN") {
+            self.core.node_auth_token = Some(v);
+        }
+        if let Some(v) = get("TOLK_TLS_CERT") {
+            self.tls_cert = Some(v.into());
+        }
+        if let Some(v) = get("TOLK_TLS_KEY") {
+            self.tls_key = Some(v.into());
+        }
+        if let Some(v) = get("TOLK_MAX_FRAME_BYTES") {
+            self.max_frame_bytes = v.parse().map_err(|_| Error::Config(format!("TOLK_MAX_FRAME_BYTES: not a number: {v}")))?;
+        }
+        if let Some(v) = get("TOLK_LOG_JSON") {
+            self.log_json = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        Ok(())
+    }
+}

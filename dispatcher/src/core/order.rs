@@ -1,0 +1,238 @@
+//! The per-session reorder buffer: outcomes leave in `utterance_index` order,
+//! and sent outcomes are kept until the client confirms them (resume).
+//!
+//! Indexes the client skipped never block: only *accepted* indexes are
+//! ordered. An index at or below the last one sent cannot be ordered any more
+//! and is refused as too late.
+
+use std::collections::BTreeMap;
+
+#[derive(Debug)]
+enum Slot<T> {
+    /// Accepted, no outcome yet: holds back every later index.
+    Pending,
+    /// Has an outcome, waiting for the ones before it.
+    Ready(T),
+    /// Sent; kept until the client confirms it.
+    Sent(T),
+}
+
+/// What [`OrderBuffer::accept`] decided about an index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accept {
+    /// New: it will get exactly one outcome.
+    Accepted,
+    /// Already accepted (pending or done): process nothing.
+    Duplicate,
+    /// At or below the last index sent and unknown: cannot be ordered.
+    TooLate,
+}
+
+/// Orders outcomes of type `T` (a serialized frame, cheap to clone).
+#[derive(Debug)]
+pub struct OrderBuffer<T> {
+    slots: BTreeMap<u64, Slot<T>>,
+    sent_upto: Option<u64>,
+    max_retained: usize,
+}
+
+impl<T: Clone> OrderBuffer<T> {
+    /// A buffer that keeps at most `max_retained` sent, unconfirmed outcomes
+    /// (the oldest are dropped past that: a client that never confirms cannot
+    /// grow it without bound).
+    pub fn new(max_retained: usize) -> Self {
+        Self { slots: BTreeMap::new(), sent_upto: None, max_retained }
+    }
+
+    /// Registers index `idx` as accepted.
+    pub fn accept(&mut self, idx: u64) -> Accept {
+        if self.slots.contains_key(&idx) {
+            return Accept::Duplicate;
+        }
+        if self.sent_upto.is_some_and(|s| idx <= s) {
+            return Accept::TooLate;
+        }
+        self.slots.insert(idx, Slot::Pending);
+        Accept::Accepted
+    }
+
+    /// Records the outcome of a pending index. Returns false (and changes
+    /// nothing) when `idx` is not pending: an outcome is never replaced.
+    pub fn complete(&mut self, idx: u64, outcome: T) -> bool {
+        match self.slots.get_mut(&idx) {
+            Some(slot @ Slot::Pending) => {
+                *slot = Slot::Ready(outcome);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The next outcome to send, if the lowest unsent index has one. Call
+    /// until `None`; each returned outcome is marked sent.
+    pub fn pop_ready(&mut self) -> Option<(u64, T)> {
+        let lower = self.sent_upto.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let (&idx, slot) = self.slots.range_mut((lower, std::ops::Bound::Unbounded)).next()?;
+        let Slot::Ready(outcome) = slot else { return None };
+        let outcome = outcome.clone();
+        *slot = Slot::Sent(outcome.clone());
+        self.sent_upto = Some(idx);
+        self.trim_retained();
+        Some((idx, outcome))
+    }
+
+    /// The client has every outcome up to `upto`: forget them.
+    pub fn confirm(&mut self, upto: u64) {
+        let upto = match self.sent_upto {
+            Some(s) => upto.min(s),
+            None => return,
+        };
+        let keep = self.slots.split_off(&(upto.saturating_add(1)));
+        if upto == u64::MAX {
+            self.slots.clear();
+        } else {
+            self.slots = keep;
+        }
+    }
+
+    /// For a resume: confirms `last` (the highest index whose outcome the
+    /// client has), then returns every sent outcome after it, in order.
+    pub fn resend_after(&mut self, last: Option<u64>) -> Vec<(u64, T)> {
+        if let Some(last) = last {
+            self.confirm(last);
+        }
+        self.slots
+            .iter()
+            .filter_map(|(&idx, slot)| match slot {
+                Slot::Sent(o) if last.is_none_or(|l| idx > l) => Some((idx, o.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Accepted indexes that have no outcome yet.
+    pub fn pending(&self) -> usize {
+        self.slots.values().filter(|s| matches!(s, Slot::Pending)).count()
+    }
+
+    /// Entries held (pending, ready and sent).
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Whether `idx` is accepted and still waiting for its outcome.
+    pub fn is_pending(&self, idx: u64) -> bool {
+        matches!(self.slots.get(&idx), Some(Slot::Pending))
+    }
+
+    fn trim_retained(&mut self) {
+        let sent = self.slots.values().filter(|s| matches!(s, Slot::Sent(_))).count();
+        if sent <= self.max_retained {
+            return;
+        }
+        let mut excess = sent - self.max_retained;
+        self.slots.retain(|_, slot| {
+            if excess > 0 && matches!(slot, Slot::Sent(_)) {
+                excess -= 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a script of steps and returns what was sent, in order.
+    fn sent(buf: &mut OrderBuffer<&'static str>) -> Vec<u64> {
+        std::iter::from_fn(|| buf.pop_ready()).map(|(i, _)| i).collect()
+    }
+
+    #[test]
+    fn outcomes_leave_in_index_order() {
+        let mut b = OrderBuffer::new(16);
+        for i in [1, 2, 3] {
+            assert_eq!(b.accept(i), Accept::Accepted);
+        }
+        assert!(b.complete(3, "c"));
+        assert!(b.complete(2, "b"));
+        assert_eq!(sent(&mut b), Vec::<u64>::new());
+        assert!(b.complete(1, "a"));
+        assert_eq!(sent(&mut b), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn skipped_indexes_do_not_block() {
+        let mut b = OrderBuffer::new(16);
+        b.accept(2);
+        b.accept(7);
+        b.complete(7, "x");
+        assert_eq!(sent(&mut b), Vec::<u64>::new());
+        b.complete(2, "y");
+        assert_eq!(sent(&mut b), vec![2, 7]);
+    }
+
+    #[test]
+    fn duplicates_and_late_indexes() {
+        let mut b = OrderBuffer::new(16);
+        b.accept(5);
+        assert_eq!(b.accept(5), Accept::Duplicate);
+        b.complete(5, "a");
+        assert!(!b.complete(5, "again"), "an outcome is never replaced");
+        assert_eq!(sent(&mut b), vec![5]);
+        assert_eq!(b.accept(5), Accept::Duplicate);
+        assert_eq!(b.accept(3), Accept::TooLate);
+        assert_eq!(b.accept(6), Accept::Accepted);
+    }
+
+    #[test]
+    fn resume_resends_what_was_not_confirmed() {
+        let mut b = OrderBuffer::new(16);
+        for i in 0..5 {
+            b.accept(i);
+            b.complete(i, "o");
+        }
+        assert_eq!(sent(&mut b), vec![0, 1, 2, 3, 4]);
+        let again: Vec<u64> = b.resend_after(Some(2)).into_iter().map(|(i, _)| i).collect();
+        assert_eq!(again, vec![3, 4]);
+        assert_eq!(b.len(), 2, "0..=2 confirmed and dropped");
+        let all: Vec<u64> = b.resend_after(None).into_iter().map(|(i, _)| i).collect();
+        assert_eq!(all, vec![3, 4]);
+        // Confirming more than was sent confirms only what was sent.
+        b.accept(9);
+        b.confirm(100);
+        assert!(b.is_pending(9));
+        assert_eq!(b.len(), 1);
+    }
+
+    #[test]
+    fn retained_outcomes_are_bounded() {
+        let mut b = OrderBuffer::new(3);
+        for i in 0..10 {
+            b.accept(i);
+            b.complete(i, "o");
+            b.pop_ready();
+        }
+        assert_eq!(b.len(), 3);
+        let kept: Vec<u64> = b.resend_after(None).into_iter().map(|(i, _)| i).collect();
+        assert_eq!(kept, vec![7, 8, 9]);
+    }
+
+    #[test]
+    fn confirm_max_index() {
+        let mut b = OrderBuffer::new(3);
+        b.accept(u64::MAX);
+        b.complete(u64::MAX, "o");
+        b.pop_ready();
+        b.confirm(u64::MAX);
+        assert!(b.is_empty());
+    }
+}

@@ -1,0 +1,28 @@
+//! `tolk-dispatcher`: the server that phones and nodes connect to.
+//!
+//! Phones open sessions on `/ws/session` and send utterances; nodes register
+//! on `/ws/node` and run jobs. The dispatcher turns each utterance into a job,
+//! places it on an eligible node, moves it when the node fails, and returns
+//! every outcome to the phone in `utterance_index` order.
+//!
+//! It is built as a sans-IO **core** inside a thin async **shell**:
+//! the core decides everything and is tested without sockets; the shell
+//! moves bytes, runs timers and serves HTTP.
+//!
+//! # Layout
+//! - [`core`]: the deterministic state machine (sessions, nodes, jobs,
+//!   pairing, ordering), with [`core::order`] (the reorder buffer) and
+//!   [`core::policy`] (scheduling policies).
+//! - [`shell`]: axum routes, per-connection tasks, timers, admin API, TLS,
+//!   graceful shutdown.
+//! - [`config`]: every setting and its default.
+//! - [`metrics`]: Prometheus metrics.
+
+pub mod config;
+pub mod core;
+mod error;
+pub mod metrics;
+pub mod shell;
+
+pub use config::{Config, CoreConfig};
+pub use error::Error;

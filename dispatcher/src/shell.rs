@@ -1,0 +1,402 @@
+//! The async shell around the core: it moves bytes and nothing more.
+//!
+//! - one receive loop and one send task per WebSocket; when either ends the
+//!   other is stopped and the core hears `Closed` once;
+//! - one timer task that sleeps until the core's next deadline;
+//! - HTTP: `/healthz`, `/readyz`, `/metrics`, and the admin API;
+//! - TLS from PEM files; graceful shutdown.
+//!
+//! The core sits behind a `std::sync::Mutex`: every critical section is a
+//! synchronous call into the core plus non-blocking `try_send`s, never an
+//! `.await`, so a blocking mutex is the cheapest correct choice.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use futures_util::{SinkExt, StreamExt};
+use prometheus_client::registry::Registry;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tolk_protocol::{ClientToServer, Message, NodeToServer, ProtocolError};
+
+use crate::config::Config;
+use crate::core::{Action, AdminCommand, ConnId, Core, Endpoint, Frame, Input, Millis};
+use crate::metrics::Metrics;
+use crate::Error;
+
+/// What a connection's send task is told.
+#[derive(Debug)]
+enum Out {
+    Frame(Frame),
+    Close,
+}
+
+/// Wall-clock milliseconds that follow tokio's clock, so tests can pause
+/// and advance time.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    base_ms: Millis,
+    base: tokio::time::Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let base_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis);
+        Self { base_ms, base: tokio::time::Instant::now() }
+    }
+
+    fn now(&self) -> Millis {
+        self.base_ms + self.base.elapsed().as_millis() as Millis
+    }
+
+    fn instant_at(&self, ms: Millis) -> tokio::time::Instant {
+        self.base + Duration::from_millis(ms.saturating_sub(self.base_ms))
+    }
+}
+
+struct State_ {
+    core: Core,
+    peers: HashMap<ConnId, mpsc::Sender<Out>>,
+}
+
+struct Shared {
+    state: Mutex<State_>,
+    config: Config,
+    registry: Registry,
+    metrics: Metrics,
+    clock: Clock,
+    next_conn: AtomicU64,
+    connections: Arc<Semaphore>,
+    timer_wake: Notify,
+    shutting_down: AtomicBool,
+}
+
+/// A running dispatcher's shared handle (cheap to clone).
+#[derive(Clone)]
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher").finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher with a core seeded from the operating system's CSPRNG.
+    pub fn new(config: Config) -> Self {
+        Self::with_rng(config, StdRng::from_os_rng())
+    }
+
+    fn with_rng(config: Config, rng: StdRng) -> Self {
+        let clock = Clock::new();
+        let metrics = Metrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let core = Core::new(config.core.clone(), rng, metrics.clone(), clock.now());
+        let connections = Arc::new(Semaphore::new(config.max_connections));
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State_ { core, peers: HashMap::new() }),
+                config,
+                registry,
+                metrics,
+                clock,
+                next_conn: AtomicU64::new(1),
+                connections,
+                timer_wake: Notify::new(),
+                shutting_down: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State_> {
+        // A panic while holding the lock would be a bug in the core; keep
+        // serving with the state as it is rather than poisoning every task.
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the core, then carries out the actions it queued.
+    pub fn with_core<R>(&self, f: impl FnOnce(&mut Core, Millis) -> R) -> R {
+        let now = self.shared.clock.now();
+        let mut state = self.lock();
+        let before = state.core.next_deadline();
+        let r = f(&mut state.core, now);
+        self.apply(&mut state, now);
+        if state.core.next_deadline() < before || before.is_none() {
+            self.shared.timer_wake.notify_one();
+        }
+        r
+    }
+
+    fn apply(&self, state: &mut State_, now: Millis) {
+        loop {
+            let actions = state.core.take_actions();
+            if actions.is_empty() {
+                return;
+            }
+            let mut dropped = Vec::new();
+            for action in actions {
+                let (conn, out) = match action {
+                    Action::Send { conn, frame } => (conn, Out::Frame(frame)),
+                    Action::Close { conn } => (conn, Out::Close),
+                };
+                let Some(tx) = state.peers.get(&conn) else { continue };
+                if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(out) {
+                    // The peer does not read: cut it off; memory stays bounded.
+                    self.shared.metrics.slow_peers.inc();
+                    tracing::warn!(conn, "peer is not reading: disconnecting");
+                    dropped.push(conn);
+                }
+            }
+            for conn in dropped {
+                // Dropping the sender ends the send task, which closes the socket.
+                state.peers.remove(&conn);
+                state.core.handle(now, Input::Closed { conn });
+            }
+        }
+    }
+
+    /// The router with every route.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/ws/session", any(ws_session))
+            .route("/ws/node", any(ws_node))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .route("/admin/nodes", get(admin_nodes))
+            .route("/admin/sessions", get(admin_sessions))
+            .route("/admin/nodes/{node_id}/{command}", post(admin_node_command))
+            .with_state(self.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then stops accepting,
+    /// waits up to `shutdown_grace_ms` for running jobs, and closes every
+    /// connection.
+    pub async fn run(self, listener: std::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+        listener.set_nonblocking(true)?;
+        let handle = axum_server::Handle::new();
+        let timers = tokio::spawn(self.clone().timer_task());
+        let app = self.router().into_make_service_with_connect_info::<SocketAddr>();
+        let server = {
+            let handle = handle.clone();
+            let config = &self.shared.config;
+            match (&config.tls_cert, &config.tls_key) {
+                (Some(cert), Some(key)) => {
+                    let tls = tls_config(cert, key)?;
+                    let server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle);
+                    tokio::spawn(async move { server.serve(app).await })
+                }
+                (None, None) => {
+                    let server = axum_server::from_tcp(listener)?.handle(handle);
+                    tokio::spawn(async move { server.serve(app).await })
+                }
+                _ => return Err(Error::Config("tls_cert and tls_key go together".into())),
+            }
+        };
+        shutdown.await;
+        tracing::info!("shutting down: no new connections; waiting for running jobs");
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        let grace = Duration::from_millis(self.shared.config.shutdown_grace_ms);
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline && self.lock().core.running_jobs() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        {
+            let mut state = self.lock();
+            for tx in state.peers.values() {
+                let _ = tx.try_send(Out::Close);
+            }
+            state.peers.clear();
+        }
+        handle.graceful_shutdown(Some(Duration::from_secs(1)));
+        timers.abort();
+        match server.await {
+            Ok(result) => result.map_err(Error::Io),
+            Err(e) => Err(Error::Io(std::io::Error::other(e))),
+        }
+    }
+
+    async fn timer_task(self) {
+        loop {
+            let next = self.lock().core.next_deadline();
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(self.shared.clock.instant_at(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = sleep => self.with_core(|core, now| core.on_timeout(now)),
+                () = self.shared.timer_wake.notified() => {}
+            }
+        }
+    }
+
+    async fn serve_socket(self, socket: WebSocket, endpoint: Endpoint, addr: IpAddr, _permit: tokio::sync::OwnedSemaphorePermit) {
+        let conn = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel::<Out>(self.shared.config.outbound_queue.max(1));
+        self.lock().peers.insert(conn, tx);
+        self.with_core(|core, now| core.handle(now, Input::Opened { conn, endpoint, addr }));
+        let (mut sink, mut stream) = socket.split();
+        let mut send_task = tokio::spawn(async move {
+            while let Some(out) = rx.recv().await {
+                let result = match out {
+                    Out::Frame(frame) => sink.send(WsMessage::Text(frame.as_ref().into())).await,
+                    Out::Close => {
+                        let _ = sink.send(WsMessage::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
+                        break;
+                    }
+                };
+                if result.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        let max = self.shared.config.max_frame_bytes;
+        let receive = async {
+            while let Some(Ok(msg)) = stream.next().await {
+                let input = match msg {
+                    WsMessage::Text(text) if text.len() > max => Input::Invalid { conn, error: ProtocolError::frame_too_large(text.len(), max) },
+                    WsMessage::Text(text) => match endpoint {
+                        Endpoint::Session => match ClientToServer::parse(text.as_str()) {
+                            Ok(msg) => Input::Session { conn, msg },
+                            Err(error) => Input::Invalid { conn, error },
+                        },
+                        Endpoint::Node => match NodeToServer::parse(text.as_str()) {
+                            Ok(msg) => Input::Node { conn, msg },
+                            Err(error) => Input::Invalid { conn, error },
+                        },
+                    },
+                    WsMessage::Binary(_) => Input::Invalid { conn, error: ProtocolError::binary_frame() },
+                    WsMessage::Close(_) => break,
+                    // Pings are answered by the WebSocket layer.
+                    WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+                };
+                self.with_core(|core, now| core.handle(now, input));
+            }
+        };
+        tokio::select! {
+            () = receive => {}
+            _ = &mut send_task => {}
+        }
+        send_task.abort();
+        self.lock().peers.remove(&conn);
+        self.with_core(|core, now| core.handle(now, Input::Closed { conn }));
+    }
+
+    fn upgrade(&self, ws: WebSocketUpgrade, endpoint: Endpoint, addr: SocketAddr) -> Response {
+        if self.shared.shutting_down.load(Ordering::SeqCst) {
+            return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+        }
+        let Ok(permit) = self.shared.connections.clone().try_acquire_owned() else {
+            return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+        };
+        // Frames up to twice the limit are read and answered with an error;
+        // larger ones end the connection at the WebSocket layer.
+        let limit = self.shared.config.max_frame_bytes.saturating_mul(2);
+        let this = self.clone();
+        ws.max_message_size(limit)
+            .max_frame_size(limit)
+            .on_upgrade(move |socket| this.serve_socket(socket, endpoint, addr.ip(), permit))
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> Result<(), StatusCode> {
+        let Some(token) = &self.shared.config.admin_token else { return Err(StatusCode::NOT_FOUND) };
+        let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(g) if constant_time_eq::constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+            _ => Err(StatusCode::UNAUTHORIZED),
+        }
+    }
+}
+
+async fn ws_session(State(d): State<Dispatcher>, ConnectInfo(addr): ConnectInfo<SocketAddr>, ws: WebSocketUpgrade) -> Response {
+    d.upgrade(ws, Endpoint::Session, addr)
+}
+
+async fn ws_node(State(d): State<Dispatcher>, ConnectInfo(addr): ConnectInfo<SocketAddr>, ws: WebSocketUpgrade) -> Response {
+    d.upgrade(ws, Endpoint::Node, addr)
+}
+
+async fn readyz(State(d): State<Dispatcher>) -> impl IntoResponse {
+    if d.shared.shutting_down.load(Ordering::SeqCst) { (StatusCode::SERVICE_UNAVAILABLE, "shutting down") } else { (StatusCode::OK, "ready") }
+}
+
+async fn metrics(State(d): State<Dispatcher>) -> impl IntoResponse {
+    let mut body = String::new();
+    if prometheus_client::encoding::text::encode(&mut body, &d.shared.registry).is_err() {
+        return (StatusCode::INTERNAL_SERVER_ERROR, HeaderMap::new(), String::new());
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", axum::http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+    (StatusCode::OK, headers, body)
+}
+
+async fn admin_nodes(State(d): State<Dispatcher>, headers: HeaderMap) -> Response {
+    match d.authorized(&headers) {
+        Ok(()) => Json(d.lock().core.list_nodes()).into_response(),
+        Err(status) => status.into_response(),
+    }
+}
+
+async fn admin_sessions(State(d): State<Dispatcher>, headers: HeaderMap) -> Response {
+    match d.authorized(&headers) {
+        Ok(()) => Json(d.lock().core.list_sessions()).into_response(),
+        Err(status) => status.into_response(),
+    }
+}
+
+async fn admin_node_command(State(d): State<Dispatcher>, headers: HeaderMap, Path((node_id, command)): Path<(String, String)>) -> Response {
+    if let Err(status) = d.authorized(&headers) {
+        return status.into_response();
+    }
+    let cmd = match command.as_str() {
+        "drain" => AdminCommand::Drain { node_id },
+        "shutdown" => AdminCommand::Shutdown { node_id },
+        "reload_config" => AdminCommand::ReloadConfig { node_id },
+        _ => return (StatusCode::NOT_FOUND, "commands: drain, shutdown, reload_config").into_response(),
+    };
+    match d.with_core(|core, now| core.admin(now, cmd)) {
+        Ok(()) => (StatusCode::OK, "sent").into_response(),
+        Err(message) => (StatusCode::NOT_FOUND, message).into_response(),
+    }
+}
+
+fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<axum_server::tls_rustls::RustlsConfig, Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| Error::Tls(format!("{}: {e}", cert.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| Error::Tls(format!("{}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config)))
+}
+
+/// For tests: a dispatcher whose ids come from a seeded RNG.
+#[doc(hidden)]
+pub fn seeded(config: Config, seed: u64) -> Dispatcher {
+    Dispatcher::with_rng(config, StdRng::seed_from_u64(seed))
+}
