@@ -587,15 +587,24 @@ fn features_nothing_provides_are_unsupported() {
 }
 
 #[test]
-fn pending_utterances_per_session_are_bounded() {
+fn unanswered_utterances_per_session_are_bounded() {
     let mut sim = Sim::new(CoreConfig { max_pending_per_session: 2, admission_wait_ms: 60_000, ..cfg() });
     let (c, sid, _) = sim.open_session("en", "es");
     for i in 0..3 {
         sim.utterance(c, &sid, i);
     }
     assert_eq!(sim.core.sizes().jobs, 2);
-    sim.advance(61_000);
     let out = sim.take_client(c);
-    assert_eq!(indexes(&out), vec![0, 1, 2]);
-    assert_eq!(error_of(&out[2]).unwrap().code, ErrorCode::RateLimited);
+    let err = error_of(&out[0]).unwrap();
+    assert_eq!(err.code, ErrorCode::RateLimited);
+    assert_eq!(err.utterance_index(), None, "refused, not accepted: no outcome will follow");
+    assert_eq!(err.details.as_ref().unwrap()["refused_index"], 2);
+    // A duplicate of a pending one is still just a duplicate.
+    sim.utterance(c, &sid, 1);
+    assert!(sim.take_client(c).is_empty());
+    sim.advance(61_000);
+    assert_eq!(indexes(&sim.take_client(c)), vec![0, 1]);
+    // Room again: accepted.
+    sim.utterance(c, &sid, 2);
+    assert_eq!(sim.core.sizes().jobs, 1);
 }

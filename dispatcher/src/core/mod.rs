@@ -651,7 +651,17 @@ impl Core {
     fn on_utterance(&mut self, now: Millis, conn: ConnId, id: &str, u: Utterance) {
         let Some(s) = self.sessions.get_mut(id) else { return };
         let index = u.utterance_index;
-        let over_limit = s.order.pending() >= self.cfg.max_pending_per_session;
+        // Bounded before acceptance: a refusal takes no slot, so a flood
+        // cannot grow the buffer (outcomes held behind a slow index count too).
+        if s.order.unsent() >= self.cfg.max_pending_per_session && !s.order.is_pending(index) {
+            let msg = format!("more than {} utterances are waiting for results; send it again later", self.cfg.max_pending_per_session);
+            let err = ErrorMessage {
+                code: ErrorCode::RateLimited,
+                message: msg,
+                details: Some(serde_json::json!({ "field": "utterance_index", "refused_index": index })),
+            };
+            return self.send_error(conn, err);
+        }
         match s.order.accept(index) {
             Accept::Duplicate => {
                 self.metrics.duplicates.inc();
@@ -664,10 +674,6 @@ impl Core {
             Accept::Accepted => {}
         }
         self.metrics.utterances.inc();
-        if over_limit {
-            let msg = format!("more than {} utterances are waiting for results", self.cfg.max_pending_per_session);
-            return self.finish(id, index, Outcome::Error(ErrorMessage::for_utterance(ErrorCode::RateLimited, msg, index)));
-        }
         if !self.cfg.sample_rates.contains(&u.sample_rate) {
             let err = ProtocolError::invalid_field("sample_rate", format!("sample_rate must be one of {:?}", self.cfg.sample_rates));
             let mut msg = err.to_message();

@@ -115,6 +115,11 @@ impl<T: Clone> OrderBuffer<T> {
         self.slots.values().filter(|s| matches!(s, Slot::Pending)).count()
     }
 
+    /// Accepted indexes whose outcome has not been sent (pending or ready).
+    pub fn unsent(&self) -> usize {
+        self.slots.values().filter(|s| !matches!(s, Slot::Sent(_))).count()
+    }
+
     /// Entries held (pending, ready and sent).
     pub fn len(&self) -> usize {
         self.slots.len()

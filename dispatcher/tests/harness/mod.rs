@@ -156,8 +156,13 @@ impl Sim {
     pub fn register_node(&mut self, pairs: &[(&str, &str)], public: bool) -> (ConnId, String, String) {
         let conn = self.open(Endpoint::Node);
         self.node(conn, register(None, None, pairs, public));
-        match self.take_node(conn).pop() {
-            Some(ServerToNode::NodeRegisterAck(ack)) => (conn, ack.node_id, ack.node_token.unwrap_or_default()),
+        // The ack comes first; queued jobs may follow it at once: leave those.
+        let mut frames = self.take_raw(conn);
+        assert!(!frames.is_empty(), "no answer to node_register");
+        let first = frames.remove(0);
+        self.inbox.insert(conn, frames);
+        match ServerToNode::parse(&first) {
+            Ok(ServerToNode::NodeRegisterAck(ack)) => (conn, ack.node_id, ack.node_token.unwrap_or_default()),
             other => panic!("expected node_register_ack, got {other:?}"),
         }
     }
