@@ -65,9 +65,17 @@ impl Clock {
     }
 }
 
+/// A connection as the shell holds it. Dropping it ends the connection:
+/// the send task sees its channel close, and the receive loop sees `_kill`
+/// dropped (so a peer stuck in a blocked write is cut off too).
+struct Peer {
+    tx: mpsc::Sender<Out>,
+    _kill: tokio::sync::oneshot::Sender<()>,
+}
+
 struct State_ {
     core: Core,
-    peers: HashMap<ConnId, mpsc::Sender<Out>>,
+    peers: HashMap<ConnId, Peer>,
 }
 
 struct Shared {
@@ -153,8 +161,8 @@ impl Dispatcher {
                     Action::Send { conn, frame } => (conn, Out::Frame(frame)),
                     Action::Close { conn } => (conn, Out::Close),
                 };
-                let Some(tx) = state.peers.get(&conn) else { continue };
-                if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(out) {
+                let Some(peer) = state.peers.get(&conn) else { continue };
+                if let Err(mpsc::error::TrySendError::Full(_)) = peer.tx.try_send(out) {
                     // The peer does not read: cut it off; memory stays bounded.
                     self.shared.metrics.slow_peers.inc();
                     tracing::warn!(conn, "peer is not reading: disconnecting");
@@ -162,7 +170,7 @@ impl Dispatcher {
                 }
             }
             for conn in dropped {
-                // Dropping the sender ends the send task, which closes the socket.
+                // Dropping the peer ends both of its tasks and closes the socket.
                 state.peers.remove(&conn);
                 state.core.handle(now, Input::Closed { conn });
             }
@@ -217,8 +225,8 @@ impl Dispatcher {
         }
         {
             let mut state = self.lock();
-            for tx in state.peers.values() {
-                let _ = tx.try_send(Out::Close);
+            for peer in state.peers.values() {
+                let _ = peer.tx.try_send(Out::Close);
             }
             state.peers.clear();
         }
@@ -249,7 +257,8 @@ impl Dispatcher {
     async fn serve_socket(self, socket: WebSocket, endpoint: Endpoint, addr: IpAddr, _permit: tokio::sync::OwnedSemaphorePermit) {
         let conn = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel::<Out>(self.shared.config.outbound_queue.max(1));
-        self.lock().peers.insert(conn, tx);
+        let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+        self.lock().peers.insert(conn, Peer { tx, _kill: kill });
         self.with_core(|core, now| core.handle(now, Input::Opened { conn, endpoint, addr }));
         let (mut sink, mut stream) = socket.split();
         let mut send_task = tokio::spawn(async move {
@@ -293,6 +302,7 @@ impl Dispatcher {
         tokio::select! {
             () = receive => {}
             _ = &mut send_task => {}
+            _ = killed => {}
         }
         send_task.abort();
         self.lock().peers.remove(&conn);

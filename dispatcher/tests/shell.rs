@@ -1,0 +1,363 @@
+//! The shell over real sockets: a dispatcher on 127.0.0.1:0, tokio-tungstenite
+//! clients playing phones and nodes, the original documents' exact examples.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as Ws;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tolk_dispatcher::Config;
+use tolk_dispatcher::shell::seeded;
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Server {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), tolk_dispatcher::Error>>,
+}
+
+async fn start(config: Config) -> Server {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(seeded(config, 1).run(listener, async move {
+        let _ = rx.await;
+    }));
+    Server { addr, stop: Some(tx), task }
+}
+
+impl Server {
+    async fn connect(&self, path: &str) -> Socket {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}{path}", self.addr)).await.unwrap();
+        ws
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(20), self.task).await.expect("shuts down in time").unwrap().unwrap();
+    }
+}
+
+fn fixture(path: &str) -> Value {
+    let text = std::fs::read_to_string(format!("{}/../protocol/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+async fn send(ws: &mut Socket, v: &Value) {
+    ws.send(Ws::text(v.to_string())).await.unwrap();
+}
+
+async fn recv(ws: &mut Socket) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("a frame in time").expect("open").unwrap();
+        match msg {
+            Ws::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Ws::Ping(_) | Ws::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Registers the original document's example node (zh → en) plus the ASR and
+/// TTS models it needs; returns (socket, node_id).
+async fn example_node(server: &Server) -> (Socket, String) {
+    let mut node = server.connect("/ws/node").await;
+    let mut reg = fixture("node/node_register.json");
+    reg["node_id"] = Value::Null;
+    let models = reg["installed_models"].as_array_mut().unwrap();
+    models.push(json!({"model_id":"asr-zh","kind":"asr","src_lang":"zh","tgt_lang":null,"dialect":null,"version":"1"}));
+    models.push(json!({"model_id":"tts-en","kind":"tts","src_lang":"en","tgt_lang":null,"dialect":null,"version":"1"}));
+    reg["features_supported"] = json!({"emotion_detection":false,"voice_style_detection":false,"speech_rate_detection":true});
+    send(&mut node, &reg).await;
+    let ack = recv(&mut node).await;
+    assert_eq!(ack["type"], "node_register_ack");
+    assert_eq!(ack["node_token"].as_str().unwrap().len(), 64);
+    (node, ack["node_id"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn the_original_examples_flow_end_to_end() {
+    let server = start(Config::default()).await;
+    let (mut node, node_id) = example_node(&server).await;
+    let mut phone = server.connect("/ws/session").await;
+    send(&mut phone, &fixture("session/session_init.json")).await;
+    let ack = recv(&mut phone).await;
+    assert_eq!((ack["type"].as_str(), ack["assigned_node_id"].as_null()), (Some("session_init_ack"), Some(())));
+    let session_id = ack["session_id"].as_str().unwrap().to_owned();
+
+    let mut utt = fixture("session/utterance.json");
+    utt["session_id"] = json!(session_id);
+    send(&mut phone, &utt).await;
+    let job = recv(&mut node).await;
+    assert_eq!(job["type"], "job_assign");
+    assert_eq!(job["audio"], utt["audio"], "audio passes through unchanged");
+    assert_eq!(job["utterance_index"], 4);
+
+    let mut result = fixture("node/job_result_success.json");
+    result["job_id"] = job["job_id"].clone();
+    result["node_id"] = json!(node_id);
+    result["session_id"] = json!(session_id);
+    send(&mut node, &result).await;
+    let out = recv(&mut phone).await;
+    assert_eq!(out["type"], "translation_result");
+    assert_eq!(out["text_translated"], "The weather is nice today.");
+    assert_eq!(out["utterance_index"], 4);
+    assert_eq!(out["extra"]["speech_rate"], 1.2);
+
+    let mut hb = fixture("session/client_heartbeat.json");
+    hb["session_id"] = json!(session_id);
+    send(&mut phone, &hb).await;
+    assert_eq!(recv(&mut phone).await["type"], "server_heartbeat");
+
+    let mut nhb = fixture("node/node_heartbeat.json");
+    nhb["node_id"] = json!(node_id);
+    send(&mut node, &nhb).await;
+    let mut nerr = fixture("node/node_error.json");
+    nerr["node_id"] = json!(node_id);
+    send(&mut node, &nerr).await;
+    // A round trip on the node's connection: everything before it is processed.
+    send(&mut node, &json!({"type":"pairing_code_request","node_id":node_id})).await;
+    let code = recv(&mut node).await;
+    assert_eq!(code["type"], "pairing_code");
+    assert_eq!(code["code"].as_str().unwrap().len(), 6);
+
+    let mut close = fixture("session/session_close.json");
+    close["session_id"] = json!(session_id);
+    send(&mut phone, &close).await;
+    let ack = recv(&mut phone).await;
+    assert_eq!((ack["type"].as_str(), ack["session_id"].as_str()), (Some("session_close_ack"), Some(session_id.as_str())));
+
+    let metrics = http_get(server.addr, "/metrics", None).await;
+    assert!(metrics.contains("tolk_outcomes_total{outcome=\"result\"} 1"), "{metrics}");
+    assert!(metrics.contains("tolk_node_errors_total 1"), "{metrics}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_frames_get_errors_and_the_connection_stays_usable() {
+    let config = Config { max_frame_bytes: 64 * 1024, ..Config::default() };
+    let server = start(config).await;
+    let mut phone = server.connect("/ws/session").await;
+    phone.send(Ws::binary(vec![1, 2, 3])).await.unwrap();
+    let e = recv(&mut phone).await;
+    assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("error"), Some("INVALID_MESSAGE")));
+    phone.send(Ws::text("{\"type\":\"session_init\",\"platform\":\"nokia\"}")).await.unwrap();
+    let e = recv(&mut phone).await;
+    assert_eq!(e["details"]["field"], "platform");
+    phone.send(Ws::text(format!("{{\"type\":\"utterance\",\"audio\":\"{}\"}}", "A".repeat(100 * 1024)))).await.unwrap();
+    let e = recv(&mut phone).await;
+    assert!(e["message"].as_str().unwrap().contains("exceeds"), "{e}");
+    // Still usable.
+    send(&mut phone, &fixture("session/session_init.json")).await;
+    assert_eq!(recv(&mut phone).await["type"], "session_init_ack");
+    // A frame far beyond the limit ends the connection, and the server serves on.
+    let _ = phone.send(Ws::text("A".repeat(200 * 1024))).await;
+    let end = tokio::time::timeout(Duration::from_secs(5), phone.next()).await.unwrap();
+    assert!(matches!(end, None | Some(Err(_)) | Some(Ok(Ws::Close(_)))), "{end:?}");
+    let mut other = server.connect("/ws/session").await;
+    send(&mut other, &fixture("session/session_init.json")).await;
+    assert_eq!(recv(&mut other).await["type"], "session_init_ack");
+    assert_eq!(http_get(server.addr, "/healthz", None).await, "ok");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_thirty_second_utterance_fits_the_default_frame_limit() {
+    let server = start(Config::default()).await;
+    let (mut node, _) = example_node(&server).await;
+    let mut phone = server.connect("/ws/session").await;
+    send(&mut phone, &fixture("session/session_init.json")).await;
+    let sid = recv(&mut phone).await["session_id"].clone();
+    let audio = tolk_protocol::audio::to_base64(&vec![0u8; 30 * 16_000 * 2]);
+    let utt = json!({"type":"utterance","session_id":sid,"utterance_index":0,"manual_cut":false,"src_lang":"zh","tgt_lang":"en","dialect":null,"audio":audio,"audio_format":"pcm16","sample_rate":16000});
+    send(&mut phone, &utt).await;
+    let job = recv(&mut node).await;
+    assert_eq!(job["audio"].as_str().unwrap().len(), audio.len());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_peer_that_does_not_read_is_disconnected() {
+    let config = Config { outbound_queue: 4, ..Config::default() };
+    let server = start(config).await;
+    let (mut node, node_id) = example_node(&server).await;
+    let mut phone = server.connect("/ws/session").await;
+    send(&mut phone, &fixture("session/session_init.json")).await;
+    let sid = recv(&mut phone).await["session_id"].clone();
+    // The phone sends utterances and never reads; the node answers each with
+    // 1 MB of speech. Socket buffers fill, then the outbound queue, then the
+    // server cuts the phone off instead of buffering without bound.
+    let tts = "A".repeat(1 << 20);
+    let mut cut = false;
+    for i in 0..60u64 {
+        let mut utt = fixture("session/utterance.json");
+        utt["session_id"] = sid.clone();
+        utt["utterance_index"] = json!(i);
+        if phone.send(Ws::text(utt.to_string())).await.is_err() {
+            cut = true;
+            break;
+        }
+        // Once the phone is cut off its utterances are no longer read.
+        let Ok(job) = tokio::time::timeout(Duration::from_secs(3), recv(&mut node)).await else {
+            cut = true;
+            break;
+        };
+        let mut result = fixture("node/job_result_success.json");
+        result["job_id"] = job["job_id"].clone();
+        result["node_id"] = json!(node_id);
+        result["session_id"] = sid.clone();
+        result["utterance_index"] = json!(i);
+        result["tts_audio"] = json!(tts);
+        send(&mut node, &result).await;
+        if i % 5 == 4 && http_get(server.addr, "/metrics", None).await.contains("tolk_slow_peers_total 1") {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "the slow peer was not disconnected");
+    assert!(http_get(server.addr, "/metrics", None).await.contains("tolk_slow_peers_total 1"));
+    // Its socket is closed: reading drains what was in flight, then ends.
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(Ok(_)) = phone.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the slow peer's socket stayed open");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_api_needs_the_bearer_token_and_drains_nodes() {
+    let config = Config { admin_token: Some("adm1n".into()), ..Config::default() };
+    let server = start(config).await;
+    let (mut node, node_id) = example_node(&server).await;
+    assert!(http_get(server.addr, "/admin/nodes", None).await.starts_with("ERROR 401"));
+    assert!(http_get(server.addr, "/admin/nodes", Some("wrong")).await.starts_with("ERROR 401"));
+    let nodes: Value = serde_json::from_str(&http_get(server.addr, "/admin/nodes", Some("adm1n")).await).unwrap();
+    assert_eq!(nodes[0]["node_id"], node_id.as_str());
+    let sessions: Value = serde_json::from_str(&http_get(server.addr, "/admin/sessions", Some("adm1n")).await).unwrap();
+    assert_eq!(sessions, json!([]));
+    let r = http_post(server.addr, &format!("/admin/nodes/{node_id}/drain"), "adm1n").await;
+    assert_eq!(r, "sent");
+    let ctl = recv(&mut node).await;
+    assert_eq!((ctl["type"].as_str(), ctl["command"].as_str()), (Some("node_control"), Some("drain")));
+    assert!(http_post(server.addr, "/admin/nodes/n-nope/shutdown", "adm1n").await.starts_with("ERROR 404"));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_api_is_off_without_a_token() {
+    let server = start(Config::default()).await;
+    assert!(http_get(server.addr, "/admin/nodes", Some("anything")).await.starts_with("ERROR 404"));
+    assert_eq!(http_get(server.addr, "/readyz", None).await, "ready");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_running_jobs_then_closes_everyone() {
+    let server = start(Config { shutdown_grace_ms: 5_000, ..Config::default() }).await;
+    let (mut node, node_id) = example_node(&server).await;
+    let mut phone = server.connect("/ws/session").await;
+    send(&mut phone, &fixture("session/session_init.json")).await;
+    let sid = recv(&mut phone).await["session_id"].clone();
+    let mut utt = fixture("session/utterance.json");
+    utt["session_id"] = sid.clone();
+    send(&mut phone, &utt).await;
+    let job = recv(&mut node).await;
+    let addr = server.addr;
+    let stopping = tokio::spawn(server.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!stopping.is_finished(), "waits for the running job");
+    // New connections are refused while stopping.
+    assert!(tokio_tungstenite::connect_async(format!("ws://{addr}/ws/session")).await.is_err());
+    let mut result = fixture("node/job_result_success.json");
+    result["job_id"] = job["job_id"].clone();
+    result["node_id"] = json!(node_id);
+    result["session_id"] = sid;
+    send(&mut node, &result).await;
+    assert_eq!(recv(&mut phone).await["type"], "translation_result", "the running job's result still arrives");
+    tokio::time::timeout(Duration::from_secs(10), stopping).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn timeouts_run_on_paused_time() {
+    let server = start(Config::default()).await;
+    let (mut node, _) = example_node(&server).await;
+    let mut phone = server.connect("/ws/session").await;
+    send(&mut phone, &fixture("session/session_init.json")).await;
+    let sid = recv(&mut phone).await["session_id"].clone();
+    let mut utt = fixture("session/utterance.json");
+    utt["session_id"] = sid;
+    send(&mut phone, &utt).await;
+    assert_eq!(recv(&mut node).await["type"], "job_assign");
+    // The node never answers nor heartbeats. A minute passes on the paused
+    // clock (real sockets need the clock running again to read): the node is
+    // declared dead, the job finds no other node, and the phone gets
+    // NODE_UNAVAILABLE for index 4.
+    tokio::time::pause();
+    for _ in 0..40 {
+        tokio::time::advance(Duration::from_secs(2)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+    tokio::time::resume();
+    let e = recv(&mut phone).await;
+    assert_eq!((e["code"].as_str(), e["details"]["utterance_index"].as_u64()), (Some("NODE_UNAVAILABLE"), Some(4)));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn tls_serves_wss_with_a_generated_certificate() {
+    let dir = std::env::temp_dir().join(format!("tolk-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let config = Config { tls_cert: Some(dir.join("cert.pem")), tls_key: Some(dir.join("key.pem")), ..Config::default() };
+    let server = start(config).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().unwrap().with_root_certificates(roots).with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let tls = connector.connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("wss://localhost:{}/ws/session", server.addr.port()), tls).await.unwrap();
+    ws.send(Ws::text(fixture("session/session_init.json").to_string())).await.unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+    let v: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+    assert_eq!(v["type"], "session_init_ack");
+    // Plain ws to a TLS port fails.
+    assert!(tokio_tungstenite::connect_async(format!("ws://{}/ws/session", server.addr)).await.is_err());
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A minimal HTTP/1.1 request (keeps the test free of an HTTP client crate).
+async fn http(addr: SocketAddr, request: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).unwrap_or("");
+    if status == "200" { body.to_owned() } else { format!("ERROR {status} {body}") }
+}
+
+async fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> String {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    http(addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n")).await
+}
+
+async fn http_post(addr: SocketAddr, path: &str, token: &str) -> String {
+    http(addr, format!("POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")).await
+}
