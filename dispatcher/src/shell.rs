@@ -30,10 +30,10 @@ use rand::rngs::StdRng;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tolk_protocol::{ClientToServer, Message, NodeToServer, ProtocolError};
 
+use crate::Error;
 use crate::config::Config;
 use crate::core::{Action, AdminCommand, ConnId, Core, Endpoint, Frame, Input, Millis};
 use crate::metrics::Metrics;
-use crate::Error;
 
 /// What a connection's send task is told.
 #[derive(Debug)]
@@ -280,7 +280,9 @@ impl Dispatcher {
         let receive = async {
             while let Some(Ok(msg)) = stream.next().await {
                 let input = match msg {
-                    WsMessage::Text(text) if text.len() > max => Input::Invalid { conn, error: ProtocolError::frame_too_large(text.len(), max) },
+                    WsMessage::Text(text) if text.len() > max => {
+                        Input::Invalid { conn, error: ProtocolError::frame_too_large(text.len(), max) }
+                    }
                     WsMessage::Text(text) => match endpoint {
                         Endpoint::Session => match ClientToServer::parse(text.as_str()) {
                             Ok(msg) => Input::Session { conn, msg },
@@ -320,9 +322,7 @@ impl Dispatcher {
         // larger ones end the connection at the WebSocket layer.
         let limit = self.shared.config.max_frame_bytes.saturating_mul(2);
         let this = self.clone();
-        ws.max_message_size(limit)
-            .max_frame_size(limit)
-            .on_upgrade(move |socket| this.serve_socket(socket, endpoint, addr.ip(), permit))
+        ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| this.serve_socket(socket, endpoint, addr.ip(), permit))
     }
 
     fn authorized(&self, headers: &HeaderMap) -> Result<(), StatusCode> {
@@ -344,7 +344,11 @@ async fn ws_node(State(d): State<Dispatcher>, ConnectInfo(addr): ConnectInfo<Soc
 }
 
 async fn readyz(State(d): State<Dispatcher>) -> impl IntoResponse {
-    if d.shared.shutting_down.load(Ordering::SeqCst) { (StatusCode::SERVICE_UNAVAILABLE, "shutting down") } else { (StatusCode::OK, "ready") }
+    if d.shared.shutting_down.load(Ordering::SeqCst) {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+    } else {
+        (StatusCode::OK, "ready")
+    }
 }
 
 async fn metrics(State(d): State<Dispatcher>) -> impl IntoResponse {

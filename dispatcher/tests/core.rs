@@ -1,6 +1,8 @@
 //! The decision core, driven by plain events (no sockets): one test per
 //! behaviour of the protocol and its extensions.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
+
 mod harness;
 
 use harness::*;
@@ -97,7 +99,10 @@ fn duplicates_are_processed_once_and_late_indexes_refused() {
 fn heartbeat_and_close() {
     let mut sim = Sim::new(cfg());
     let (client, sid, _) = sim.open_session("en", "es");
-    sim.client(client, ClientToServer::ClientHeartbeat(ClientHeartbeat { session_id: sid.clone(), timestamp: 5, last_utterance_index: None }));
+    sim.client(
+        client,
+        ClientToServer::ClientHeartbeat(ClientHeartbeat { session_id: sid.clone(), timestamp: 5, last_utterance_index: None }),
+    );
     assert!(matches!(sim.take_client(client).as_slice(), [ServerToClient::ServerHeartbeat(h)] if h.timestamp == sim.now));
     sim.client(client, ClientToServer::SessionClose(SessionClose { session_id: sid.clone(), reason: Some("user_finished".into()) }));
     assert!(matches!(sim.take_client(client).as_slice(), [ServerToClient::SessionCloseAck(a)] if a.session_id == sid));
@@ -128,7 +133,8 @@ fn bad_frames_get_an_error_naming_the_field_and_the_connection_stays() {
     sim.send_text(client, "not json");
     sim.send_text(client, r#"{"type":"nope"}"#);
     let out = sim.take_client(client);
-    let fields: Vec<Option<String>> = out.iter().map(|m| error_of(m).unwrap().details.as_ref().and_then(|d| d["field"].as_str().map(Into::into))).collect();
+    let fields: Vec<Option<String>> =
+        out.iter().map(|m| error_of(m).unwrap().details.as_ref().and_then(|d| d["field"].as_str().map(Into::into))).collect();
     assert_eq!(fields, vec![Some("utterance_index".into()), None, Some("type".into())]);
     assert!(!sim.closed.contains(&client));
     sim.client(client, ClientToServer::ClientHeartbeat(ClientHeartbeat { session_id: sid, timestamp: 1, last_utterance_index: None }));
@@ -214,7 +220,10 @@ fn heartbeat_confirmation_drops_retained_outcomes() {
     sim.succeed(node, &node_id, &job);
     sim.take_client(client);
     assert_eq!(sim.core.sizes().max_session_buffer, 1);
-    sim.client(client, ClientToServer::ClientHeartbeat(ClientHeartbeat { session_id: sid.clone(), timestamp: 1, last_utterance_index: Some(0) }));
+    sim.client(
+        client,
+        ClientToServer::ClientHeartbeat(ClientHeartbeat { session_id: sid.clone(), timestamp: 1, last_utterance_index: Some(0) }),
+    );
     assert_eq!(sim.core.sizes().max_session_buffer, 0);
     sim.disconnect(client);
     let again = sim.open(Endpoint::Session);
@@ -386,7 +395,10 @@ fn a_job_past_its_deadline_moves() {
     assert_ne!(other, slow, "never back to the node that failed it");
     assert_eq!(moved.job_id, job.job_id);
     sim.succeed(slow, &slow_id, &job);
-    assert!(matches!(&sim.take_node(slow)[0], ServerToNode::Error(e) if e.details.as_ref().unwrap()["field"] == "job_id"), "late answer refused");
+    assert!(
+        matches!(&sim.take_node(slow)[0], ServerToNode::Error(e) if e.details.as_ref().unwrap()["field"] == "job_id"),
+        "late answer refused"
+    );
     sim.succeed(other, &other_id, &moved);
     assert_eq!(indexes(&sim.take_client(client)), vec![0]);
     assert_eq!(sim.core.metrics().job_timeouts.get(), 1);

@@ -14,6 +14,8 @@
 //!
 //! `TOLK_INVARIANT_SEQUENCES=N` sets the number of sequences (default 2000).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
+
 mod harness;
 
 use std::collections::{BTreeSet, HashMap};
@@ -170,7 +172,10 @@ impl World {
         assert!(z.sessions <= self.sessions.len());
         assert!(z.max_session_buffer <= self.cfg.max_pending_per_session + self.cfg.max_retained_outcomes + 1, "{z:?}");
         let open_sessions = self.sessions.iter().filter(|s| !s.closed).count();
-        assert!(z.jobs <= open_sessions * self.cfg.max_pending_per_session + self.nodes.len() * self.cfg.max_jobs_per_node as usize, "{z:?}");
+        assert!(
+            z.jobs <= open_sessions * self.cfg.max_pending_per_session + self.nodes.len() * self.cfg.max_jobs_per_node as usize,
+            "{z:?}"
+        );
         assert!(z.queue <= z.jobs);
         assert!(z.codes <= self.nodes.len());
         let entities = z.conns + z.sessions + z.nodes + z.jobs + z.codes + 1;
@@ -191,11 +196,24 @@ impl World {
                 let public = self.rng.random_bool(0.8);
                 let (conn, id, token) = self.sim.register_node(&pairs, public);
                 let enabled = vec![true; pairs.len()];
-                self.nodes.push(NodeM { conn, id, token, pairs, enabled, public, draining: false, alive: true, silent: false, jobs: Vec::new() });
+                self.nodes.push(NodeM {
+                    conn,
+                    id,
+                    token,
+                    pairs,
+                    enabled,
+                    public,
+                    draining: false,
+                    alive: true,
+                    silent: false,
+                    jobs: Vec::new(),
+                });
             }
             5..=29 => {
                 // A node answers one of its jobs.
-                let busy: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].alive && !self.nodes[i].silent && !self.nodes[i].jobs.is_empty()).collect();
+                let busy: Vec<usize> = (0..self.nodes.len())
+                    .filter(|&i| self.nodes[i].alive && !self.nodes[i].silent && !self.nodes[i].jobs.is_empty())
+                    .collect();
                 if let Some(k) = Self::pick(&mut self.rng, &busy) {
                     let ni = busy[k];
                     let j = self.rng.random_range(0..self.nodes[ni].jobs.len());
@@ -225,7 +243,9 @@ impl World {
                     let ni = gone[k];
                     let conn = self.sim.open(Endpoint::Node);
                     let n = &mut self.nodes[ni];
-                    let NodeToServer::NodeRegister(mut reg) = register(Some(&n.id), Some(&n.token), &n.pairs, n.public) else { unreachable!() };
+                    let NodeToServer::NodeRegister(mut reg) = register(Some(&n.id), Some(&n.token), &n.pairs, n.public) else {
+                        unreachable!()
+                    };
                     n.enabled = vec![true; n.pairs.len()];
                     reg.installed_models = Self::node_models(n);
                     n.conn = conn;
@@ -476,7 +496,8 @@ fn random_event_sequences_keep_every_invariant() {
                 *stats.entry("resumes").or_default() += w.sim.core.metrics().sessions_resumed.get() as usize;
             }
             Err(e) => {
-                let why = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                let why =
+                    e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
                 panic!("sequence with seed {seed} broke an invariant: {why}");
             }
         }

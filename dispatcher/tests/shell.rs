@@ -1,6 +1,8 @@
 //! The shell over real sockets: a dispatcher on 127.0.0.1:0, tokio-tungstenite
 //! clients playing phones and nodes, the original documents' exact examples.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -223,10 +225,7 @@ async fn a_peer_that_does_not_read_is_disconnected() {
     assert!(cut, "the slow peer was not disconnected");
     assert!(http_get(server.addr, "/metrics", None).await.contains("tolk_slow_peers_total 1"));
     // Its socket is closed: reading drains what was in flight, then ends.
-    let ended = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(Ok(_)) = phone.next().await {}
-    })
-    .await;
+    let ended = tokio::time::timeout(Duration::from_secs(20), async { while let Some(Ok(_)) = phone.next().await {} }).await;
     assert!(ended.is_ok(), "the slow peer's socket stayed open");
     server.shutdown().await;
 }
@@ -325,7 +324,11 @@ async fn tls_serves_wss_with_a_generated_certificate() {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).unwrap();
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let client = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().unwrap().with_root_certificates(roots).with_no_client_auth();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
     let tcp = TcpStream::connect(server.addr).await.unwrap();
     let tls = connector.connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
@@ -359,5 +362,9 @@ async fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> String {
 }
 
 async fn http_post(addr: SocketAddr, path: &str, token: &str) -> String {
-    http(addr, format!("POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")).await
+    http(
+        addr,
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    )
+    .await
 }

@@ -40,7 +40,7 @@ pub fn decode_base64(audio: &str, format: AudioFormat, sample_rate: u32) -> Resu
 pub fn decode_bytes(bytes: &[u8], format: AudioFormat, sample_rate: u32) -> Result<Pcm, ProtocolError> {
     match format {
         AudioFormat::Pcm16 => {
-            if bytes.len() % 2 != 0 {
+            if !bytes.len().is_multiple_of(2) {
                 return Err(audio_error("pcm16 audio has an odd number of bytes"));
             }
             let samples = bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();

@@ -188,11 +188,7 @@ pub struct ErrorMessage {
 impl ErrorMessage {
     /// An error that is the outcome of one utterance.
     pub fn for_utterance(code: ErrorCode, message: impl Into<String>, utterance_index: u64) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            details: Some(serde_json::json!({ "utterance_index": utterance_index })),
-        }
+        Self { code, message: message.into(), details: Some(serde_json::json!({ "utterance_index": utterance_index })) }
     }
 
     /// The `details.utterance_index`, when this error is an utterance's outcome.

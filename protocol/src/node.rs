@@ -3,9 +3,9 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::ProtocolError;
 use crate::common::{AudioFormat, ErrorMessage, Extra, Features, JobErrorCode, ModelKind};
 use crate::validate::{self as v, Validate};
-use crate::ProtocolError;
 
 /// The operating system a node runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -345,10 +345,10 @@ impl Validate for JobResult {
                 v::text(field, t)?;
             }
         }
-        if let Some(extra) = &self.extra {
-            if let Some(rate) = extra.speech_rate {
-                v::non_negative("extra.speech_rate", rate)?;
-            }
+        if let Some(extra) = &self.extra
+            && let Some(rate) = extra.speech_rate
+        {
+            v::non_negative("extra.speech_rate", rate)?;
         }
         match (&self.error, self.success) {
             (None, false) => Err(ProtocolError::invalid_field("error", "a failed job_result needs error")),

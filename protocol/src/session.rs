@@ -3,9 +3,9 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::ProtocolError;
 use crate::common::{AudioFormat, ErrorMessage, Extra, Features};
 use crate::validate::{self as v, Validate};
-use crate::ProtocolError;
 
 /// The platform a session client runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -1,7 +1,9 @@
 //! Decoding and encoding of utterance audio.
 
-use tolk_protocol::audio::{decode_base64, decode_bytes, encode_pcm16, encode_wav, to_base64};
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
+
 use tolk_protocol::AudioFormat;
+use tolk_protocol::audio::{decode_base64, decode_bytes, encode_pcm16, encode_wav, to_base64};
 
 fn tone(n: usize) -> Vec<i16> {
     (0..n).map(|i| ((i as f32 * 0.1).sin() * 8000.0) as i16).collect()

@@ -1,10 +1,14 @@
 //! A table of bad inputs and the exact error code and field each gets.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
+
 use tolk_protocol::{ClientToServer, ErrorCode, Message, NodeToServer, ProtocolError};
 
 const UTTERANCE: &str = r#"{"type":"utterance","session_id":"sess-1","utterance_index":4,"manual_cut":false,"src_lang":"zh","tgt_lang":"en","dialect":null,"audio":"AAAA","audio_format":"pcm16","sample_rate":16000}"#;
-const INIT: &str = r#"{"type":"session_init","client_version":"1.0","platform":"android","src_lang":"zh","tgt_lang":"en","pairing_code":null}"#;
-const HEARTBEAT: &str = r#"{"type":"node_heartbeat","node_id":"n1","timestamp":1,"resource_usage":{"cpu_percent":1,"mem_percent":2,"running_jobs":0}}"#;
+const INIT: &str =
+    r#"{"type":"session_init","client_version":"1.0","platform":"android","src_lang":"zh","tgt_lang":"en","pairing_code":null}"#;
+const HEARTBEAT: &str =
+    r#"{"type":"node_heartbeat","node_id":"n1","timestamp":1,"resource_usage":{"cpu_percent":1,"mem_percent":2,"running_jobs":0}}"#;
 
 /// `base` with `key` set to the raw JSON `value` (or removed when `None`).
 fn with(base: &str, key: &str, value: Option<&str>) -> String {
@@ -101,10 +105,22 @@ fn session_init_fields() {
 #[test]
 fn node_fields() {
     assert!(NodeToServer::parse(HEARTBEAT).is_ok());
-    check_err::<NodeToServer>(&with(HEARTBEAT, "resource_usage", Some(r#"{"cpu_percent":120,"mem_percent":2,"running_jobs":0}"#)), Some("resource_usage.cpu_percent"));
-    check_err::<NodeToServer>(&with(HEARTBEAT, "resource_usage", Some(r#"{"cpu_percent":1,"mem_percent":2}"#)), Some("resource_usage.running_jobs"));
-    check_err::<NodeToServer>(&with(HEARTBEAT, "installed_models", Some(r#"[{"model_id":"m","kind":"nmt","src_lang":"en","version":"1"}]"#)), Some("installed_models[0].tgt_lang"));
-    check_err::<NodeToServer>(&with(HEARTBEAT, "installed_models", Some(r#"[{"model_id":"m","kind":7}]"#)), Some("installed_models[0].kind"));
+    check_err::<NodeToServer>(
+        &with(HEARTBEAT, "resource_usage", Some(r#"{"cpu_percent":120,"mem_percent":2,"running_jobs":0}"#)),
+        Some("resource_usage.cpu_percent"),
+    );
+    check_err::<NodeToServer>(
+        &with(HEARTBEAT, "resource_usage", Some(r#"{"cpu_percent":1,"mem_percent":2}"#)),
+        Some("resource_usage.running_jobs"),
+    );
+    check_err::<NodeToServer>(
+        &with(HEARTBEAT, "installed_models", Some(r#"[{"model_id":"m","kind":"nmt","src_lang":"en","version":"1"}]"#)),
+        Some("installed_models[0].tgt_lang"),
+    );
+    check_err::<NodeToServer>(
+        &with(HEARTBEAT, "installed_models", Some(r#"[{"model_id":"m","kind":7}]"#)),
+        Some("installed_models[0].kind"),
+    );
     check_err::<NodeToServer>(&with(HEARTBEAT, "timestamp", Some("-1")), Some("timestamp"));
     let reg = r#"{"type":"node_register","node_id":null,"version":"1","platform":"beos","hardware":{"cpu_cores":2,"memory_gb":4}}"#;
     check_err::<NodeToServer>(reg, Some("platform"));

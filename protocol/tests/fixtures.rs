@@ -1,6 +1,8 @@
 //! Every example message of the two original documents parses into the right
 //! variant and serializes back to the same JSON, field for field.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
+
 use serde_json::Value;
 use tolk_protocol::{ClientToServer, Message, NodeToServer, ServerToClient, ServerToNode};
 

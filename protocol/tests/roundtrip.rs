@@ -1,6 +1,8 @@
 //! Property: every valid message serializes to a frame that parses (with
 //! validation) back to the same message.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
+
 use proptest::prelude::*;
 use tolk_protocol::common::{ErrorMessage, Extra, Features};
 use tolk_protocol::node::*;
@@ -34,14 +36,25 @@ fn features() -> impl Strategy<Value = Features> {
     any::<(bool, bool, bool)>().prop_map(|(e, v, s)| Features { emotion_detection: e, voice_style_detection: v, speech_rate_detection: s })
 }
 fn extra() -> impl Strategy<Value = Extra> {
-    (prop::option::of(text()), prop::option::of(num(10)), prop::option::of(text()))
-        .prop_map(|(emotion, speech_rate, voice_style)| Extra { emotion, speech_rate, voice_style })
+    (prop::option::of(text()), prop::option::of(num(10)), prop::option::of(text())).prop_map(|(emotion, speech_rate, voice_style)| Extra {
+        emotion,
+        speech_rate,
+        voice_style,
+    })
 }
 fn code() -> impl Strategy<Value = String> {
     "[0-9]{6}"
 }
 fn model() -> impl Strategy<Value = InstalledModel> {
-    (id(), prop_oneof![Just(ModelKind::Asr), Just(ModelKind::Nmt), Just(ModelKind::Tts)], lang(), lang(), prop::option::of(lang()), id(), prop::option::of(any::<bool>()))
+    (
+        id(),
+        prop_oneof![Just(ModelKind::Asr), Just(ModelKind::Nmt), Just(ModelKind::Tts)],
+        lang(),
+        lang(),
+        prop::option::of(lang()),
+        id(),
+        prop::option::of(any::<bool>()),
+    )
         .prop_map(|(model_id, kind, src, tgt, dialect, version, enabled)| InstalledModel {
             tgt_lang: (kind == ModelKind::Nmt).then_some(tgt),
             model_id,
@@ -53,7 +66,12 @@ fn model() -> impl Strategy<Value = InstalledModel> {
         })
 }
 fn error_message() -> impl Strategy<Value = ErrorMessage> {
-    let code = prop_oneof![Just(ErrorCode::InvalidMessage), Just(ErrorCode::NodeUnavailable), Just(ErrorCode::RateLimited), "[A-Z_]{3,20}".prop_map(ErrorCode::from)];
+    let code = prop_oneof![
+        Just(ErrorCode::InvalidMessage),
+        Just(ErrorCode::NodeUnavailable),
+        Just(ErrorCode::RateLimited),
+        "[A-Z_]{3,20}".prop_map(ErrorCode::from)
+    ];
     (code, text(), prop::option::of(0u64..1000)).prop_map(|(code, message, index)| match index {
         Some(i) => ErrorMessage::for_utterance(code, message, i),
         None => ErrorMessage { code, message, details: None },
@@ -62,28 +80,86 @@ fn error_message() -> impl Strategy<Value = ErrorMessage> {
 
 fn client_to_server() -> impl Strategy<Value = ClientToServer> {
     prop_oneof![
-        (text(), lang(), lang(), prop::option::of(lang()), prop::option::of(features()), prop::option::of(code()), prop::option::of((id(), id(), prop::option::of(any::<u64>()))))
+        (
+            text(),
+            lang(),
+            lang(),
+            prop::option::of(lang()),
+            prop::option::of(features()),
+            prop::option::of(code()),
+            prop::option::of((id(), id(), prop::option::of(any::<u64>())))
+        )
             .prop_map(|(client_version, src_lang, tgt_lang, dialect, features, pairing_code, resume)| {
                 let (session_id, resume_token, last) = match resume {
                     Some((s, t, l)) => (Some(s), Some(t), l),
                     None => (None, None, None),
                 };
-                ClientToServer::SessionInit(SessionInit { client_version, platform: ClientPlatform::Web, src_lang, tgt_lang, dialect, features, pairing_code, session_id, resume_token, last_utterance_index: last })
+                ClientToServer::SessionInit(SessionInit {
+                    client_version,
+                    platform: ClientPlatform::Web,
+                    src_lang,
+                    tgt_lang,
+                    dialect,
+                    features,
+                    pairing_code,
+                    session_id,
+                    resume_token,
+                    last_utterance_index: last,
+                })
             }),
-        (id(), any::<u64>(), any::<bool>(), lang(), lang(), prop::option::of(lang()), prop::option::of(features()), b64(), format(), rate())
-            .prop_map(|(session_id, utterance_index, manual_cut, src_lang, tgt_lang, dialect, features, audio, audio_format, sample_rate)| {
-                ClientToServer::Utterance(Utterance { session_id, utterance_index, manual_cut, src_lang, tgt_lang, dialect, features, audio, audio_format, sample_rate })
-            }),
-        (id(), any::<u64>(), prop::option::of(any::<u64>())).prop_map(|(session_id, timestamp, last_utterance_index)| ClientToServer::ClientHeartbeat(ClientHeartbeat { session_id, timestamp, last_utterance_index })),
+        (
+            id(),
+            any::<u64>(),
+            any::<bool>(),
+            lang(),
+            lang(),
+            prop::option::of(lang()),
+            prop::option::of(features()),
+            b64(),
+            format(),
+            rate()
+        )
+            .prop_map(
+                |(session_id, utterance_index, manual_cut, src_lang, tgt_lang, dialect, features, audio, audio_format, sample_rate)| {
+                    ClientToServer::Utterance(Utterance {
+                        session_id,
+                        utterance_index,
+                        manual_cut,
+                        src_lang,
+                        tgt_lang,
+                        dialect,
+                        features,
+                        audio,
+                        audio_format,
+                        sample_rate,
+                    })
+                }
+            ),
+        (id(), any::<u64>(), prop::option::of(any::<u64>())).prop_map(|(session_id, timestamp, last_utterance_index)| {
+            ClientToServer::ClientHeartbeat(ClientHeartbeat { session_id, timestamp, last_utterance_index })
+        }),
         (id(), prop::option::of(text())).prop_map(|(session_id, reason)| ClientToServer::SessionClose(SessionClose { session_id, reason })),
     ]
 }
 
 fn server_to_client() -> impl Strategy<Value = ServerToClient> {
     prop_oneof![
-        (id(), prop::option::of(id()), text(), prop::option::of(id())).prop_map(|(session_id, assigned_node_id, message, resume_token)| ServerToClient::SessionInitAck(SessionInitAck { session_id, assigned_node_id, message, resume_token })),
+        (id(), prop::option::of(id()), text(), prop::option::of(id())).prop_map(|(session_id, assigned_node_id, message, resume_token)| {
+            ServerToClient::SessionInitAck(SessionInitAck { session_id, assigned_node_id, message, resume_token })
+        }),
         (id(), any::<u64>(), id(), text(), text(), prop::option::of(b64()), prop::option::of(format()), prop::option::of(extra()))
-            .prop_map(|(session_id, utterance_index, job_id, text_asr, text_translated, tts_audio, tts_format, extra)| ServerToClient::TranslationResult(TranslationResult { session_id, utterance_index, job_id, text_asr, text_translated, tts_audio, tts_format, extra })),
+            .prop_map(|(session_id, utterance_index, job_id, text_asr, text_translated, tts_audio, tts_format, extra)| {
+                ServerToClient::TranslationResult(TranslationResult {
+                    session_id,
+                    utterance_index,
+                    job_id,
+                    text_asr,
+                    text_translated,
+                    tts_audio,
+                    tts_format,
+                    extra,
+                })
+            }),
         (id(), any::<u64>()).prop_map(|(session_id, timestamp)| ServerToClient::ServerHeartbeat(ServerHeartbeat { session_id, timestamp })),
         id().prop_map(|session_id| ServerToClient::SessionCloseAck(SessionCloseAck { session_id })),
         error_message().prop_map(ServerToClient::Error),
@@ -92,37 +168,160 @@ fn server_to_client() -> impl Strategy<Value = ServerToClient> {
 
 fn node_to_server() -> impl Strategy<Value = NodeToServer> {
     prop_oneof![
-        (prop::option::of(id()), text(), 0u32..512, num(1024), prop::collection::vec((text(), num(80)), 0..3), prop::collection::vec(model(), 0..4), features(), any::<bool>(), prop::option::of(id()), prop::option::of(text()))
-            .prop_map(|(node_id, version, cpu_cores, memory_gb, gpus, installed_models, features_supported, accept_public_jobs, node_token, auth_token)| {
-                let gpus = gpus.into_iter().map(|(name, memory_gb)| Gpu { name, memory_gb }).collect();
-                NodeToServer::NodeRegister(NodeRegister { node_id, version, platform: NodePlatform::Linux, hardware: Hardware { cpu_cores, memory_gb, gpus }, installed_models, features_supported, accept_public_jobs, node_token, auth_token })
-            }),
-        (id(), any::<u64>(), num(100), prop::option::of(num(100)), num(100), any::<u32>(), prop::option::of(prop::collection::vec(model(), 0..3)))
+        (
+            prop::option::of(id()),
+            text(),
+            0u32..512,
+            num(1024),
+            prop::collection::vec((text(), num(80)), 0..3),
+            prop::collection::vec(model(), 0..4),
+            features(),
+            any::<bool>(),
+            prop::option::of(id()),
+            prop::option::of(text())
+        )
+            .prop_map(
+                |(
+                    node_id,
+                    version,
+                    cpu_cores,
+                    memory_gb,
+                    gpus,
+                    installed_models,
+                    features_supported,
+                    accept_public_jobs,
+                    node_token,
+                    auth_token,
+                )| {
+                    let gpus = gpus.into_iter().map(|(name, memory_gb)| Gpu { name, memory_gb }).collect();
+                    NodeToServer::NodeRegister(NodeRegister {
+                        node_id,
+                        version,
+                        platform: NodePlatform::Linux,
+                        hardware: Hardware { cpu_cores, memory_gb, gpus },
+                        installed_models,
+                        features_supported,
+                        accept_public_jobs,
+                        node_token,
+                        auth_token,
+                    })
+                }
+            ),
+        (
+            id(),
+            any::<u64>(),
+            num(100),
+            prop::option::of(num(100)),
+            num(100),
+            any::<u32>(),
+            prop::option::of(prop::collection::vec(model(), 0..3))
+        )
             .prop_map(|(node_id, timestamp, cpu_percent, gpu_percent, mem_percent, running_jobs, installed_models)| {
-                NodeToServer::NodeHeartbeat(NodeHeartbeat { node_id, timestamp, resource_usage: ResourceUsage { cpu_percent, gpu_percent, gpu_mem_percent: gpu_percent, mem_percent, running_jobs }, installed_models })
-            }),
-        (id(), id(), id(), any::<u64>(), any::<bool>(), prop::option::of(text()), prop::option::of(b64()), prop::option::of(extra()), prop::option::of(any::<u64>()), prop_oneof![Just(JobErrorCode::NodeBusy), Just(JobErrorCode::InvalidAudio), "[A-Z_]{3,12}".prop_map(JobErrorCode::from)], text())
-            .prop_map(|(job_id, node_id, session_id, utterance_index, success, t, tts_audio, extra, processing_time_ms, code, message)| {
-                NodeToServer::JobResult(JobResult {
-                    job_id, node_id, session_id, utterance_index, success,
-                    text_asr: t.clone(), text_translated: t, tts_audio, tts_format: Some(AudioFormat::Wav), extra, processing_time_ms,
-                    error: (!success).then_some(JobError { code, message }),
+                NodeToServer::NodeHeartbeat(NodeHeartbeat {
+                    node_id,
+                    timestamp,
+                    resource_usage: ResourceUsage { cpu_percent, gpu_percent, gpu_mem_percent: gpu_percent, mem_percent, running_jobs },
+                    installed_models,
                 })
             }),
-        (id(), text(), text()).prop_map(|(node_id, code, message)| NodeToServer::NodeError(NodeError { node_id, code, message, details: Some(serde_json::json!({"k": [1, "two"]})) })),
+        (
+            id(),
+            id(),
+            id(),
+            any::<u64>(),
+            any::<bool>(),
+            prop::option::of(text()),
+            prop::option::of(b64()),
+            prop::option::of(extra()),
+            prop::option::of(any::<u64>()),
+            prop_oneof![Just(JobErrorCode::NodeBusy), Just(JobErrorCode::InvalidAudio), "[A-Z_]{3,12}".prop_map(JobErrorCode::from)],
+            text()
+        )
+            .prop_map(
+                |(job_id, node_id, session_id, utterance_index, success, t, tts_audio, extra, processing_time_ms, code, message)| {
+                    NodeToServer::JobResult(JobResult {
+                        job_id,
+                        node_id,
+                        session_id,
+                        utterance_index,
+                        success,
+                        text_asr: t.clone(),
+                        text_translated: t,
+                        tts_audio,
+                        tts_format: Some(AudioFormat::Wav),
+                        extra,
+                        processing_time_ms,
+                        error: (!success).then_some(JobError { code, message }),
+                    })
+                }
+            ),
+        (id(), text(), text()).prop_map(|(node_id, code, message)| NodeToServer::NodeError(NodeError {
+            node_id,
+            code,
+            message,
+            details: Some(serde_json::json!({"k": [1, "two"]}))
+        })),
         id().prop_map(|node_id| NodeToServer::PairingCodeRequest(PairingCodeRequest { node_id })),
     ]
 }
 
 fn server_to_node() -> impl Strategy<Value = ServerToNode> {
     prop_oneof![
-        (id(), text(), prop::option::of(id())).prop_map(|(node_id, message, node_token)| ServerToNode::NodeRegisterAck(NodeRegisterAck { node_id, message, node_token })),
-        (id(), id(), any::<u64>(), lang(), lang(), features(), any::<(bool, bool, bool)>(), b64(), format(), rate(), prop::option::of(any::<u64>()))
-            .prop_map(|(job_id, session_id, utterance_index, src_lang, tgt_lang, features, (a, n, t), audio, audio_format, sample_rate, deadline_ms)| {
-                ServerToNode::JobAssign(JobAssign { job_id, session_id, utterance_index, src_lang, tgt_lang, dialect: None, features, pipeline: Pipeline { use_asr: a, use_nmt: n, use_tts: t }, audio, audio_format, sample_rate, deadline_ms })
-            }),
-        (prop_oneof![Just(NodeCommand::Drain), Just(NodeCommand::Shutdown), Just(NodeCommand::ReloadConfig)], prop::option::of(text())).prop_map(|(command, reason)| ServerToNode::NodeControl(NodeControl { command, reason })),
-        (id(), code(), any::<u64>()).prop_map(|(node_id, code, expires_at)| ServerToNode::PairingCode(PairingCode { node_id, code, expires_at })),
+        (id(), text(), prop::option::of(id())).prop_map(|(node_id, message, node_token)| ServerToNode::NodeRegisterAck(NodeRegisterAck {
+            node_id,
+            message,
+            node_token
+        })),
+        (
+            id(),
+            id(),
+            any::<u64>(),
+            lang(),
+            lang(),
+            features(),
+            any::<(bool, bool, bool)>(),
+            b64(),
+            format(),
+            rate(),
+            prop::option::of(any::<u64>())
+        )
+            .prop_map(
+                |(
+                    job_id,
+                    session_id,
+                    utterance_index,
+                    src_lang,
+                    tgt_lang,
+                    features,
+                    (a, n, t),
+                    audio,
+                    audio_format,
+                    sample_rate,
+                    deadline_ms,
+                )| {
+                    ServerToNode::JobAssign(JobAssign {
+                        job_id,
+                        session_id,
+                        utterance_index,
+                        src_lang,
+                        tgt_lang,
+                        dialect: None,
+                        features,
+                        pipeline: Pipeline { use_asr: a, use_nmt: n, use_tts: t },
+                        audio,
+                        audio_format,
+                        sample_rate,
+                        deadline_ms,
+                    })
+                }
+            ),
+        (prop_oneof![Just(NodeCommand::Drain), Just(NodeCommand::Shutdown), Just(NodeCommand::ReloadConfig)], prop::option::of(text()))
+            .prop_map(|(command, reason)| ServerToNode::NodeControl(NodeControl { command, reason })),
+        (id(), code(), any::<u64>()).prop_map(|(node_id, code, expires_at)| ServerToNode::PairingCode(PairingCode {
+            node_id,
+            code,
+            expires_at
+        })),
         error_message().prop_map(ServerToNode::Error),
     ]
 }

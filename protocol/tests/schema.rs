@@ -1,6 +1,8 @@
 //! The checked-in JSON Schema under `protocol/schema/` matches the types.
 //! Regenerate with `UPDATE_SCHEMA=1 cargo test -p tolk-protocol --test schema`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
+
 use std::path::PathBuf;
 
 #[test]

@@ -27,10 +27,7 @@ fn audio(rate: u32, seconds: u32) -> Vec<i16> {
             let t = i as f64 / rate_f;
             let voiced = t % 3.0 >= 1.0;
             let tone = if voiced {
-                (1..=10)
-                    .map(|k| (2.0 * PI * 140.0 * f64::from(k) * t).sin() / f64::from(k))
-                    .sum::<f64>()
-                    * 4000.0
+                (1..=10).map(|k| (2.0 * PI * 140.0 * f64::from(k) * t).sin() / f64::from(k)).sum::<f64>() * 4000.0
             } else {
                 0.0
             };
@@ -62,21 +59,9 @@ fn time(config: &ChunkerConfig, input: &[i16], runs: usize) -> (Duration, usize)
 fn main() {
     let full = std::env::args().any(|arg| arg == "--bench");
     let (seconds, runs) = if full { (60, 5) } else { (3, 1) };
-    println!(
-        "VAD + chunking throughput, one core, {seconds} s of audio, 20 ms pushes, best of {runs}"
-    );
-    for (sample_rate, frame_ms) in [
-        (16_000, 20),
-        (16_000, 10),
-        (16_000, 30),
-        (8_000, 20),
-        (48_000, 20),
-    ] {
-        let config = ChunkerConfig {
-            sample_rate,
-            frame_ms,
-            ..ChunkerConfig::default()
-        };
+    println!("VAD + chunking throughput, one core, {seconds} s of audio, 20 ms pushes, best of {runs}");
+    for (sample_rate, frame_ms) in [(16_000, 20), (16_000, 10), (16_000, 30), (8_000, 20), (48_000, 20)] {
+        let config = ChunkerConfig { sample_rate, frame_ms, ..ChunkerConfig::default() };
         let input = audio(sample_rate, seconds);
         let (elapsed, utterances) = time(&config, &input, runs);
         let realtime = f64::from(seconds) / elapsed.as_secs_f64();

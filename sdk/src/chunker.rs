@@ -156,10 +156,7 @@ impl ChunkerConfig {
         let window_ms = self.onset_window_ms.div_ceil(self.frame_ms) * self.frame_ms;
         let min_max = u64::from(self.pre_roll_ms) + u64::from(window_ms) + u64::from(self.frame_ms);
         if u64::from(self.max_utterance_ms) < min_max {
-            return Err(invalid(
-                "max_utterance_ms",
-                "shorter than pre_roll_ms + onset_window_ms + frame_ms",
-            ));
+            return Err(invalid("max_utterance_ms", "shorter than pre_roll_ms + onset_window_ms + frame_ms"));
         }
 
         // Every length below is at most 10 minutes at 48 kHz (28.8 M
@@ -184,8 +181,7 @@ impl ChunkerConfig {
             tail: samples(self.tail_ms),
             min_speech: samples(self.min_speech_ms),
             max_utterance: to_usize(samples(self.max_utterance_ms), "max_utterance_ms")?,
-            gate: (self.noise_gate_db > 0)
-                .then(|| 10f64.powf(f64::from(self.noise_gate_db) / 10.0)),
+            gate: (self.noise_gate_db > 0).then(|| 10f64.powf(f64::from(self.noise_gate_db) / 10.0)),
             floor_rise: 10f64.powf(NOISE_FLOOR_RISE_DB_PER_S * f64::from(self.frame_ms) / 10_000.0),
         })
     }
@@ -417,10 +413,7 @@ impl Chunker {
         let mut speech = self.speech.take()?;
         // The partial frame, as far as it fits under the maximum length; any
         // rest stays pending for the next utterance.
-        let fits = self
-            .pending
-            .len()
-            .min(self.t.max_utterance.saturating_sub(speech.buf.len()));
+        let fits = self.pending.len().min(self.t.max_utterance.saturating_sub(speech.buf.len()));
         speech.buf.extend(self.pending.drain(..fits));
         self.pos += fits as u64;
         self.history.clear();
@@ -476,13 +469,7 @@ impl Chunker {
         };
         if speech.buf.len() + frame.len() > self.t.max_utterance {
             let last_voiced_end = speech.last_voiced_end;
-            let next = Speech {
-                buf: Vec::new(),
-                start: frame_start,
-                speech_start: None,
-                last_voiced_end,
-                continued: true,
-            };
+            let next = Speech { buf: Vec::new(), start: frame_start, speech_start: None, last_voiced_end, continued: true };
             if let Some(full) = self.speech.replace(next) {
                 out.extend(self.forced(full, frame_start));
             }
@@ -510,11 +497,7 @@ impl Chunker {
         // At least 1: digital silence must not make the floor zero.
         let energy = (sum as f64 / frame.len() as f64).max(1.0);
         let floor = self.noise_floor.unwrap_or(energy);
-        self.noise_floor = Some(if energy < floor {
-            energy
-        } else {
-            floor * self.t.floor_rise
-        });
+        self.noise_floor = Some(if energy < floor { energy } else { floor * self.t.floor_rise });
         self.t.gate.is_none_or(|gate| energy >= floor * gate)
     }
 
@@ -538,19 +521,11 @@ impl Chunker {
         let frames_back = (self.flags.len() - first_voiced) as u64;
         let speech_start = self.pos - frames_back * frame_len;
         let history_start = self.pos - self.history.len() as u64;
-        let start = speech_start
-            .saturating_sub(self.t.pre_roll)
-            .max(history_start);
+        let start = speech_start.saturating_sub(self.t.pre_roll).max(history_start);
         let skip = (start - history_start) as usize;
         let buf: Vec<i16> = self.history.drain(..).skip(skip).collect();
         self.flags.clear();
-        self.speech = Some(Speech {
-            buf,
-            start,
-            speech_start: Some(speech_start),
-            last_voiced_end: self.pos,
-            continued: false,
-        });
+        self.speech = Some(Speech { buf, start, speech_start: Some(speech_start), last_voiced_end: self.pos, continued: false });
     }
 
     /// Emits a full utterance cut at `end` (its whole buffer).
@@ -573,9 +548,8 @@ impl Chunker {
     /// history.
     fn finish(&mut self, mut speech: Speech) -> Option<Utterance> {
         let buf_end = speech.start + speech.buf.len() as u64;
-        let keep = speech.speech_start.filter(|&speech_start| {
-            speech.continued || speech.last_voiced_end - speech_start >= self.t.min_speech
-        });
+        let keep =
+            speech.speech_start.filter(|&speech_start| speech.continued || speech.last_voiced_end - speech_start >= self.t.min_speech);
         let end = match keep {
             Some(_) => (speech.last_voiced_end + self.t.tail).min(buf_end),
             None => speech.start,
@@ -636,16 +610,12 @@ mod tests {
         use std::f64::consts::PI;
         let rate = f64::from(rate);
         let t = i as f64 / rate;
-        let formant =
-            |f: f64, centre: f64, width: f64| 1.0 / (1.0 + ((f - centre) / width).powi(2));
+        let formant = |f: f64, centre: f64, width: f64| 1.0 / (1.0 + ((f - centre) / width).powi(2));
         (1..=25)
             .map(|k| f64::from(k) * 130.0)
             .take_while(|&f| f < rate / 2.0)
             .map(|f| {
-                let gain = formant(f, 700.0, 150.0)
-                    + 0.6 * formant(f, 1200.0, 200.0)
-                    + 0.3 * formant(f, 2600.0, 300.0)
-                    + 0.05;
+                let gain = formant(f, 700.0, 150.0) + 0.6 * formant(f, 1200.0, 200.0) + 0.3 * formant(f, 2600.0, 300.0) + 0.05;
                 gain * (2.0 * PI * f * t).sin()
             })
             .sum::<f64>()
@@ -685,14 +655,7 @@ mod tests {
     type Shape = (u64, u64, u64, u64, bool, bool);
 
     fn shape(u: &Utterance) -> Shape {
-        (
-            u.start_ms,
-            u.speech_start_ms,
-            u.speech_end_ms,
-            u.end_ms,
-            u.manual_cut,
-            u.forced,
-        )
+        (u.start_ms, u.speech_start_ms, u.speech_end_ms, u.end_ms, u.manual_cut, u.forced)
     }
 
     /// Runs `segs` at 16 kHz in 20 ms pushes and compares the utterances'
@@ -700,18 +663,11 @@ mod tests {
     fn check(config: &ChunkerConfig, segs: &[Seg], expect: &[Shape]) -> Vec<Utterance> {
         let input = stream(config.sample_rate, segs);
         let got = run(config, &input, (config.sample_rate / 50) as usize);
-        assert_eq!(
-            got.iter().map(shape).collect::<Vec<_>>(),
-            expect,
-            "{got:#?}"
-        );
+        assert_eq!(got.iter().map(shape).collect::<Vec<_>>(), expect, "{got:#?}");
         let at = |ms: u64| (ms * u64::from(config.sample_rate) / 1000) as usize;
         for u in &got {
             assert_eq!(u.sample_rate, config.sample_rate);
-            assert!(
-                u.samples == input[at(u.start_ms)..at(u.end_ms)],
-                "samples of {u:?}"
-            );
+            assert!(u.samples == input[at(u.start_ms)..at(u.end_ms)], "samples of {u:?}");
         }
         got
     }
@@ -724,44 +680,22 @@ mod tests {
         // Loud white noise: webrtc-vad alone calls all of it speech; the
         // noise gate does not.
         check(&config, &[Seg::Noise(10_000, 2000.0)], &[]);
-        let ungated = ChunkerConfig {
-            noise_gate_db: 0,
-            ..config
-        };
-        let got = run(
-            &ungated,
-            &stream(16_000, &[Seg::Noise(10_000, 2000.0)]),
-            320,
-        );
-        assert!(
-            !got.is_empty(),
-            "without the gate the VAD should fire on loud noise"
-        );
+        let ungated = ChunkerConfig { noise_gate_db: 0, ..config };
+        let got = run(&ungated, &stream(16_000, &[Seg::Noise(10_000, 2000.0)]), 320);
+        assert!(!got.is_empty(), "without the gate the VAD should fire on loud noise");
     }
 
     #[test]
     fn speech_is_one_utterance_with_pre_roll_and_tail() {
         let config = ChunkerConfig::default();
         // Pre-roll 300 ms before the speech, tail 200 ms after it.
-        check(
-            &config,
-            &[Seg::Silence(1000), Seg::Vowel(1000), Seg::Silence(2000)],
-            &[(700, 1000, 2000, 2200, false, false)],
-        );
+        check(&config, &[Seg::Silence(1000), Seg::Vowel(1000), Seg::Silence(2000)], &[(700, 1000, 2000, 2200, false, false)]);
         // The pre-roll cannot reach before the stream.
-        check(
-            &config,
-            &[Seg::Silence(100), Seg::Vowel(1000), Seg::Silence(2000)],
-            &[(0, 100, 1100, 1300, false, false)],
-        );
+        check(&config, &[Seg::Silence(100), Seg::Vowel(1000), Seg::Silence(2000)], &[(0, 100, 1100, 1300, false, false)]);
         // Speech in noise, 10 dB above it.
         check(
             &config,
-            &[
-                Seg::Noise(2000, 300.0),
-                Seg::NoisyVowel(1000, 300.0),
-                Seg::Noise(2000, 300.0),
-            ],
+            &[Seg::Noise(2000, 300.0), Seg::NoisyVowel(1000, 300.0), Seg::Noise(2000, 300.0)],
             &[(1700, 2000, 3000, 3200, false, false)],
         );
     }
@@ -770,23 +704,12 @@ mod tests {
     fn utterance_is_emitted_once_hang_over_has_passed() {
         let config = ChunkerConfig::default();
         let mut chunker = Chunker::new(config).unwrap();
-        assert!(
-            chunker
-                .push(&stream(16_000, &[Seg::Silence(1000), Seg::Vowel(1000)]))
-                .is_empty()
-        );
+        assert!(chunker.push(&stream(16_000, &[Seg::Silence(1000), Seg::Vowel(1000)])).is_empty());
         assert!(chunker.in_speech());
         // 580 ms of silence: not yet over.
-        assert!(
-            chunker
-                .push(&stream(16_000, &[Seg::Silence(580)]))
-                .is_empty()
-        );
+        assert!(chunker.push(&stream(16_000, &[Seg::Silence(580)])).is_empty());
         let done = chunker.push(&stream(16_000, &[Seg::Silence(20)]));
-        assert_eq!(
-            done.iter().map(shape).collect::<Vec<_>>(),
-            [(700, 1000, 2000, 2200, false, false)]
-        );
+        assert_eq!(done.iter().map(shape).collect::<Vec<_>>(), [(700, 1000, 2000, 2200, false, false)]);
         assert!(!chunker.in_speech());
         assert_eq!(chunker.position_ms(), 2600);
     }
@@ -795,13 +718,7 @@ mod tests {
     fn speech_after_a_short_pause_is_the_same_utterance() {
         check(
             &ChunkerConfig::default(),
-            &[
-                Seg::Silence(1000),
-                Seg::Vowel(500),
-                Seg::Silence(400),
-                Seg::Vowel(500),
-                Seg::Silence(2000),
-            ],
+            &[Seg::Silence(1000), Seg::Vowel(500), Seg::Silence(400), Seg::Vowel(500), Seg::Silence(2000)],
             &[(700, 1000, 2400, 2600, false, false)],
         );
     }
@@ -812,37 +729,16 @@ mod tests {
         // second one's pre-roll.
         check(
             &ChunkerConfig::default(),
-            &[
-                Seg::Silence(1000),
-                Seg::Vowel(1000),
-                Seg::Silence(660),
-                Seg::Vowel(500),
-                Seg::Silence(2000),
-            ],
-            &[
-                (700, 1000, 2000, 2200, false, false),
-                (2360, 2660, 3160, 3360, false, false),
-            ],
+            &[Seg::Silence(1000), Seg::Vowel(1000), Seg::Silence(660), Seg::Vowel(500), Seg::Silence(2000)],
+            &[(700, 1000, 2000, 2200, false, false), (2360, 2660, 3160, 3360, false, false)],
         );
         // Tail as long as the hang-over: the second one's pre-roll is cut
         // short where the first one ends.
-        let config = ChunkerConfig {
-            tail_ms: 600,
-            ..ChunkerConfig::default()
-        };
+        let config = ChunkerConfig { tail_ms: 600, ..ChunkerConfig::default() };
         check(
             &config,
-            &[
-                Seg::Silence(1000),
-                Seg::Vowel(1000),
-                Seg::Silence(700),
-                Seg::Vowel(500),
-                Seg::Silence(2000),
-            ],
-            &[
-                (700, 1000, 2000, 2600, false, false),
-                (2600, 2700, 3200, 3800, false, false),
-            ],
+            &[Seg::Silence(1000), Seg::Vowel(1000), Seg::Silence(700), Seg::Vowel(500), Seg::Silence(2000)],
+            &[(700, 1000, 2000, 2600, false, false), (2600, 2700, 3200, 3800, false, false)],
         );
     }
 
@@ -858,11 +754,7 @@ mod tests {
         assert!(chunker.push(&vowel[..8_100]).is_empty());
         let cut = chunker.cut().expect("an utterance was in progress");
         assert_eq!(shape(&cut), (700, 1000, 1500, 1506, true, false));
-        assert_eq!(
-            cut.samples.len(),
-            806 * 16 + 4,
-            "the partial frame is included"
-        );
+        assert_eq!(cut.samples.len(), 806 * 16 + 4, "the partial frame is included");
         assert!(!chunker.in_speech());
         assert_eq!(chunker.cut(), None);
 
@@ -876,10 +768,7 @@ mod tests {
 
     #[test]
     fn manual_cut_keeps_to_the_maximum_length() {
-        let config = ChunkerConfig {
-            max_utterance_ms: 420,
-            ..ChunkerConfig::default()
-        };
+        let config = ChunkerConfig { max_utterance_ms: 420, ..ChunkerConfig::default() };
         let mut chunker = Chunker::new(config).unwrap();
         // Speech opens at 1060 ms with 700..1060 and reaches the limit of
         // 420 ms at 1120; 10 samples more are pushed.
@@ -894,35 +783,21 @@ mod tests {
 
     #[test]
     fn max_length_forces_contiguous_cuts() {
-        let config = ChunkerConfig {
-            max_utterance_ms: 2000,
-            ..ChunkerConfig::default()
-        };
+        let config = ChunkerConfig { max_utterance_ms: 2000, ..ChunkerConfig::default() };
         let got = check(
             &config,
             &[Seg::Silence(1000), Seg::Vowel(5000), Seg::Silence(2000)],
-            &[
-                (700, 1000, 2700, 2700, false, true),
-                (2700, 2700, 4700, 4700, false, true),
-                (4700, 4700, 6000, 6200, false, false),
-            ],
+            &[(700, 1000, 2700, 2700, false, true), (2700, 2700, 4700, 4700, false, true), (4700, 4700, 6000, 6200, false, false)],
         );
         assert!(got.iter().all(|u| u.duration_ms() <= 2000));
         // A continuation is kept however short...
         check(
             &config,
             &[Seg::Silence(1000), Seg::Vowel(2000), Seg::Silence(2000)],
-            &[
-                (700, 1000, 2700, 2700, false, true),
-                (2700, 2700, 3000, 3200, false, false),
-            ],
+            &[(700, 1000, 2700, 2700, false, true), (2700, 2700, 3000, 3200, false, false)],
         );
         // ...unless it holds no speech at all.
-        check(
-            &config,
-            &[Seg::Silence(1000), Seg::Vowel(1700), Seg::Silence(2000)],
-            &[(700, 1000, 2700, 2700, false, true)],
-        );
+        check(&config, &[Seg::Silence(1000), Seg::Vowel(1700), Seg::Silence(2000)], &[(700, 1000, 2700, 2700, false, true)]);
     }
 
     #[test]
@@ -930,35 +805,18 @@ mod tests {
         let config = ChunkerConfig::default();
         let burst = |ms| [Seg::Silence(1000), Seg::Vowel(ms), Seg::Silence(1000)];
         // A click: one frame, rejected by the onset rule alone.
-        let no_min = ChunkerConfig {
-            min_speech_ms: 0,
-            ..config.clone()
-        };
+        let no_min = ChunkerConfig { min_speech_ms: 0, ..config.clone() };
         check(&no_min, &burst(20), &[]);
         check(&no_min, &burst(40), &[]);
-        check(
-            &no_min,
-            &burst(60),
-            &[(700, 1000, 1060, 1260, false, false)],
-        );
+        check(&no_min, &burst(60), &[(700, 1000, 1060, 1260, false, false)]);
         // Under min_speech_ms (200): dropped; at it: kept.
         check(&config, &burst(100), &[]);
         check(&config, &burst(180), &[]);
-        check(
-            &config,
-            &burst(200),
-            &[(700, 1000, 1200, 1400, false, false)],
-        );
+        check(&config, &burst(200), &[(700, 1000, 1200, 1400, false, false)]);
         // A dropped burst does not delay or swallow the next utterance.
         check(
             &config,
-            &[
-                Seg::Silence(1000),
-                Seg::Vowel(100),
-                Seg::Silence(1000),
-                Seg::Vowel(500),
-                Seg::Silence(1000),
-            ],
+            &[Seg::Silence(1000), Seg::Vowel(100), Seg::Silence(1000), Seg::Vowel(500), Seg::Silence(1000)],
             &[(1800, 2100, 2600, 2800, false, false)],
         );
     }
@@ -967,16 +825,8 @@ mod tests {
     fn flush_emits_what_is_in_progress_if_long_enough() {
         let config = ChunkerConfig::default();
         // No audio after the speech: nothing to add as tail.
-        check(
-            &config,
-            &[Seg::Silence(1000), Seg::Vowel(800)],
-            &[(700, 1000, 1800, 1800, false, false)],
-        );
-        check(
-            &config,
-            &[Seg::Silence(1000), Seg::Vowel(800), Seg::Silence(300)],
-            &[(700, 1000, 1800, 2000, false, false)],
-        );
+        check(&config, &[Seg::Silence(1000), Seg::Vowel(800)], &[(700, 1000, 1800, 1800, false, false)]);
+        check(&config, &[Seg::Silence(1000), Seg::Vowel(800), Seg::Silence(300)], &[(700, 1000, 1800, 2000, false, false)]);
         check(&config, &[Seg::Silence(1000), Seg::Vowel(100)], &[]);
 
         let mut chunker = Chunker::new(config).unwrap();
@@ -1000,24 +850,13 @@ mod tests {
             Seg::NoisyVowel(400, 100.0),
         ];
         for (rate, frame_ms) in [(16_000, 20), (48_000, 30), (8_000, 10)] {
-            let config = ChunkerConfig {
-                sample_rate: rate,
-                frame_ms,
-                max_utterance_ms: 2000,
-                ..ChunkerConfig::default()
-            };
+            let config = ChunkerConfig { sample_rate: rate, frame_ms, max_utterance_ms: 2000, ..ChunkerConfig::default() };
             let input = stream(rate, &segs);
             let whole = run(&config, &input, input.len());
             // Speech, a dropped burst, a forced cut, and a flush at the end.
-            assert!(
-                whole.len() >= 4 && whole.iter().any(|u| u.forced),
-                "{whole:#?}"
-            );
+            assert!(whole.len() >= 4 && whole.iter().any(|u| u.forced), "{whole:#?}");
             for push in [1, 7, 160, 4801] {
-                assert!(
-                    run(&config, &input, push) == whole,
-                    "{rate} Hz, pushes of {push}"
-                );
+                assert!(run(&config, &input, push) == whole, "{rate} Hz, pushes of {push}");
             }
         }
     }
@@ -1026,29 +865,14 @@ mod tests {
     fn every_rate_and_frame_length_works() {
         for rate in [8_000, 16_000, 32_000, 48_000] {
             for frame_ms in [10, 20, 30] {
-                let config = ChunkerConfig {
-                    sample_rate: rate,
-                    frame_ms,
-                    ..ChunkerConfig::default()
-                };
-                let input = stream(
-                    rate,
-                    &[Seg::Silence(990), Seg::Vowel(1020), Seg::Silence(2000)],
-                );
+                let config = ChunkerConfig { sample_rate: rate, frame_ms, ..ChunkerConfig::default() };
+                let input = stream(rate, &[Seg::Silence(990), Seg::Vowel(1020), Seg::Silence(2000)]);
                 let got = run(&config, &input, input.len());
-                let [u] = got.as_slice() else {
-                    panic!("{rate} Hz, {frame_ms} ms: {got:#?}")
-                };
+                let [u] = got.as_slice() else { panic!("{rate} Hz, {frame_ms} ms: {got:#?}") };
                 // Within a frame of the truth.
                 let within = |got: u64, truth: u64| got.abs_diff(truth) <= u64::from(frame_ms);
-                assert!(
-                    within(u.speech_start_ms, 990) && within(u.speech_end_ms, 2010),
-                    "{u:?}"
-                );
-                assert_eq!(
-                    u.samples.len() as u64,
-                    u.duration_ms() * u64::from(rate) / 1000
-                );
+                assert!(within(u.speech_start_ms, 990) && within(u.speech_end_ms, 2010), "{u:?}");
+                assert_eq!(u.samples.len() as u64, u.duration_ms() * u64::from(rate) / 1000);
             }
         }
     }
@@ -1057,149 +881,41 @@ mod tests {
     fn bad_configs_are_rejected() {
         let ok = ChunkerConfig::default();
         let err = |config: ChunkerConfig| Chunker::new(config).err();
-        assert_eq!(
-            err(ChunkerConfig {
-                sample_rate: 44_100,
-                ..ok.clone()
-            }),
-            Some(SdkError::UnsupportedSampleRate(44_100))
-        );
-        assert_eq!(
-            err(ChunkerConfig {
-                sample_rate: 0,
-                ..ok.clone()
-            }),
-            Some(SdkError::UnsupportedSampleRate(0))
-        );
-        assert_eq!(
-            err(ChunkerConfig {
-                frame_ms: 25,
-                ..ok.clone()
-            }),
-            Some(SdkError::UnsupportedFrameLength(25))
-        );
-        assert_eq!(
-            err(ChunkerConfig {
-                aggressiveness: 4,
-                ..ok.clone()
-            }),
-            Some(SdkError::InvalidAggressiveness(4))
-        );
+        assert_eq!(err(ChunkerConfig { sample_rate: 44_100, ..ok.clone() }), Some(SdkError::UnsupportedSampleRate(44_100)));
+        assert_eq!(err(ChunkerConfig { sample_rate: 0, ..ok.clone() }), Some(SdkError::UnsupportedSampleRate(0)));
+        assert_eq!(err(ChunkerConfig { frame_ms: 25, ..ok.clone() }), Some(SdkError::UnsupportedFrameLength(25)));
+        assert_eq!(err(ChunkerConfig { aggressiveness: 4, ..ok.clone() }), Some(SdkError::InvalidAggressiveness(4)));
         let invalid = |field| Some(SdkError::InvalidConfig { field, reason: "" });
         let field_of = |config: ChunkerConfig| match err(config) {
             Some(SdkError::InvalidConfig { field, .. }) => invalid(field),
             other => other,
         };
         for (config, field) in [
-            (
-                ChunkerConfig {
-                    tail_ms: 700,
-                    ..ok.clone()
-                },
-                "tail_ms",
-            ),
-            (
-                ChunkerConfig {
-                    hang_over_ms: 10,
-                    tail_ms: 0,
-                    ..ok.clone()
-                },
-                "hang_over_ms",
-            ),
-            (
-                ChunkerConfig {
-                    onset_window_ms: 10,
-                    onset_voiced_ms: 10,
-                    ..ok.clone()
-                },
-                "onset_window_ms",
-            ),
-            (
-                ChunkerConfig {
-                    onset_voiced_ms: 0,
-                    ..ok.clone()
-                },
-                "onset_voiced_ms",
-            ),
-            (
-                ChunkerConfig {
-                    onset_voiced_ms: 120,
-                    ..ok.clone()
-                },
-                "onset_voiced_ms",
-            ),
-            (
-                ChunkerConfig {
-                    max_utterance_ms: 400,
-                    ..ok.clone()
-                },
-                "max_utterance_ms",
-            ),
-            (
-                ChunkerConfig {
-                    max_utterance_ms: 600_001,
-                    ..ok.clone()
-                },
-                "max_utterance_ms",
-            ),
+            (ChunkerConfig { tail_ms: 700, ..ok.clone() }, "tail_ms"),
+            (ChunkerConfig { hang_over_ms: 10, tail_ms: 0, ..ok.clone() }, "hang_over_ms"),
+            (ChunkerConfig { onset_window_ms: 10, onset_voiced_ms: 10, ..ok.clone() }, "onset_window_ms"),
+            (ChunkerConfig { onset_voiced_ms: 0, ..ok.clone() }, "onset_voiced_ms"),
+            (ChunkerConfig { onset_voiced_ms: 120, ..ok.clone() }, "onset_voiced_ms"),
+            (ChunkerConfig { max_utterance_ms: 400, ..ok.clone() }, "max_utterance_ms"),
+            (ChunkerConfig { max_utterance_ms: 600_001, ..ok.clone() }, "max_utterance_ms"),
         ] {
             assert_eq!(field_of(config), invalid(field));
         }
         // The message names the setting.
-        let message = err(ChunkerConfig {
-            tail_ms: 700,
-            ..ok.clone()
-        })
-        .unwrap()
-        .to_string();
-        assert_eq!(
-            message,
-            "invalid chunker setting `tail_ms`: longer than hang_over_ms"
-        );
+        let message = err(ChunkerConfig { tail_ms: 700, ..ok.clone() }).unwrap().to_string();
+        assert_eq!(message, "invalid chunker setting `tail_ms`: longer than hang_over_ms");
         // Every supported rate and frame length is accepted.
         for sample_rate in [8_000, 16_000, 32_000, 48_000] {
             for frame_ms in [10, 20, 30] {
-                assert!(
-                    ChunkerConfig {
-                        sample_rate,
-                        frame_ms,
-                        ..ok.clone()
-                    }
-                    .validate()
-                    .is_ok()
-                );
+                assert!(ChunkerConfig { sample_rate, frame_ms, ..ok.clone() }.validate().is_ok());
             }
         }
         // The onset window counts in whole frames: 100 ms is 4 frames of 30.
-        let thirty = ChunkerConfig {
-            frame_ms: 30,
-            ..ok.clone()
-        };
-        assert!(
-            ChunkerConfig {
-                max_utterance_ms: 449,
-                ..thirty.clone()
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
-            ChunkerConfig {
-                max_utterance_ms: 450,
-                ..thirty
-            }
-            .validate()
-            .is_ok()
-        );
+        let thirty = ChunkerConfig { frame_ms: 30, ..ok.clone() };
+        assert!(ChunkerConfig { max_utterance_ms: 449, ..thirty.clone() }.validate().is_err());
+        assert!(ChunkerConfig { max_utterance_ms: 450, ..thirty }.validate().is_ok());
         // The smallest max_utterance_ms: pre-roll + onset window + a frame.
-        assert!(
-            ChunkerConfig {
-                max_utterance_ms: 420,
-                ..ok.clone()
-            }
-            .validate()
-            .is_ok()
-        );
+        assert!(ChunkerConfig { max_utterance_ms: 420, ..ok.clone() }.validate().is_ok());
         assert!(ok.validate().is_ok());
     }
 }

@@ -56,41 +56,22 @@ fn run_tool(cmd: &mut Command, what: &str) {
              run scripts/setup.sh or `apt-get install -y espeak-ng sox`"
         )
     });
-    assert!(
-        output.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{what} failed: {}", String::from_utf8_lossy(&output.stderr));
 }
 
 fn read_wav(path: &Path) -> Vec<i16> {
     let mut reader = hound::WavReader::open(path).expect("open wav");
     let spec = reader.spec();
-    assert_eq!(
-        (spec.channels, spec.sample_rate, spec.bits_per_sample),
-        (1, RATE, 16)
-    );
-    reader
-        .samples::<i16>()
-        .collect::<Result<_, _>>()
-        .expect("read wav")
+    assert_eq!((spec.channels, spec.sample_rate, spec.bits_per_sample), (1, RATE, 16));
+    reader.samples::<i16>().collect::<Result<_, _>>().expect("read wav")
 }
 
 /// Speaks `text` and returns it at 16 kHz.
 fn speak(dir: &Path, index: usize, text: &str) -> Vec<i16> {
     let raw = dir.join(format!("sentence{index}_22k.wav"));
     let resampled = dir.join(format!("sentence{index}_16k.wav"));
-    run_tool(
-        Command::new("espeak-ng").arg("-w").arg(&raw).arg(text),
-        "espeak-ng",
-    );
-    run_tool(
-        Command::new("sox")
-            .arg(&raw)
-            .args(["-r", "16000", "-b", "16", "-c", "1"])
-            .arg(&resampled),
-        "sox",
-    );
+    run_tool(Command::new("espeak-ng").arg("-w").arg(&raw).arg(text), "espeak-ng");
+    run_tool(Command::new("sox").arg(&raw).args(["-r", "16000", "-b", "16", "-c", "1"]).arg(&resampled), "sox");
     read_wav(&resampled)
 }
 
@@ -98,20 +79,12 @@ fn speak(dir: &Path, index: usize, text: &str) -> Vec<i16> {
 /// window whose RMS is within 40 dB of the loudest window.
 fn trim(samples: &[i16]) -> &[i16] {
     let window = RATE as usize / 100;
-    let rms: Vec<f64> = samples
-        .chunks(window)
-        .map(|w| (w.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / w.len() as f64).sqrt())
-        .collect();
+    let rms: Vec<f64> =
+        samples.chunks(window).map(|w| (w.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / w.len() as f64).sqrt()).collect();
     let peak = rms.iter().copied().fold(0.0, f64::max);
     let threshold = peak / 100.0;
-    let first = rms
-        .iter()
-        .position(|&r| r > threshold)
-        .expect("sentence has sound");
-    let last = rms
-        .iter()
-        .rposition(|&r| r > threshold)
-        .expect("sentence has sound");
+    let first = rms.iter().position(|&r| r > threshold).expect("sentence has sound");
+    let last = rms.iter().rposition(|&r| r > threshold).expect("sentence has sound");
     &samples[first * window..((last + 1) * window).min(samples.len())]
 }
 
@@ -135,15 +108,9 @@ impl Noise {
 
 /// The sentences, spoken, resampled and trimmed.
 fn sentences() -> Vec<Vec<i16>> {
-    let dir: PathBuf = [env!("CARGO_TARGET_TMPDIR"), "espeak_chunking"]
-        .iter()
-        .collect();
+    let dir: PathBuf = [env!("CARGO_TARGET_TMPDIR"), "espeak_chunking"].iter().collect();
     std::fs::create_dir_all(&dir).expect("create temp dir");
-    SENTENCES
-        .iter()
-        .enumerate()
-        .map(|(index, text)| trim(&speak(&dir, index, text)).to_vec())
-        .collect()
+    SENTENCES.iter().enumerate().map(|(index, text)| trim(&speak(&dir, index, text)).to_vec()).collect()
 }
 
 /// Lays the sentences out after the silences in `gaps_ms` (one more than
@@ -159,10 +126,7 @@ fn assemble(sentences: &[Vec<i16>], gaps_ms: &[u32]) -> (Vec<i16>, Vec<Truth>, f
         stream.extend(gap(gap_ms));
         energy += sentence.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>();
         speech_len += sentence.len();
-        truths.push(Truth {
-            start: stream.len(),
-            end: stream.len() + sentence.len(),
-        });
+        truths.push(Truth { start: stream.len(), end: stream.len() + sentence.len() });
         stream.extend_from_slice(sentence);
     }
     stream.extend(gap(gaps_ms[sentences.len()]));
@@ -172,21 +136,13 @@ fn assemble(sentences: &[Vec<i16>], gaps_ms: &[u32]) -> (Vec<i16>, Vec<Truth>, f
 fn add_noise(clean: &[i16], speech_power: f64, snr_db: f64) -> Vec<i16> {
     let sigma = (speech_power / 10f64.powf(snr_db / 10.0)).sqrt();
     let mut noise = Noise(0x9E37_79B9_7F4A_7C15);
-    clean
-        .iter()
-        .map(|&s| {
-            (f64::from(s) + sigma * noise.gaussian())
-                .round()
-                .clamp(-32768.0, 32767.0) as i16
-        })
-        .collect()
+    clean.iter().map(|&s| (f64::from(s) + sigma * noise.gaussian()).round().clamp(-32768.0, 32767.0) as i16).collect()
 }
 
 fn chunk(config: &ChunkerConfig, stream: &[i16]) -> Vec<Utterance> {
     let mut chunker = Chunker::new(config.clone()).expect("valid config");
     let push = (config.sample_rate / 50) as usize; // 20 ms
-    let mut utterances: Vec<Utterance> =
-        stream.chunks(push).flat_map(|p| chunker.push(p)).collect();
+    let mut utterances: Vec<Utterance> = stream.chunks(push).flat_map(|p| chunker.push(p)).collect();
     utterances.extend(chunker.flush());
     utterances
 }
@@ -206,12 +162,7 @@ struct Score {
 
 impl Score {
     fn max_abs(&self) -> i64 {
-        self.start_errors
-            .iter()
-            .chain(&self.end_errors)
-            .map(|e| e.abs())
-            .max()
-            .unwrap_or(0)
+        self.start_errors.iter().chain(&self.end_errors).map(|e| e.abs()).max().unwrap_or(0)
     }
 
     fn mean_abs(errors: &[i64]) -> f64 {
@@ -220,22 +171,13 @@ impl Score {
 }
 
 fn score(utterances: &[Utterance], truths: &[Truth]) -> Score {
-    let overlaps = |u: &Utterance, t: &Truth| {
-        (u.speech_start_ms as i64) < ms(t.end) && ms(t.start) < u.speech_end_ms as i64
-    };
+    let overlaps = |u: &Utterance, t: &Truth| (u.speech_start_ms as i64) < ms(t.end) && ms(t.start) < u.speech_end_ms as i64;
     let one_to_one = utterances.len() == truths.len()
-        && utterances.iter().enumerate().all(|(i, u)| {
-            truths
-                .iter()
-                .enumerate()
-                .all(|(j, t)| overlaps(u, t) == (i == j))
-        });
+        && utterances.iter().enumerate().all(|(i, u)| truths.iter().enumerate().all(|(j, t)| overlaps(u, t) == (i == j)));
     // Errors against the utterance that overlaps each sentence most.
     let (mut start_errors, mut end_errors, mut covered) = (Vec::new(), Vec::new(), true);
     for t in truths {
-        let best = utterances.iter().max_by_key(|u| {
-            (u.speech_end_ms as i64).min(ms(t.end)) - (u.speech_start_ms as i64).max(ms(t.start))
-        });
+        let best = utterances.iter().max_by_key(|u| (u.speech_end_ms as i64).min(ms(t.end)) - (u.speech_start_ms as i64).max(ms(t.start)));
         match best.filter(|u| overlaps(u, t)) {
             Some(u) => {
                 start_errors.push(u.speech_start_ms as i64 - ms(t.start));
@@ -245,13 +187,7 @@ fn score(utterances: &[Utterance], truths: &[Truth]) -> Score {
             None => covered = false,
         }
     }
-    Score {
-        utterances: utterances.len(),
-        one_to_one,
-        start_errors,
-        end_errors,
-        covered,
-    }
+    Score { utterances: utterances.len(), one_to_one, start_errors, end_errors, covered }
 }
 
 #[test]
@@ -264,27 +200,13 @@ fn espeak_sentences_in_noise() {
         truths.len(),
         clean.len() as f64 / f64::from(RATE)
     );
-    eprintln!(
-        "{:>20} | utts/sents | 1:1 | covered | start err mean/max | end err mean/max (ms)",
-        "SNR"
-    );
+    eprintln!("{:>20} | utts/sents | 1:1 | covered | start err mean/max | end err mean/max (ms)", "SNR");
 
     let mut at_20db = None;
     // Each run: label, speech gain, SNR.
-    for (label, gain, snr) in [
-        ("20 dB", 1.0, 20.0),
-        ("10 dB", 1.0, 10.0),
-        ("5 dB", 1.0, 5.0),
-        ("20 dB, speech -20 dB", 0.1, 20.0),
-    ] {
-        let scaled: Vec<i16> = clean
-            .iter()
-            .map(|&s| (f64::from(s) * gain).round() as i16)
-            .collect();
-        let utterances = chunk(
-            &config,
-            &add_noise(&scaled, speech_power * gain * gain, snr),
-        );
+    for (label, gain, snr) in [("20 dB", 1.0, 20.0), ("10 dB", 1.0, 10.0), ("5 dB", 1.0, 5.0), ("20 dB, speech -20 dB", 0.1, 20.0)] {
+        let scaled: Vec<i16> = clean.iter().map(|&s| (f64::from(s) * gain).round() as i16).collect();
+        let utterances = chunk(&config, &add_noise(&scaled, speech_power * gain * gain, snr));
         let s = score(&utterances, &truths);
         let max = |e: &[i64]| e.iter().map(|e| e.abs()).max().unwrap_or(0);
         eprintln!(
@@ -303,40 +225,25 @@ fn espeak_sentences_in_noise() {
             "20 dB" => at_20db = Some((s, utterances)),
             // These pass with room to spare; their boundaries are only reported.
             "10 dB" | "20 dB, speech -20 dB" => {
-                assert!(
-                    s.one_to_one,
-                    "{label}: each sentence must be one utterance: {utterances:#?}"
-                );
-                assert!(
-                    s.covered,
-                    "{label}: no speech may be clipped: {utterances:#?}"
-                );
+                assert!(s.one_to_one, "{label}: each sentence must be one utterance: {utterances:#?}");
+                assert!(s.covered, "{label}: no speech may be clipped: {utterances:#?}");
             }
             _ => {}
         }
     }
 
     let (s, utterances) = at_20db.expect("20 dB was run");
-    assert!(
-        s.one_to_one,
-        "at 20 dB each sentence must be one utterance: {utterances:#?}"
-    );
+    assert!(s.one_to_one, "at 20 dB each sentence must be one utterance: {utterances:#?}");
     assert!(
         s.max_abs() <= TOLERANCE_MS,
         "at 20 dB boundaries must be within ±{TOLERANCE_MS} ms: starts {:?}, ends {:?}",
         s.start_errors,
         s.end_errors
     );
-    assert!(
-        s.covered,
-        "at 20 dB no speech may be clipped from an utterance: {utterances:#?}"
-    );
+    assert!(s.covered, "at 20 dB no speech may be clipped from an utterance: {utterances:#?}");
     for u in &utterances {
         assert!(!u.manual_cut && !u.forced, "{u:?}");
-        assert_eq!(
-            u.samples.len() as u64,
-            (u.end_ms - u.start_ms) * u64::from(RATE) / 1000
-        );
+        assert_eq!(u.samples.len() as u64, (u.end_ms - u.start_ms) * u64::from(RATE) / 1000);
     }
 
     // Speech from the very first sample, before the noise floor has been
@@ -346,12 +253,6 @@ fn espeak_sentences_in_noise() {
     let (clean, truths, speech_power) = assemble(&sentences, &gaps);
     let utterances = chunk(&config, &add_noise(&clean, speech_power, 20.0));
     let s = score(&utterances, &truths);
-    eprintln!(
-        "speech from the first sample, 20 dB: starts {:?} ends {:?}",
-        s.start_errors, s.end_errors
-    );
-    assert!(
-        s.one_to_one && s.covered,
-        "speech from the first sample: {utterances:#?}"
-    );
+    eprintln!("speech from the first sample, 20 dB: starts {:?} ends {:?}", s.start_errors, s.end_errors);
+    assert!(s.one_to_one && s.covered, "speech from the first sample: {utterances:#?}");
 }

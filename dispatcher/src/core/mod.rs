@@ -17,14 +17,16 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use rand::rngs::StdRng;
 use rand::RngCore;
-use tolk_protocol::common::{ErrorCode, ErrorMessage, Extra, Features};
+use rand::rngs::StdRng;
+use tolk_protocol::common::{ErrorCode, ErrorMessage, Features};
 use tolk_protocol::node::{
     InstalledModel, JobAssign, JobResult, NodeCommand, NodeControl, NodeHeartbeat, NodeRegister, NodeRegisterAck, PairingCode, Pipeline,
     ResourceUsage,
 };
-use tolk_protocol::session::{ClientHeartbeat, ServerHeartbeat, SessionCloseAck, SessionInit, SessionInitAck, TranslationResult, Utterance};
+use tolk_protocol::session::{
+    ClientHeartbeat, ServerHeartbeat, SessionCloseAck, SessionInit, SessionInitAck, TranslationResult, Utterance,
+};
 use tolk_protocol::{AudioFormat, ClientToServer, Message, ModelKind, NodeToServer, ProtocolError, ServerToClient, ServerToNode};
 
 use crate::config::CoreConfig;
@@ -482,7 +484,8 @@ impl Core {
         };
         // Extension 8: a session's messages count only on the connection that owns it.
         if owned.as_deref() != Some(claimed.as_str()) {
-            let err = ErrorMessage { code: ErrorCode::InvalidSession, message: "session not found on this connection".into(), details: None };
+            let err =
+                ErrorMessage { code: ErrorCode::InvalidSession, message: "session not found on this connection".into(), details: None };
             return self.send_error(conn, err);
         }
         let id = claimed.clone();
@@ -513,7 +516,11 @@ impl Core {
             return self.resume(now, conn, id, token, init.last_utterance_index);
         }
         if self.sessions.len() >= self.cfg.max_sessions {
-            let err = ErrorMessage { code: ErrorCode::InternalError, message: "the server is at capacity; try again later".into(), details: None };
+            let err = ErrorMessage {
+                code: ErrorCode::InternalError,
+                message: "the server is at capacity; try again later".into(),
+                details: None,
+            };
             return self.send_error(conn, err);
         }
         let features = init.features.unwrap_or_default();
@@ -552,7 +559,8 @@ impl Core {
         self.metrics.sessions_active.set(self.sessions.len() as i64);
         self.arm(now + self.cfg.session_idle_ms, Timer::Session(id.clone()));
         let message = if paired_node.is_some() { "session created, paired" } else { "session created" };
-        let ack = SessionInitAck { session_id: id, assigned_node_id: paired_node, message: message.into(), resume_token: Some(resume_token) };
+        let ack =
+            SessionInitAck { session_id: id, assigned_node_id: paired_node, message: message.into(), resume_token: Some(resume_token) };
         self.send(conn, &ServerToClient::SessionInitAck(ack));
     }
 
@@ -589,7 +597,11 @@ impl Core {
         let w = self.guesses.get(&addr).filter(|w| now < w.started + window);
         if w.is_some_and(|w| w.failures >= self.cfg.pairing_max_failures) {
             self.metrics.pairing_rate_limited.inc();
-            return Err(ErrorMessage { code: ErrorCode::RateLimited, message: "too many wrong pairing codes; wait a minute".into(), details: None });
+            return Err(ErrorMessage {
+                code: ErrorCode::RateLimited,
+                message: "too many wrong pairing codes; wait a minute".into(),
+                details: None,
+            });
         }
         match self.codes.get(code) {
             Some(e) if e.expires_at > now && self.nodes.contains_key(&e.node) => Ok(e.node.clone()),
@@ -602,7 +614,11 @@ impl Core {
                     }
                     entry.failures += 1;
                 }
-                Err(ErrorMessage { code: ErrorCode::InvalidPairingCode, message: "Pairing code not found or expired".into(), details: None })
+                Err(ErrorMessage {
+                    code: ErrorCode::InvalidPairingCode,
+                    message: "Pairing code not found or expired".into(),
+                    details: None,
+                })
             }
         }
     }
@@ -610,7 +626,11 @@ impl Core {
     fn resume(&mut self, now: Millis, conn: ConnId, id: &str, token: &str, last: Option<u64>) {
         let valid = self.sessions.get(id).is_some_and(|s| constant_time_eq::constant_time_eq(s.resume_token.as_bytes(), token.as_bytes()));
         if !valid {
-            let err = ErrorMessage { code: ErrorCode::InvalidSession, message: "unknown or expired session; start a new one".into(), details: None };
+            let err = ErrorMessage {
+                code: ErrorCode::InvalidSession,
+                message: "unknown or expired session; start a new one".into(),
+                details: None,
+            };
             return self.send_error(conn, err);
         }
         let Some(s) = self.sessions.get_mut(id) else { return };
@@ -833,7 +853,10 @@ impl Core {
             NodeToServer::NodeRegister(_) => return,
         };
         if *claimed != node_id {
-            return self.send_error(conn, ProtocolError::invalid_field("node_id", "node_id is not the one this connection registered").to_message());
+            return self.send_error(
+                conn,
+                ProtocolError::invalid_field("node_id", "node_id is not the one this connection registered").to_message(),
+            );
         }
         if let Some(n) = self.nodes.get_mut(&node_id) {
             n.last_seen = now;
@@ -888,7 +911,11 @@ impl Core {
             }
             None => {
                 if self.nodes.len() >= self.cfg.max_nodes {
-                    let err = ErrorMessage { code: ErrorCode::InternalError, message: "the server is at capacity for nodes".into(), details: None };
+                    let err = ErrorMessage {
+                        code: ErrorCode::InternalError,
+                        message: "the server is at capacity for nodes".into(),
+                        details: None,
+                    };
                     self.send_error(conn, err);
                     return self.close(conn);
                 }
@@ -1103,7 +1130,9 @@ impl Core {
 
     fn on_job_result(&mut self, now: Millis, conn: ConnId, node_id: &str, r: JobResult) {
         let holds = self.jobs.get(&r.job_id).is_some_and(|j| {
-            matches!(&j.state, JobState::Running { node, .. } if node == node_id) && j.session == r.session_id && j.index == r.utterance_index
+            matches!(&j.state, JobState::Running { node, .. } if node == node_id)
+                && j.session == r.session_id
+                && j.index == r.utterance_index
         });
         if !holds {
             // A late answer for a job that was moved, or a forged one.
@@ -1165,7 +1194,7 @@ impl Core {
             text_translated: r.text_translated.unwrap_or_default(),
             tts_audio: r.tts_audio,
             tts_format: r.tts_format,
-            extra: Some(r.extra.unwrap_or_else(Extra::default)),
+            extra: Some(r.extra.unwrap_or_default()),
         };
         self.finish(&job.session, job.index, Outcome::Result(Box::new(result)));
     }
@@ -1257,29 +1286,30 @@ impl Core {
 
     fn on_closed(&mut self, now: Millis, conn: ConnId) {
         let Some(c) = self.conns.remove(&conn) else { return };
-        if let Some(id) = c.session {
-            if let Some(s) = self.sessions.get_mut(&id) {
-                if s.conn == Some(conn) {
-                    s.conn = None;
-                    s.detached_at = Some(now);
-                    self.arm(now + self.cfg.resume_grace_ms, Timer::Session(id));
-                }
-            }
+        if let Some(id) = c.session
+            && let Some(s) = self.sessions.get_mut(&id)
+            && s.conn == Some(conn)
+        {
+            s.conn = None;
+            s.detached_at = Some(now);
+            self.arm(now + self.cfg.resume_grace_ms, Timer::Session(id));
         }
-        if let Some(id) = c.node {
-            if self.nodes.get(&id).is_some_and(|n| n.conn == Some(conn)) {
-                self.node_lost(now, &id, "disconnected");
-            }
+        if let Some(id) = c.node
+            && self.nodes.get(&id).is_some_and(|n| n.conn == Some(conn))
+        {
+            self.node_lost(now, &id, "disconnected");
         }
     }
 
     fn on_handshake_timeout(&mut self, conn: ConnId) {
-        if let Some(c) = self.conns.get(&conn) {
-            if c.session.is_none() && c.node.is_none() {
-                let err = ErrorMessage { code: ErrorCode::InvalidMessage, message: "no session_init or node_register in time".into(), details: None };
-                self.send_error(conn, err);
-                self.close(conn);
-            }
+        if let Some(c) = self.conns.get(&conn)
+            && c.session.is_none()
+            && c.node.is_none()
+        {
+            let err =
+                ErrorMessage { code: ErrorCode::InvalidMessage, message: "no session_init or node_register in time".into(), details: None };
+            self.send_error(conn, err);
+            self.close(conn);
         }
     }
 

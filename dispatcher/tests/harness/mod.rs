@@ -1,6 +1,7 @@
 //! A driver for the sans-IO core: feeds events, advances time, and collects
 //! what the core sends, parsed (and so validated) by `tolk-protocol`.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -10,7 +11,7 @@ use rand::rngs::StdRng;
 use tolk_dispatcher::CoreConfig;
 use tolk_dispatcher::core::{Action, ConnId, Core, Endpoint, Input, Millis};
 use tolk_dispatcher::metrics::Metrics;
-use tolk_protocol::common::{Features, ErrorMessage};
+use tolk_protocol::common::{ErrorMessage, Features};
 use tolk_protocol::node::*;
 use tolk_protocol::session::*;
 use tolk_protocol::{AudioFormat, ClientToServer, Message, ModelKind, NodeToServer, ServerToClient, ServerToNode};
@@ -200,7 +201,13 @@ impl Sim {
         let hb = NodeHeartbeat {
             node_id: node_id.into(),
             timestamp: self.now,
-            resource_usage: ResourceUsage { cpu_percent: 10.0, gpu_percent: None, gpu_mem_percent: None, mem_percent: 20.0, running_jobs: 0 },
+            resource_usage: ResourceUsage {
+                cpu_percent: 10.0,
+                gpu_percent: None,
+                gpu_mem_percent: None,
+                mem_percent: 20.0,
+                running_jobs: 0,
+            },
             installed_models: models,
         };
         self.node(conn, NodeToServer::NodeHeartbeat(hb));
