@@ -160,3 +160,33 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses_to_the_defaults() {
+        let text = include_str!("../tolk-dispatcher.example.toml");
+        let parsed: Config = toml::from_str(text).unwrap();
+        let d = Config::default();
+        assert_eq!(parsed.listen, d.listen);
+        assert_eq!(parsed.max_frame_bytes, d.max_frame_bytes);
+        assert_eq!(format!("{:?}", parsed.core), format!("{:?}", d.core), "the example documents every core default");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_and_env_overrides_apply() {
+        assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
+        let mut c = Config::default();
+        c.apply_env(|k| match k {
+            "TOLK_LISTEN" => Some("0.0.0.0:9".into()),
+            "TOLK_MAX_FRAME_BYTES" => Some("1024".into()),
+            "TOLK_NODE_AUTH_TOKEN" => Some("s".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!((c.listen.as_str(), c.max_frame_bytes, c.core.node_auth_token.as_deref()), ("0.0.0.0:9", 1024, Some("s")));
+        assert!(c.apply_env(|k| (k == "TOLK_MAX_FRAME_BYTES").then(|| "lots".into())).is_err());
+    }
+}
