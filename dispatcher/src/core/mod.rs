@@ -174,9 +174,9 @@ impl Node {
 /// A model for `model_lang` serves `wanted` when the tags are equal or the
 /// model's is a prefix of the wanted one (`en` serves `en-US`).
 fn lang_matches(model_lang: &str, wanted: &str) -> bool {
-    wanted.len() >= model_lang.len()
-        && wanted[..model_lang.len()].eq_ignore_ascii_case(model_lang)
-        && (wanted.len() == model_lang.len() || wanted.as_bytes()[model_lang.len()] == b'-')
+    // `get` rather than slicing: no panic whatever the bytes.
+    wanted.get(..model_lang.len()).is_some_and(|prefix| prefix.eq_ignore_ascii_case(model_lang))
+        && matches!(wanted.as_bytes().get(model_lang.len()), None | Some(b'-'))
 }
 
 #[derive(Debug, Clone)]
@@ -964,11 +964,12 @@ impl Core {
     fn issue_pairing_code(&mut self, now: Millis, conn: ConnId, node_id: &str) {
         // One live code per node: a new request replaces the old one.
         self.codes.retain(|_, e| e.node != node_id);
-        let code = loop {
-            let candidate = format!("{:06}", self.rng.next_u32() % 1_000_000);
-            if !self.codes.contains_key(&candidate) {
-                break candidate;
-            }
+        // Live codes are at most one per node, far fewer than 10^6, so a
+        // free code is found in a few draws; the bound only rules out a spin.
+        let code = (0..1_000).map(|_| format!("{:06}", self.rng.next_u32() % 1_000_000)).find(|c| !self.codes.contains_key(c));
+        let Some(code) = code else {
+            let err = ErrorMessage { code: ErrorCode::InternalError, message: "no pairing code available; try again".into(), details: None };
+            return self.send_error(conn, err);
         };
         let expires_at = now + self.cfg.pairing_code_ttl_ms;
         self.codes.insert(code.clone(), PairingEntry { node: node_id.to_owned(), expires_at });
@@ -1366,5 +1367,6 @@ mod tests {
         assert!(lang_matches("EN", "en-us"));
         assert!(!lang_matches("en", "eng"));
         assert!(!lang_matches("en-US", "en"));
+        assert!(!lang_matches("e", "é-x"), "no panic on a non-ASCII boundary");
     }
 }
