@@ -4,21 +4,33 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests use (real audio from espeak-ng, measured with sox).
-APT_PACKAGES=(espeak-ng sox)
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+APT_UPDATED=""
 
-missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+# apt_need PKG...: installs the Debian packages that are missing.
+apt_need() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
   echo "setup: installing Debian packages: ${missing[*]}"
-  $SUDO apt-get update -qq
+  if [ -z "$APT_UPDATED" ]; then
+    $SUDO apt-get update -qq
+    APT_UPDATED=1
+  fi
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+}
 
+# --- sdk, plugins: speech synthesised for tests, measured with sox ---
+apt_need espeak-ng sox
+
+# --- node: inference engines (added by the node host) ---
+
+# --- bindings: Kotlin/JVM and Python binding tests (added by the bindings) ---
+
+# --- plugins: wasm guests are built for the target rust-toolchain.toml lists ---
 # rust-toolchain.toml pins the toolchain and lists the wasm target; this makes
 # rustup install both now rather than on the first cargo call.
 rustup show active-toolchain >/dev/null
