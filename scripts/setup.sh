@@ -27,6 +27,11 @@ apt_need() {
 apt_need espeak-ng sox
 
 # --- node: inference engines (added by the node host) ---
+# The shipped engine plugins link these (node/engines/*): PocketSphinx + its
+# US English model (ASR), Flite (TTS, English), eSpeak NG (TTS, many
+# languages), and Apertium with the English-Spanish pair (NMT, run as a
+# process). The node's end-to-end test uses all of them.
+apt_need libpocketsphinx-dev pocketsphinx-en-us flite1-dev libespeak-ng-dev apertium apertium-eng-spa
 
 # --- bindings: Kotlin/JVM and Python binding tests (added by the bindings) ---
 
@@ -34,3 +39,8 @@ apt_need espeak-ng sox
 # rust-toolchain.toml pins the toolchain and lists the wasm target; this makes
 # rustup install both now rather than on the first cargo call.
 rustup show active-toolchain >/dev/null
+# ...but it adds no target to a toolchain installed before the list grew.
+installed_targets=$(rustup target list --installed)
+for target in wasm32-wasip2 wasm32-unknown-unknown; do
+  grep -qx "$target" <<<"$installed_targets" || rustup target add "$target"
+done

@@ -49,6 +49,9 @@ pub struct CoreConfig {
     pub node_forget_ms: u64,
     /// Sample rates accepted in utterances (a subset of the protocol's).
     pub sample_rates: Vec<u32>,
+    /// How long a node's result waits for the dispatcher's detectors before
+    /// it is sent without their features.
+    pub detect_wait_ms: u64,
 }
 
 impl Default for CoreConfig {
@@ -74,6 +77,7 @@ impl Default for CoreConfig {
             node_auth_token: None,
             node_forget_ms: 86_400_000,
             sample_rates: tolk_protocol::validate::SAMPLE_RATES.to_vec(),
+            detect_wait_ms: 2_000,
         }
     }
 }
@@ -100,6 +104,8 @@ pub struct Config {
     /// Log as JSON lines.
     pub log_json: bool,
     pub core: CoreConfig,
+    /// Wasm plugins (scheduling policies, feature detectors).
+    pub plugins: crate::plugins::PluginsConfig,
 }
 
 impl Default for Config {
@@ -115,6 +121,7 @@ impl Default for Config {
             shutdown_grace_ms: 10_000,
             log_json: false,
             core: CoreConfig::default(),
+            plugins: crate::plugins::PluginsConfig::default(),
         }
     }
 }
@@ -134,7 +141,8 @@ impl Config {
     }
 
     /// Applies `TOLK_LISTEN`, `TOLK_ADMIN_TOKEN`, `TOLK_NODE_AUTH_TOKEN`,
-    /// `TOLK_TLS_CERT`, `TOLK_TLS_KEY`, `TOLK_MAX_FRAME_BYTES`, `TOLK_LOG_JSON`.
+    /// `TOLK_TLS_CERT`, `TOLK_TLS_KEY`, `TOLK_MAX_FRAME_BYTES`, `TOLK_PLUGIN_DIR`,
+    /// `TOLK_SCHEDULER`, `TOLK_LOG_JSON`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), Error> {
         if let Some(v) = get("TOLK_LISTEN") {
             self.listen = v;
@@ -153,6 +161,12 @@ impl Config {
         }
         if let Some(v) = get("TOLK_MAX_FRAME_BYTES") {
             self.max_frame_bytes = v.parse().map_err(|_| Error::Config(format!("TOLK_MAX_FRAME_BYTES: not a number: {v}")))?;
+        }
+        if let Some(v) = get("TOLK_PLUGIN_DIR") {
+            self.plugins.dir = Some(v.into());
+        }
+        if let Some(v) = get("TOLK_SCHEDULER") {
+            self.plugins.scheduler = Some(v);
         }
         if let Some(v) = get("TOLK_LOG_JSON") {
             self.log_json = matches!(v.as_str(), "1" | "true" | "yes");

@@ -22,6 +22,7 @@ pub mod config;
 pub mod core;
 mod error;
 pub mod metrics;
+pub mod plugins;
 pub mod shell;
 
 pub use config::{Config, CoreConfig};

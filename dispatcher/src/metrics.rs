@@ -36,6 +36,7 @@ pub struct Metrics {
     pub pairing_rate_limited: Counter,
     pub bad_frames: Family<Labels, Counter>,
     pub slow_peers: Counter,
+    pub detection_timeouts: Counter,
     /// Job assignment → result, seconds.
     pub job_seconds: Histogram,
     /// Utterance accepted → outcome, seconds.
@@ -66,6 +67,7 @@ impl Default for Metrics {
             pairing_rate_limited: Counter::default(),
             bad_frames: Family::default(),
             slow_peers: Counter::default(),
+            detection_timeouts: Counter::default(),
             // 1 ms to ~65 s.
             job_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             utterance_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
@@ -107,6 +109,11 @@ impl Metrics {
         r.register("pairing_rate_limited", "Pairing attempts refused for too many failures", self.pairing_rate_limited.clone());
         r.register("bad_frames", "Frames refused as invalid, by endpoint", self.bad_frames.clone());
         r.register("slow_peers", "Connections dropped for not reading", self.slow_peers.clone());
+        r.register(
+            "detection_timeouts",
+            "Results sent without detector features because detection was late",
+            self.detection_timeouts.clone(),
+        );
         r.register("job_seconds", "Time from job assignment to its result", self.job_seconds.clone());
         r.register("utterance_seconds", "Time from utterance accepted to its outcome", self.utterance_seconds.clone());
     }

@@ -34,6 +34,7 @@ use crate::Error;
 use crate::config::Config;
 use crate::core::{Action, AdminCommand, ConnId, Core, Endpoint, Frame, Input, Millis};
 use crate::metrics::Metrics;
+use crate::plugins::PluginHost;
 
 /// What a connection's send task is told.
 #[derive(Debug)]
@@ -88,6 +89,7 @@ struct Shared {
     connections: Arc<Semaphore>,
     timer_wake: Notify,
     shutting_down: AtomicBool,
+    plugins: Option<PluginHost>,
 }
 
 /// A running dispatcher's shared handle (cheap to clone).
@@ -113,7 +115,18 @@ impl Dispatcher {
         let metrics = Metrics::default();
         let mut registry = Registry::default();
         metrics.register(&mut registry);
-        let core = Core::new(config.core.clone(), rng, metrics.clone(), clock.now());
+        let mut core = Core::new(config.core.clone(), rng, metrics.clone(), clock.now());
+        let plugins = match PluginHost::new(config.plugins.clone(), &mut registry) {
+            Ok(host) => host,
+            Err(e) => {
+                // Without a working engine the dispatcher still serves, with built-ins.
+                tracing::error!("wasm plugins disabled: {e}");
+                None
+            }
+        };
+        if let Some(host) = &plugins {
+            core.set_policy(Box::new(host.policy()));
+        }
         let connections = Arc::new(Semaphore::new(config.max_connections));
         Self {
             shared: Arc::new(Shared {
@@ -126,6 +139,7 @@ impl Dispatcher {
                 connections,
                 timer_wake: Notify::new(),
                 shutting_down: AtomicBool::new(false),
+                plugins,
             }),
         }
     }
@@ -156,10 +170,18 @@ impl Dispatcher {
                 return;
             }
             let mut dropped = Vec::new();
+            let mut undetected = Vec::new();
             for action in actions {
                 let (conn, out) = match action {
                     Action::Send { conn, frame } => (conn, Out::Frame(frame)),
                     Action::Close { conn } => (conn, Out::Close),
+                    Action::Detect { job_id, audio, format, sample_rate, features } => {
+                        match &self.shared.plugins {
+                            Some(host) => self.spawn_detection(host.clone(), job_id, audio, format, sample_rate, features),
+                            None => undetected.push(job_id),
+                        }
+                        continue;
+                    }
                 };
                 let Some(peer) = state.peers.get(&conn) else { continue };
                 if let Err(mpsc::error::TrySendError::Full(_)) = peer.tx.try_send(out) {
@@ -169,11 +191,52 @@ impl Dispatcher {
                     dropped.push(conn);
                 }
             }
+            for job_id in undetected {
+                state.core.handle(now, Input::Detected { job_id, extra: Default::default() });
+            }
             for conn in dropped {
                 // Dropping the peer ends both of its tasks and closes the socket.
                 state.peers.remove(&conn);
                 state.core.handle(now, Input::Closed { conn });
             }
+        }
+    }
+
+    /// Runs the detectors on a blocking thread (decoding and wasm take
+    /// milliseconds: never under the core's lock), then reports back —
+    /// always, even if the detector panicked, so no result waits in vain.
+    fn spawn_detection(
+        &self,
+        host: PluginHost,
+        job_id: String,
+        audio: Frame,
+        format: tolk_protocol::AudioFormat,
+        sample_rate: u32,
+        features: tolk_protocol::Features,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let found = tokio::task::spawn_blocking(move || host.detect(&audio, format, sample_rate, features)).await.unwrap_or_default();
+            this.with_core(|core, now| core.handle(now, Input::Detected { job_id, extra: found }));
+        });
+    }
+
+    /// Scans the plugin folder once (blocking: call it off the runtime).
+    fn scan_plugins(&self) {
+        let Some(host) = &self.shared.plugins else { return };
+        let report = host.scan();
+        if !report.loaded.is_empty() || !report.removed.is_empty() || report.scheduler_changed {
+            let supplied = host.supplied_features();
+            self.with_core(|core, _| core.set_supplied_features(supplied));
+        }
+    }
+
+    async fn watch_plugins(self) {
+        let poll = Duration::from_millis(self.shared.config.plugins.poll_ms.max(50));
+        loop {
+            tokio::time::sleep(poll).await;
+            let this = self.clone();
+            let _ = tokio::task::spawn_blocking(move || this.scan_plugins()).await;
         }
     }
 
@@ -187,6 +250,7 @@ impl Dispatcher {
             .route("/metrics", get(metrics))
             .route("/admin/nodes", get(admin_nodes))
             .route("/admin/sessions", get(admin_sessions))
+            .route("/admin/plugins", get(admin_plugins))
             .route("/admin/nodes/{node_id}/{command}", post(admin_node_command))
             .with_state(self.clone())
     }
@@ -198,6 +262,10 @@ impl Dispatcher {
         listener.set_nonblocking(true)?;
         let handle = axum_server::Handle::new();
         let timers = tokio::spawn(self.clone().timer_task());
+        // Plugins present at start are loaded before the first connection.
+        let this = self.clone();
+        let _ = tokio::task::spawn_blocking(move || this.scan_plugins()).await;
+        let watcher = self.shared.plugins.is_some().then(|| tokio::spawn(self.clone().watch_plugins()));
         let app = self.router().into_make_service_with_connect_info::<SocketAddr>();
         let server = {
             let handle = handle.clone();
@@ -232,6 +300,9 @@ impl Dispatcher {
         }
         handle.graceful_shutdown(Some(Duration::from_secs(1)));
         timers.abort();
+        if let Some(w) = watcher {
+            w.abort();
+        }
         match server.await {
             Ok(result) => result.map_err(Error::Io),
             Err(e) => Err(Error::Io(std::io::Error::other(e))),
@@ -364,6 +435,13 @@ async fn metrics(State(d): State<Dispatcher>) -> impl IntoResponse {
 async fn admin_nodes(State(d): State<Dispatcher>, headers: HeaderMap) -> Response {
     match d.authorized(&headers) {
         Ok(()) => Json(d.lock().core.list_nodes()).into_response(),
+        Err(status) => status.into_response(),
+    }
+}
+
+async fn admin_plugins(State(d): State<Dispatcher>, headers: HeaderMap) -> Response {
+    match d.authorized(&headers) {
+        Ok(()) => Json(d.shared.plugins.as_ref().map(PluginHost::list).unwrap_or_default()).into_response(),
         Err(status) => status.into_response(),
     }
 }

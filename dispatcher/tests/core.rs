@@ -620,3 +620,78 @@ fn unanswered_utterances_per_session_are_bounded() {
     sim.utterance(c, &sid, 2);
     assert_eq!(sim.core.sizes().jobs, 1);
 }
+
+fn speech_rate_session(sim: &mut Sim) -> (u64, String) {
+    sim.core.set_supplied_features(Features { speech_rate_detection: true, ..Features::default() });
+    let c = sim.open(Endpoint::Session);
+    let ClientToServer::SessionInit(mut i) = init("en", "es", None) else { unreachable!() };
+    i.features = Some(Features { speech_rate_detection: true, ..Features::default() });
+    sim.client(c, ClientToServer::SessionInit(i));
+    let ServerToClient::SessionInitAck(ack) = sim.take_client(c).remove(0) else { panic!() };
+    (c, ack.session_id)
+}
+
+fn rate_of(msg: &ServerToClient) -> Option<f64> {
+    match msg {
+        ServerToClient::TranslationResult(r) => r.extra.as_ref().and_then(|e| e.speech_rate),
+        _ => panic!("{msg:?}"),
+    }
+}
+
+#[test]
+fn dispatcher_detection_fills_what_the_node_lacks_in_either_order() {
+    let mut sim = Sim::new(cfg());
+    let (node, node_id, _) = sim.register_node(&[("en", "es")], true);
+    let (c, sid) = speech_rate_session(&mut sim);
+    // The node answers first: the result waits for the detector.
+    sim.utterance(c, &sid, 0);
+    let job = sim.jobs(node).remove(0);
+    assert_eq!(sim.detects.len(), 1, "the detector is asked at once, in parallel with the node");
+    sim.succeed(node, &node_id, &job);
+    assert!(sim.take_client(c).is_empty());
+    let (job_id, wanted) = sim.detects.remove(0);
+    assert!(wanted.speech_rate_detection && !wanted.emotion_detection);
+    sim.detected(&job_id, tolk_protocol::common::Extra { speech_rate: Some(4.5), ..Default::default() });
+    assert_eq!(rate_of(&sim.take_client(c)[0]), Some(4.5));
+    // The detector answers first.
+    sim.utterance(c, &sid, 1);
+    let job = sim.jobs(node).remove(0);
+    let (job_id, _) = sim.detects.remove(0);
+    sim.detected(&job_id, tolk_protocol::common::Extra { speech_rate: Some(3.0), ..Default::default() });
+    assert!(sim.take_client(c).is_empty());
+    sim.succeed(node, &node_id, &job);
+    assert_eq!(rate_of(&sim.take_client(c)[0]), Some(3.0));
+}
+
+#[test]
+fn a_detector_that_never_answers_costs_no_result() {
+    let mut sim = Sim::new(cfg());
+    let (node, node_id, _) = sim.register_node(&[("en", "es")], true);
+    let (c, sid) = speech_rate_session(&mut sim);
+    sim.utterance(c, &sid, 0);
+    let job = sim.jobs(node).remove(0);
+    sim.succeed(node, &node_id, &job);
+    sim.advance(cfg().detect_wait_ms + 1);
+    let out = sim.take_client(c);
+    assert_eq!(rate_of(&out[0]), None, "sent, with the field null");
+    assert_eq!(sim.core.metrics().detection_timeouts.get(), 1);
+    // A late answer changes nothing.
+    let (job_id, _) = sim.detects.remove(0);
+    sim.detected(&job_id, tolk_protocol::common::Extra { speech_rate: Some(9.9), ..Default::default() });
+    assert!(sim.take_client(c).is_empty());
+}
+
+#[test]
+fn the_nodes_own_feature_values_win() {
+    let mut sim = Sim::new(cfg());
+    let (node, node_id, _) = sim.register_node(&[("en", "es")], true);
+    let (c, sid) = speech_rate_session(&mut sim);
+    sim.utterance(c, &sid, 0);
+    let job = sim.jobs(node).remove(0);
+    let mut r = result_for(&node_id, &job);
+    r.extra = Some(tolk_protocol::common::Extra { speech_rate: Some(1.2), ..Default::default() });
+    sim.node(node, NodeToServer::JobResult(r));
+    let (job_id, _) = sim.detects.remove(0);
+    sim.detected(&job_id, tolk_protocol::common::Extra { speech_rate: Some(7.0), ..Default::default() });
+    assert_eq!(rate_of(&sim.take_client(c)[0]), Some(1.2));
+}

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use rand::RngCore;
 use rand::rngs::StdRng;
-use tolk_protocol::common::{ErrorCode, ErrorMessage, Features};
+use tolk_protocol::common::{ErrorCode, ErrorMessage, Extra, Features};
 use tolk_protocol::node::{
     InstalledModel, JobAssign, JobResult, NodeCommand, NodeControl, NodeHeartbeat, NodeRegister, NodeRegisterAck, PairingCode, Pipeline,
     ResourceUsage,
@@ -61,6 +61,8 @@ pub enum Input {
     Invalid { conn: ConnId, error: ProtocolError },
     /// The connection is gone (either side closed it).
     Closed { conn: ConnId },
+    /// What the dispatcher's detectors found for a job (empty on failure).
+    Detected { job_id: String, extra: Extra },
 }
 
 /// What the shell must do.
@@ -70,6 +72,9 @@ pub enum Action {
     Send { conn: ConnId, frame: Frame },
     /// Close the connection after the frames already queued for it.
     Close { conn: ConnId },
+    /// Run the detectors for `features` on this audio, then feed
+    /// `Input::Detected` back, whatever happens.
+    Detect { job_id: String, audio: Frame, format: AudioFormat, sample_rate: u32, features: Features },
 }
 
 /// Admin commands (the shell's HTTP API).
@@ -195,6 +200,16 @@ enum JobState {
     Queued,
     /// Sent to this node.
     Running { node: String, started: Millis },
+    /// The node answered; waiting (boundedly) for the dispatcher's detectors.
+    Finished { result: Box<JobResult> },
+}
+
+/// The dispatcher's own feature detection for a job.
+#[derive(Debug)]
+enum Detection {
+    NotNeeded,
+    Pending(Features),
+    Done(Features, Extra),
 }
 
 #[derive(Debug)]
@@ -211,6 +226,7 @@ struct Job {
     accepted_at: Millis,
     /// Set when the session went away: the job only frees its node's slot.
     orphaned: bool,
+    detection: Detection,
 }
 
 #[derive(Debug)]
@@ -359,6 +375,7 @@ impl Core {
                 self.send_error(conn, error.to_message());
             }
             Input::Closed { conn } => self.on_closed(now, conn),
+            Input::Detected { job_id, extra } => self.on_detected(now, &job_id, extra),
         }
     }
 
@@ -709,6 +726,14 @@ impl Core {
             let err = ErrorMessage::for_utterance(ErrorCode::NodeUnavailable, "the server is at capacity", index);
             return self.finish(id, index, Outcome::Error(err));
         }
+        let detect = Features {
+            emotion_detection: features.emotion_detection && self.supplied.emotion_detection,
+            voice_style_detection: features.voice_style_detection && self.supplied.voice_style_detection,
+            speech_rate_detection: features.speech_rate_detection && self.supplied.speech_rate_detection,
+        };
+        // Only when a detector will read it is the audio copied.
+        let detect_audio: Option<Frame> = (!detect.is_empty()).then(|| u.audio.as_str().into());
+        let (format, rate) = (u.audio_format, u.sample_rate);
         let Some(s) = self.sessions.get_mut(id) else { return };
         let pipeline = Pipeline { use_asr: true, use_nmt: !u.src_lang.eq_ignore_ascii_case(&u.tgt_lang), use_tts: true };
         let audio_ms = estimate_audio_ms(&u);
@@ -755,8 +780,12 @@ impl Core {
             deadline: now + self.cfg.admission_wait_ms,
             accepted_at: now,
             orphaned: false,
+            detection: if detect.is_empty() { Detection::NotNeeded } else { Detection::Pending(detect) },
         };
         self.jobs.insert(job_id.clone(), job);
+        if let Some(audio) = detect_audio {
+            self.out.push(Action::Detect { job_id: job_id.clone(), audio, format, sample_rate: rate, features: detect });
+        }
         self.arm(now + self.cfg.admission_wait_ms, Timer::Job(job_id.clone()));
         if !self.try_assign(now, &job_id) {
             self.queue.push_back(job_id);
@@ -796,7 +825,7 @@ impl Core {
         for job_id in s.jobs {
             if let Some(job) = self.jobs.get_mut(&job_id) {
                 match job.state {
-                    JobState::Queued => {
+                    JobState::Queued | JobState::Finished { .. } => {
                         self.jobs.remove(&job_id);
                     }
                     // The node is still busy with it: keep the job to free the slot later.
@@ -968,7 +997,8 @@ impl Core {
         // free code is found in a few draws; the bound only rules out a spin.
         let code = (0..1_000).map(|_| format!("{:06}", self.rng.next_u32() % 1_000_000)).find(|c| !self.codes.contains_key(c));
         let Some(code) = code else {
-            let err = ErrorMessage { code: ErrorCode::InternalError, message: "no pairing code available; try again".into(), details: None };
+            let err =
+                ErrorMessage { code: ErrorCode::InternalError, message: "no pairing code available; try again".into(), details: None };
             return self.send_error(conn, err);
         };
         let expires_at = now + self.cfg.pairing_code_ttl_ms;
@@ -1144,7 +1174,7 @@ impl Core {
         let Some(job) = self.jobs.get(&r.job_id) else { return };
         let started = match job.state {
             JobState::Running { started, .. } => started,
-            JobState::Queued => now,
+            JobState::Queued | JobState::Finished { .. } => now,
         };
         if let Some(n) = self.nodes.get_mut(node_id) {
             n.running.remove(&r.job_id);
@@ -1160,7 +1190,14 @@ impl Core {
                 n.recent_failures = n.recent_failures.saturating_sub(1);
             }
             let job_id = r.job_id.clone();
-            if let Some(job) = self.jobs.remove(&job_id) {
+            let waits_for_detection = self.jobs.get(&job_id).is_some_and(|j| matches!(j.detection, Detection::Pending(_)) && !j.orphaned);
+            if waits_for_detection {
+                if let Some(job) = self.jobs.get_mut(&job_id) {
+                    job.state = JobState::Finished { result: Box::new(r) };
+                    job.deadline = now + self.cfg.detect_wait_ms;
+                    self.arm(now + self.cfg.detect_wait_ms, Timer::Job(job_id));
+                }
+            } else if let Some(job) = self.jobs.remove(&job_id) {
                 self.job_done(now, &job_id, job, r);
             }
         } else {
@@ -1179,6 +1216,28 @@ impl Core {
         self.pump_queue(now);
     }
 
+    fn on_detected(&mut self, now: Millis, job_id: &str, extra: Extra) {
+        let Some(job) = self.jobs.get_mut(job_id) else { return };
+        let Detection::Pending(features) = job.detection else { return };
+        job.detection = Detection::Done(features, extra);
+        if matches!(job.state, JobState::Finished { .. }) {
+            self.complete_finished(now, job_id);
+        }
+    }
+
+    /// Completes a job whose node result was waiting for detection (done, or
+    /// given up on: a detector never costs a result).
+    fn complete_finished(&mut self, now: Millis, job_id: &str) {
+        let Some(mut job) = self.jobs.remove(job_id) else { return };
+        match std::mem::replace(&mut job.state, JobState::Queued) {
+            JobState::Finished { result } => self.job_done(now, job_id, job, *result),
+            other => {
+                job.state = other;
+                self.jobs.insert(job_id.to_owned(), job);
+            }
+        }
+    }
+
     fn job_done(&mut self, now: Millis, job_id: &str, job: Job, r: JobResult) {
         if let Some(s) = self.sessions.get_mut(&job.session) {
             s.jobs.remove(job_id);
@@ -1187,6 +1246,19 @@ impl Core {
             return;
         }
         self.metrics.utterance_seconds.observe((now.saturating_sub(job.accepted_at)) as f64 / 1000.0);
+        let mut extra = r.extra.unwrap_or_default();
+        if let Detection::Done(features, found) = job.detection {
+            // The node's own answer wins; the dispatcher fills what it left empty.
+            if features.emotion_detection && extra.emotion.is_none() {
+                extra.emotion = found.emotion;
+            }
+            if features.speech_rate_detection && extra.speech_rate.is_none() {
+                extra.speech_rate = found.speech_rate;
+            }
+            if features.voice_style_detection && extra.voice_style.is_none() {
+                extra.voice_style = found.voice_style;
+            }
+        }
         let result = TranslationResult {
             session_id: job.session.clone(),
             utterance_index: job.index,
@@ -1195,7 +1267,7 @@ impl Core {
             text_translated: r.text_translated.unwrap_or_default(),
             tts_audio: r.tts_audio,
             tts_format: r.tts_format,
-            extra: Some(r.extra.unwrap_or_default()),
+            extra: Some(extra),
         };
         self.finish(&job.session, job.index, Outcome::Result(Box::new(result)));
     }
@@ -1254,6 +1326,10 @@ impl Core {
             return; // A newer timer covers this job.
         }
         match &job.state {
+            JobState::Finished { .. } => {
+                self.metrics.detection_timeouts.inc();
+                self.complete_finished(now, id);
+            }
             JobState::Running { node, .. } => {
                 let node = node.clone();
                 self.metrics.job_timeouts.inc();

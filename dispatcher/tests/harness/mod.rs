@@ -25,6 +25,8 @@ pub struct Sim {
     pub endpoints: HashMap<ConnId, Endpoint>,
     pub inbox: HashMap<ConnId, Vec<String>>,
     pub closed: HashSet<ConnId>,
+    /// Detection requests the core made: (job_id, features).
+    pub detects: Vec<(String, Features)>,
 }
 
 impl Sim {
@@ -34,7 +36,7 @@ impl Sim {
 
     pub fn seeded(cfg: CoreConfig, seed: u64) -> Self {
         let core = Core::new(cfg, StdRng::seed_from_u64(seed), Metrics::default(), T0);
-        Self { core, now: T0, next_conn: 1, endpoints: HashMap::new(), inbox: HashMap::new(), closed: HashSet::new() }
+        Self { core, now: T0, next_conn: 1, endpoints: HashMap::new(), inbox: HashMap::new(), closed: HashSet::new(), detects: Vec::new() }
     }
 
     fn collect(&mut self) {
@@ -49,6 +51,7 @@ impl Sim {
                         assert!(!self.closed.contains(&conn), "frame sent to closed connection {conn}: {frame}");
                         self.inbox.entry(conn).or_default().push(frame.to_string());
                     }
+                    Action::Detect { job_id, features, .. } => self.detects.push((job_id, features)),
                     Action::Close { conn } => {
                         // The shell reports the close back to the core.
                         if self.closed.insert(conn) {
@@ -112,6 +115,11 @@ impl Sim {
             self.collect();
         }
         self.now = end;
+    }
+
+    pub fn detected(&mut self, job_id: &str, extra: tolk_protocol::common::Extra) {
+        self.core.handle(self.now, Input::Detected { job_id: job_id.to_owned(), extra });
+        self.collect();
     }
 
     pub fn admin(&mut self, cmd: tolk_dispatcher::core::AdminCommand) -> Result<(), String> {
