@@ -34,6 +34,22 @@ apt_need espeak-ng sox
 apt_need libpocketsphinx-dev pocketsphinx-en-us flite1-dev libespeak-ng-dev apertium apertium-eng-spa
 
 # --- bindings: Kotlin/JVM and Python binding tests (added by the bindings) ---
+# bindings/test-bindings.sh compiles the generated Kotlin with kotlinc from the
+# npm package `kotlin-compiler` (Maven Central is not reachable; the package
+# ships kotlin-stdlib too), runs it on a JRE with JNA from Debian, and runs the
+# Python bindings on python3 (ctypes only). kotlinc goes into a per-user tools
+# folder (TOLK_TOOLS_DIR, default ~/.cache/tolk-tools), not system-wide.
+apt_need libjna-java
+command -v java >/dev/null || apt_need openjdk-17-jre-headless
+command -v npm >/dev/null || apt_need nodejs npm
+command -v python3 >/dev/null || apt_need python3
+TOLK_TOOLS_DIR="${TOLK_TOOLS_DIR:-$HOME/.cache/tolk-tools}"
+KOTLIN_VERSION=2.4.20
+if ! grep -qs "\"version\": \"$KOTLIN_VERSION\"" "$TOLK_TOOLS_DIR/node_modules/kotlin-compiler/package.json"; then
+  echo "setup: installing kotlin-compiler@$KOTLIN_VERSION (npm) into $TOLK_TOOLS_DIR"
+  mkdir -p "$TOLK_TOOLS_DIR"
+  npm install --no-audit --no-fund --silent --prefix "$TOLK_TOOLS_DIR" "kotlin-compiler@$KOTLIN_VERSION" >/dev/null
+fi
 
 # --- plugins: wasm guests are built for the target rust-toolchain.toml lists ---
 # rust-toolchain.toml pins the toolchain and lists the wasm target; this makes

@@ -187,6 +187,7 @@ mod tests {
         assert_eq!(parsed.listen, d.listen);
         assert_eq!(parsed.max_frame_bytes, d.max_frame_bytes);
         assert_eq!(format!("{:?}", parsed.core), format!("{:?}", d.core), "the example documents every core default");
+        assert_eq!(format!("{:?}", parsed.plugins), format!("{:?}", d.plugins), "and every plugin default");
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub struct PluginsConfig {
     /// The watched folder; plugins are off without it.
     pub dir: Option<PathBuf>,
     /// The scheduling policy in effect, by file stem (`round-robin` for
-    /// `round-robin.wasm`); unset, the scheduler loaded last.
+    /// `round-robin.wasm`); unset, the scheduler file modified last.
     pub scheduler: Option<String>,
     /// Where precompiled artifacts go (default: `DIR/.cache`).
     pub cache_dir: Option<PathBuf>,
@@ -501,7 +501,8 @@ impl PluginHost {
                 Ok(LoadedFile::Scheduler(p)) => {
                     tracing::info!(file = %stem, plugin = %p.name, version = %p.version, ms = started.elapsed().as_millis() as u64, "scheduler plugin loaded");
                     loaded.detectors.remove(&stem);
-                    loaded.schedulers.insert(stem.clone(), (p, SystemTime::now()));
+                    let modified = present.get(&path).map_or(SystemTime::UNIX_EPOCH, |sig| sig.1);
+                    loaded.schedulers.insert(stem.clone(), (p, modified));
                     self.inner.metrics.loads.get_or_create(&outcome_labels("loaded")).inc();
                     report.loaded.push(stem);
                 }
@@ -533,7 +534,8 @@ impl PluginHost {
         // The scheduler in effect: the configured one, else the newest.
         let active = match &self.inner.config.scheduler {
             Some(name) => loaded.schedulers.get(name).map(|(p, _)| p.clone()),
-            None => loaded.schedulers.values().max_by_key(|(_, at)| *at).map(|(p, _)| p.clone()),
+            // Newest file wins; equal times are broken by name, so the choice is stable.
+            None => loaded.schedulers.iter().max_by_key(|(name, (_, at))| (*at, *name)).map(|(_, (p, _))| p.clone()),
         };
         let same = match (&active, &loaded.active) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -591,7 +593,7 @@ impl PluginHost {
 
     /// A policy for the core that asks the scheduler plugin in effect.
     pub fn policy(&self) -> WasmPolicy {
-        WasmPolicy { host: self.clone(), instance: None, node_keys: HashMap::new(), failures_in_row: 0, resting_until: None }
+        WasmPolicy { host: self.clone(), instance: None, failures_in_row: 0, resting_until: None }
     }
 
     /// Runs every detector that supplies part of `wanted` on the audio and
@@ -692,7 +694,6 @@ fn failure_reason(e: &wasmtime::Error) -> &'static str {
 pub struct WasmPolicy {
     host: PluginHost,
     instance: Option<LiveScheduler>,
-    node_keys: HashMap<String, u32>,
     failures_in_row: u32,
     resting_until: Option<Instant>,
 }
@@ -735,14 +736,6 @@ impl WasmPolicy {
         self.instance.as_mut()
     }
 
-    fn node_key(&mut self, node_id: &str) -> u32 {
-        if self.node_keys.len() > 100_000 {
-            self.node_keys.clear(); // bounded: keys only need to be stable for a while
-        }
-        let next = self.node_keys.len() as u32;
-        *self.node_keys.entry(node_id.to_owned()).or_insert(next)
-    }
-
     /// True when the plugin is resting after repeated failures.
     fn resting(&mut self) -> bool {
         match self.resting_until {
@@ -775,7 +768,7 @@ impl Policy for WasmPolicy {
         let wasm_candidates: Vec<sched::Candidate> = candidates
             .iter()
             .map(|c| sched::Candidate {
-                node_key: self.node_key(c.node_id),
+                node_key: c.node_key,
                 running: c.running,
                 capacity: c.capacity,
                 cpu_percent: c.cpu_percent as f32,

@@ -695,3 +695,23 @@ fn the_nodes_own_feature_values_win() {
     sim.detected(&job_id, tolk_protocol::common::Extra { speech_rate: Some(7.0), ..Default::default() });
     assert_eq!(rate_of(&sim.take_client(c)[0]), Some(1.2));
 }
+
+#[test]
+fn a_node_that_declares_max_jobs_gets_no_more() {
+    let mut sim = Sim::new(CoreConfig { max_jobs_per_node: 4, admission_wait_ms: 60_000, ..cfg() });
+    let n = sim.open(Endpoint::Node);
+    let NodeToServer::NodeRegister(mut reg) = register(None, None, &[("en", "es")], true) else { unreachable!() };
+    reg.max_jobs = Some(1);
+    sim.node(n, NodeToServer::NodeRegister(reg));
+    let ServerToNode::NodeRegisterAck(ack) = sim.take_node(n).remove(0) else { panic!() };
+    let (c, sid, _) = sim.open_session("en", "es");
+    for i in 0..3 {
+        sim.utterance(c, &sid, i);
+    }
+    let jobs = sim.jobs(n);
+    assert_eq!(jobs.len(), 1, "the node's own limit, within the dispatcher's");
+    sim.succeed(n, &ack.node_id, &jobs[0]);
+    assert_eq!(sim.jobs(n).len(), 1);
+    let ServerToClient::TranslationResult(r) = sim.take_client(c).remove(0) else { panic!() };
+    assert_eq!(r.tts_sample_rate, Some(16000), "the speech's sample rate passes through");
+}

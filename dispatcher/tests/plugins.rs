@@ -17,8 +17,8 @@ use tolk_protocol::{AudioFormat, Features};
 fn built() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let files = tolk_plugin_build::build_shipped().expect("plugins build from source");
-        files[0].parent().unwrap().to_owned()
+        tolk_plugin_build::build_shipped().expect("plugins build from source");
+        tolk_plugin_build::repo_root().join("target/plugins")
     })
 }
 
@@ -34,7 +34,9 @@ fn fresh_dir(tag: &str) -> PathBuf {
 /// Copies built plugin `from` into `dir` as `to.wasm` (write + rename, as an operator's deploy would).
 fn install(dir: &Path, from: &str, to: &str) {
     let tmp = dir.join(format!("{to}.tmp"));
-    std::fs::copy(built().join(format!("{from}.wasm")), &tmp).unwrap();
+    let src =
+        [built().join(format!("{from}.wasm")), built().join(format!("testing/{from}.wasm"))].into_iter().find(|p| p.exists()).unwrap();
+    std::fs::copy(src, &tmp).unwrap();
     std::fs::rename(&tmp, dir.join(format!("{to}.wasm"))).unwrap();
 }
 
@@ -47,7 +49,16 @@ fn host(dir: &Path, settings: &[(&str, &str)]) -> PluginHost {
 }
 
 fn cand(node_id: &str, running: u32, last: bool, ms: Option<f64>) -> Candidate<'_> {
-    Candidate { node_id, running, capacity: 4, cpu_percent: 10.0, is_last_node: last, ms_per_audio_s: ms, recent_failures: 0 }
+    Candidate {
+        node_id,
+        node_key: node_id.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))),
+        running,
+        capacity: 4,
+        cpu_percent: 10.0,
+        is_last_node: last,
+        ms_per_audio_s: ms,
+        recent_failures: 0,
+    }
 }
 
 fn job(session: &str) -> JobInfo<'_> {

@@ -74,6 +74,10 @@ pub struct NodeRegister {
     /// Extension 4: the operator's registration secret, when one is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_token: Option<String>,
+    /// Extension: the most jobs this node runs at once (the dispatcher never
+    /// sends more; its own per-node cap still applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_jobs: Option<u32>,
 }
 
 impl NodeRegister {
@@ -178,6 +182,9 @@ pub struct JobResult {
     pub tts_audio: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tts_format: Option<AudioFormat>,
+    /// Extension: the sample rate of `tts_audio` (needed for `pcm16`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tts_sample_rate: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra: Option<Extra>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -297,6 +304,9 @@ impl Validate for NodeRegister {
         }
         models("installed_models", &self.installed_models)?;
         v::opt_id("node_token", self.node_token.as_deref())?;
+        if self.max_jobs.is_some_and(|m| !(1..=1024).contains(&m)) {
+            return Err(ProtocolError::invalid_field("max_jobs", "max_jobs must be between 1 and 1024"));
+        }
         self.auth_token.as_deref().map_or(Ok(()), |t| v::text("auth_token", t))
     }
 }
@@ -344,6 +354,9 @@ impl Validate for JobResult {
             if let Some(t) = text {
                 v::text(field, t)?;
             }
+        }
+        if let Some(rate) = self.tts_sample_rate {
+            v::sample_rate("tts_sample_rate", rate)?;
         }
         if let Some(extra) = &self.extra
             && let Some(rate) = extra.speech_rate

@@ -90,6 +90,9 @@ pub struct TranslationResult {
     pub tts_audio: Option<String>,
     #[serde(default)]
     pub tts_format: Option<AudioFormat>,
+    /// Extension: the sample rate of `tts_audio` (needed for `pcm16`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tts_sample_rate: Option<u32>,
     #[serde(default)]
     pub extra: Option<Extra>,
 }

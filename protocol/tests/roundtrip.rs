@@ -157,6 +157,7 @@ fn server_to_client() -> impl Strategy<Value = ServerToClient> {
                     text_translated,
                     tts_audio,
                     tts_format,
+                    tts_sample_rate: None,
                     extra,
                 })
             }),
@@ -204,6 +205,7 @@ fn node_to_server() -> impl Strategy<Value = NodeToServer> {
                         accept_public_jobs,
                         node_token,
                         auth_token,
+                        max_jobs: None,
                     })
                 }
             ),
@@ -249,6 +251,7 @@ fn node_to_server() -> impl Strategy<Value = NodeToServer> {
                         text_translated: t,
                         tts_audio,
                         tts_format: Some(AudioFormat::Wav),
+                        tts_sample_rate: Some(16000),
                         extra,
                         processing_time_ms,
                         error: (!success).then_some(JobError { code, message }),

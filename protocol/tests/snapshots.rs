@@ -75,6 +75,7 @@ fn session_messages() {
             text_translated: "hola".into(),
             tts_audio: Some("UklGRg==".into()),
             tts_format: Some(AudioFormat::Wav),
+            tts_sample_rate: None,
             extra: Some(Extra { emotion: Some("calm".into()), speech_rate: Some(3.5), voice_style: None }),
         }),
     );
@@ -113,6 +114,7 @@ fn node_messages() {
             accept_public_jobs: false,
             node_token: None,
             auth_token: Some("operator-secret".into()),
+            max_jobs: Some(2),
         }),
     );
     snap(
@@ -163,6 +165,7 @@ fn node_messages() {
             text_translated: None,
             tts_audio: None,
             tts_format: None,
+            tts_sample_rate: None,
             extra: None,
             processing_time_ms: Some(3),
             error: Some(JobError { code: JobErrorCode::NodeBusy, message: "at capacity".into() }),

@@ -146,6 +146,10 @@ struct Session {
 #[derive(Debug)]
 struct Node {
     token: String,
+    /// Stable number for policies (cheaper to pass than the id).
+    key: u32,
+    /// Jobs it may run at once: the node's own limit within ours.
+    max_jobs: u32,
     conn: Option<ConnId>,
     version: String,
     models: Vec<InstalledModel>,
@@ -261,6 +265,7 @@ pub struct Core {
     timers: BTreeSet<(Millis, Timer)>,
     metrics: Metrics,
     out: Vec<Action>,
+    next_node_key: u32,
 }
 
 impl std::fmt::Debug for Core {
@@ -310,6 +315,7 @@ impl Core {
             timers: BTreeSet::new(),
             metrics,
             out: Vec::new(),
+            next_node_key: 0,
         };
         core.arm(now + SWEEP_EVERY_MS, Timer::Sweep);
         core
@@ -951,11 +957,22 @@ impl Core {
                 (format!("n-{}", self.random_hex(16)), self.random_hex(32))
             }
         };
-        let running = self.nodes.remove(&node_id).map(|n| n.running).unwrap_or_default();
+        let previous = self.nodes.remove(&node_id);
+        let key = previous.as_ref().map_or_else(
+            || {
+                self.next_node_key = self.next_node_key.wrapping_add(1);
+                self.next_node_key
+            },
+            |n| n.key,
+        );
+        let running = previous.map(|n| n.running).unwrap_or_default();
+        let max_jobs = reg.max_jobs.map_or(self.cfg.max_jobs_per_node, |m| m.min(self.cfg.max_jobs_per_node));
         self.nodes.insert(
             node_id.clone(),
             Node {
                 token: token.clone(),
+                key,
+                max_jobs,
                 conn: Some(conn),
                 version: reg.version,
                 models: reg.installed_models,
@@ -1054,7 +1071,7 @@ impl Core {
                 continue;
             }
             any_eligible = true;
-            if (n.running.len() as u32) < self.cfg.max_jobs_per_node {
+            if (n.running.len() as u32) < n.max_jobs {
                 free.push(id.clone());
             }
         }
@@ -1103,8 +1120,9 @@ impl Core {
                     let n = self.nodes.get(id)?;
                     Some(Candidate {
                         node_id: id,
+                        node_key: n.key,
                         running: n.running.len() as u32,
-                        capacity: self.cfg.max_jobs_per_node,
+                        capacity: n.max_jobs,
                         cpu_percent: n.usage.as_ref().map_or(0.0, |u| u.cpu_percent),
                         is_last_node: last.as_deref() == Some(id.as_str()),
                         ms_per_audio_s: n.ms_per_audio_s,
@@ -1267,6 +1285,7 @@ impl Core {
             text_translated: r.text_translated.unwrap_or_default(),
             tts_audio: r.tts_audio,
             tts_format: r.tts_format,
+            tts_sample_rate: r.tts_sample_rate,
             extra: Some(extra),
         };
         self.finish(&job.session, job.index, Outcome::Result(Box::new(result)));

@@ -18,6 +18,8 @@ pub struct JobInfo<'a> {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Candidate<'a> {
     pub node_id: &'a str,
+    /// A number for the node, stable while the dispatcher runs.
+    pub node_key: u32,
     /// Jobs this dispatcher has running on the node.
     pub running: u32,
     /// The most jobs the node may run at once.
@@ -88,7 +90,16 @@ mod tests {
     use super::*;
 
     fn cand(node_id: &str, running: u32, cpu: f64, last: bool) -> Candidate<'_> {
-        Candidate { node_id, running, capacity: 4, cpu_percent: cpu, is_last_node: last, ms_per_audio_s: None, recent_failures: 0 }
+        Candidate {
+            node_id,
+            node_key: 0,
+            running,
+            capacity: 4,
+            cpu_percent: cpu,
+            is_last_node: last,
+            ms_per_audio_s: None,
+            recent_failures: 0,
+        }
     }
 
     #[test]

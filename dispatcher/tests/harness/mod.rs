@@ -275,6 +275,7 @@ pub fn register(id: Option<&str>, token: Option<&str>, pairs: &[(&str, &str)], p
         accept_public_jobs: public,
         node_token: token.map(Into::into),
         auth_token: None,
+        max_jobs: None,
     })
 }
 
@@ -304,6 +305,7 @@ pub fn result_for(node_id: &str, job: &JobAssign) -> JobResult {
         text_translated: Some(format!("nmt {}", job.utterance_index)),
         tts_audio: Some("AAAA".into()),
         tts_format: Some(AudioFormat::Pcm16),
+        tts_sample_rate: Some(16000),
         extra: None,
         processing_time_ms: Some(5),
         error: None,

@@ -7,7 +7,8 @@
 //! `wit-component`, from the component type that `wit-bindgen` embeds.
 //!
 //! # Layout
-//! - [`build_shipped`]: every plugin in `plugins/guests/` → `target/plugins/NAME.wasm`.
+//! - [`build_shipped`]: every plugin in `plugins/guests/` → `target/plugins/NAME.wasm`
+//!   (test fixtures → `target/plugins/testing/NAME.wasm`).
 //! - [`build_crate`]: one plugin author's crate → `OUT/NAME.wasm`.
 //! - [`componentize`]: a core module with its component type → a component.
 
@@ -75,7 +76,10 @@ fn build(manifest: &Path, target_dir: &Path, out: &Path, locked: bool) -> Result
         let module = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
         let component = componentize(&module).map_err(|message| Error::Componentize { path: path.clone(), message })?;
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
-        let dest = out.join(format!("{}.wasm", plugin_name(stem)));
+        // Test fixtures go one level down, where a plugin folder scan never looks.
+        let dir = if stem.starts_with("tolk_testing_") { out.join("testing") } else { out.to_owned() };
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+        let dest = dir.join(format!("{}.wasm", plugin_name(stem)));
         // Write then rename, so a watching dispatcher never reads half a file.
         let tmp = dest.with_extension("wasm.tmp");
         std::fs::write(&tmp, &component).map_err(|source| Error::Io { path: tmp.clone(), source })?;

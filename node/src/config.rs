@@ -1,0 +1,224 @@
+//! The node's configuration file (TOML): how it serves, and which engines it
+//! loads. See `tolk-node.example.toml` for every setting.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tolk_engine_sdk::Options;
+use tolk_protocol::ModelKind;
+use tolk_protocol::validate::is_language_tag;
+
+use crate::Error;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `ws://HOST:PORT` (or `wss://`); `--dispatcher` overrides it.
+    pub dispatcher: Option<String>,
+    /// Where `node_id` and `node_token` are kept; `--state-dir` overrides it.
+    pub state_dir: Option<PathBuf>,
+    /// Take jobs of sessions not paired with this node.
+    pub accept_public_jobs: bool,
+    /// Jobs run at once; one more is refused with `NODE_BUSY`.
+    pub max_jobs: usize,
+    /// Heartbeat period.
+    pub heartbeat_ms: u64,
+    /// Deadline of a job whose `job_assign` carries none.
+    pub default_deadline_ms: u64,
+    /// Reconnect back-off: first delay and cap.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    /// The dispatcher's registration secret, when it has one (`TOLK_NODE_AUTH_TOKEN`).
+    pub auth_token: Option<String>,
+    /// One entry per model.
+    #[serde(rename = "engine")]
+    pub engines: Vec<EngineConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            dispatcher: None,
+            state_dir: None,
+            accept_public_jobs: true,
+            max_jobs: 4,
+            heartbeat_ms: 5_000,
+            default_deadline_ms: 60_000,
+            reconnect_min_ms: 500,
+            reconnect_max_ms: 30_000,
+            auth_token: None,
+            engines: Vec::new(),
+        }
+    }
+}
+
+/// The stage an engine serves, as written in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageName {
+    Asr,
+    Nmt,
+    Tts,
+}
+
+impl StageName {
+    pub fn kind(self) -> ModelKind {
+        match self {
+            Self::Asr => ModelKind::Asr,
+            Self::Nmt => ModelKind::Nmt,
+            Self::Tts => ModelKind::Tts,
+        }
+    }
+}
+
+/// One `[[engine]]`: a model the node offers, served by a plugin library.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    pub stage: StageName,
+    /// Path of the shared library; relative paths are relative to the config file.
+    pub library: PathBuf,
+    /// The model id reported to the dispatcher.
+    pub model_id: String,
+    /// ASR: language heard; NMT: source; TTS: language spoken.
+    pub src_lang: String,
+    /// NMT only: target language.
+    #[serde(default)]
+    pub tgt_lang: Option<String>,
+    #[serde(default)]
+    pub dialect: Option<String>,
+    /// Reported version; default: the engine's own.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Instances of the engine (1–16): calls run on a free one, so this many
+    /// jobs can be in this stage at once. Each instance loads its own model.
+    #[serde(default = "one")]
+    pub instances: usize,
+    /// Passed to the engine as `key=value` lines.
+    #[serde(default)]
+    pub options: toml::Table,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl EngineConfig {
+    /// The options as the engine receives them.
+    pub fn engine_options(&self) -> Result<Options, String> {
+        let mut pairs = Vec::new();
+        for (key, value) in &self.options {
+            let value = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                _ => return Err(format!("option `{key}`: only strings, numbers and booleans")),
+            };
+            if key.contains(['=', '\n']) || value.contains('\n') {
+                return Err(format!("option `{key}`: keys may not contain `=` or newlines, values no newlines"));
+            }
+            pairs.push((key.clone(), value));
+        }
+        Ok(Options::from_pairs(pairs))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let who = &self.model_id;
+        if who.is_empty() || who.len() > tolk_protocol::validate::MAX_TEXT_LEN {
+            return Err("model_id must be 1–4096 bytes".into());
+        }
+        for (field, lang) in [("src_lang", Some(&self.src_lang)), ("tgt_lang", self.tgt_lang.as_ref()), ("dialect", self.dialect.as_ref())]
+        {
+            if let Some(l) = lang
+                && !is_language_tag(l)
+            {
+                return Err(format!("{who}: {field} {l:?} is not a language tag"));
+            }
+        }
+        if !(1..=16).contains(&self.instances) {
+            return Err(format!("{who}: instances must be 1–16"));
+        }
+        match (self.stage, &self.tgt_lang) {
+            (StageName::Nmt, None) => Err(format!("{who}: an nmt engine needs tgt_lang")),
+            (StageName::Asr | StageName::Tts, Some(_)) => Err(format!("{who}: only nmt engines have tgt_lang")),
+            _ => self.engine_options().map(drop).map_err(|e| format!("{who}: {e}")),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks `path`; relative engine paths become relative to its folder.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let err = |message: String| Error::Config { path: path.to_owned(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let mut config = Self::parse(&text).map_err(err)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for e in &mut config.engines {
+            if e.library.is_relative() {
+                e.library = base.join(&e.library);
+            }
+        }
+        if let Ok(token) = std::env::var("TOLK_NODE_AUTH_TOKEN") {
+            config.auth_token = Some(token);
+        }
+        Ok(config)
+    }
+
+    /// Parses and checks the text of a configuration file.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        if config.max_jobs == 0 {
+            return Err("max_jobs must be at least 1".into());
+        }
+        if config.heartbeat_ms == 0 || config.reconnect_min_ms == 0 || config.reconnect_max_ms < config.reconnect_min_ms {
+            return Err("heartbeat_ms and reconnect_min_ms must be positive, reconnect_max_ms ≥ reconnect_min_ms".into());
+        }
+        if config.engines.len() > tolk_protocol::validate::MAX_MODELS {
+            return Err(format!("at most {} engines", tolk_protocol::validate::MAX_MODELS));
+        }
+        for e in &config.engines {
+            e.check()?;
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses_to_the_defaults_plus_its_engines() {
+        let c = Config::parse(include_str!("../tolk-node.example.toml")).unwrap();
+        let d = Config::default();
+        assert_eq!((c.accept_public_jobs, c.max_jobs, c.heartbeat_ms), (d.accept_public_jobs, d.max_jobs, d.heartbeat_ms));
+        assert_eq!(
+            (c.default_deadline_ms, c.reconnect_min_ms, c.reconnect_max_ms),
+            (d.default_deadline_ms, d.reconnect_min_ms, d.reconnect_max_ms)
+        );
+        let stages: Vec<StageName> = c.engines.iter().map(|e| e.stage).collect();
+        assert_eq!(stages, [StageName::Asr, StageName::Nmt, StageName::Nmt, StageName::Tts, StageName::Tts]);
+        assert_eq!(c.engines[0].engine_options().unwrap().get("hmm"), Some("/usr/share/pocketsphinx/model/en-us/en-us"));
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_a_reason() {
+        let check = |text: &str, needle: &str| {
+            let e = Config::parse(text).unwrap_err();
+            assert!(e.contains(needle), "{e:?} lacks {needle:?}");
+        };
+        check("max_jobs = 0", "max_jobs");
+        check("colour = 1", "unknown field");
+        let engine = |extra: &str| format!("[[engine]]\nstage = \"nmt\"\nlibrary = \"x.so\"\nmodel_id = \"m\"\nsrc_lang = \"en\"\n{extra}");
+        check(&engine(""), "needs tgt_lang");
+        check(&engine("tgt_lang = \"es\"\ninstances = 0"), "instances");
+        check(&engine("tgt_lang = \"e s\""), "not a language tag");
+        check(&engine("tgt_lang = \"es\"\n[engine.options]\nx = [1]"), "only strings");
+        check(&engine("tgt_lang = \"es\"\n[engine.options]\nx = \"a\\nb\""), "newlines");
+        let ok = Config::parse(&engine("tgt_lang = \"es\"\n[engine.options]\nmode = \"eng-spa\"\nn = 3\nb = true")).unwrap();
+        let o = ok.engines[0].engine_options().unwrap();
+        assert_eq!((o.get("mode"), o.get("n"), o.get("b")), (Some("eng-spa"), Some("3"), Some("true")));
+    }
+}

@@ -1,0 +1,150 @@
+//! Engines as the node sees them: one [`Engine`] trait over the three stages,
+//! the plugin-backed implementation ([`plugin`]), and the [`EngineSet`] the
+//! configuration loads. Tests put fakes behind the same trait.
+
+pub mod plugin;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use tolk_protocol::ModelKind;
+use tolk_protocol::node::InstalledModel;
+
+use crate::config::{Config, EngineConfig, StageName};
+use crate::models;
+
+/// One call of an engine.
+#[derive(Debug, Clone, Copy)]
+pub enum Request<'a> {
+    Asr { samples: &'a [i16], sample_rate: u32, lang: &'a str },
+    Nmt { text: &'a str, src_lang: &'a str, tgt_lang: &'a str },
+    Tts { text: &'a str, lang: &'a str },
+}
+
+/// What an engine call produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Text(String),
+    Speech { samples: Vec<i16>, sample_rate: u32 },
+}
+
+/// Why an engine call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineErrorKind {
+    /// The input is unusable (maps to `INVALID_AUDIO` in ASR).
+    InvalidInput,
+    /// A language or option the engine lacks (`MODEL_NOT_AVAILABLE`).
+    Unsupported,
+    /// The engine failed (`INFERENCE_BACKEND_ERROR`).
+    Backend,
+    /// The engine panicked and caught it (`INFERENCE_BACKEND_ERROR`).
+    Panic,
+}
+
+/// An engine's failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct EngineError {
+    pub kind: EngineErrorKind,
+    pub message: String,
+}
+
+impl EngineError {
+    pub fn new(kind: EngineErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+}
+
+/// An inference engine of one stage. Implementations serialise their own
+/// calls if the engine needs it (plugins do: one call per instance at a time).
+pub trait Engine: Send + Sync + fmt::Debug {
+    fn process(&self, request: Request<'_>) -> Result<Response, EngineError>;
+}
+
+/// A model the node offers and the engine that serves it.
+#[derive(Debug, Clone)]
+pub struct LoadedEngine {
+    pub model: InstalledModel,
+    pub engine: Arc<dyn Engine>,
+}
+
+/// The engines of one configuration.
+#[derive(Debug, Clone, Default)]
+pub struct EngineSet {
+    engines: Vec<LoadedEngine>,
+}
+
+/// An engine of the configuration that could not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartFailure {
+    pub model_id: String,
+    pub message: String,
+}
+
+impl EngineSet {
+    /// A set of ready engines (tests build fakes this way).
+    pub fn new(engines: Vec<LoadedEngine>) -> Self {
+        Self { engines }
+    }
+
+    /// Loads every `[[engine]]` of `config`. An engine that cannot start is
+    /// left out and reported, never fatal: the node serves what it can.
+    pub fn load(config: &Config) -> (Self, Vec<StartFailure>) {
+        let mut engines = Vec::new();
+        let mut failures = Vec::new();
+        for e in &config.engines {
+            match load_one(e) {
+                Ok(loaded) => engines.push(loaded),
+                Err(message) => {
+                    tracing::error!(model = %e.model_id, library = %e.library.display(), %message, "engine could not start");
+                    failures.push(StartFailure { model_id: e.model_id.clone(), message });
+                }
+            }
+        }
+        (Self { engines }, failures)
+    }
+
+    /// The models to report (`installed_models`).
+    pub fn models(&self) -> Vec<InstalledModel> {
+        self.engines.iter().map(|e| e.model.clone()).collect()
+    }
+
+    /// The engine serving `kind` for these languages (see [`models::serves`]).
+    pub fn find(&self, kind: &ModelKind, lang: &str, tgt: Option<&str>, dialect: Option<&str>) -> Option<&LoadedEngine> {
+        self.engines.iter().find(|e| models::serves(&e.model, kind, lang, tgt, dialect))
+    }
+}
+
+fn load_one(e: &EngineConfig) -> Result<LoadedEngine, String> {
+    let options = e.engine_options()?;
+    let library = plugin::Library::open(&e.library).map_err(|err| err.to_string())?;
+    let expected = match e.stage {
+        StageName::Asr => plugin::Stage::Asr,
+        StageName::Nmt => plugin::Stage::Nmt,
+        StageName::Tts => plugin::Stage::Tts,
+    };
+    if library.stage() != expected {
+        return Err(format!("{} is a {:?} engine, configured as {:?}", display(&e.library), library.stage(), expected));
+    }
+    let version = e.version.clone().unwrap_or_else(|| library.version().to_owned());
+    let instances = (0..e.instances)
+        .map(|_| plugin::PluginEngine::create(library.clone(), &options))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| err.to_string())?;
+    let engine: Arc<dyn Engine> = Arc::new(plugin::EnginePool::new(instances).ok_or("instances must be at least 1")?);
+    let model = InstalledModel {
+        model_id: e.model_id.clone(),
+        kind: e.stage.kind(),
+        src_lang: Some(e.src_lang.clone()),
+        tgt_lang: e.tgt_lang.clone(),
+        dialect: e.dialect.clone(),
+        version,
+        enabled: None,
+    };
+    Ok(LoadedEngine { model, engine })
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
+}

@@ -1,0 +1,33 @@
+//! `tolk-node`: the node host. A node is a volunteer's or the user's own
+//! machine that runs the speech → text → translation → speech pipeline for
+//! the jobs a dispatcher sends it. This crate registers the machine with a
+//! dispatcher (facts read from the machine, models from its engine
+//! configuration), keeps its identity, heartbeats with measured load, runs
+//! jobs with bounded concurrency and deadlines, obeys `node_control`, and
+//! reconnects with back-off.
+//!
+//! Inference goes through native engine plugins: shared libraries loaded by
+//! path through the versioned C ABI of `tolk-engine-sdk`, one per stage
+//! (ASR, NMT, TTS). The shipped engines are in `node/engines/`.
+//!
+//! # Layout
+//! - [`core`]: the sans-IO state machine (events in, actions out): every rule.
+//! - [`pipeline`]: one job, synchronously: decode → ASR → NMT → TTS, timed.
+//! - [`engine`]: the [`engine::Engine`] trait, the engine set, and
+//!   [`engine::plugin`], the shared-library loader.
+//! - [`models`]: which model serves which request (the dispatcher's rule).
+//! - [`config`]: the TOML configuration; [`identity`]: `node_id`/`node_token` on disk.
+//! - [`machine`]: cores, memory, GPUs, measured load.
+//! - [`shell`]: tokio + tokio-tungstenite around the core.
+
+pub mod config;
+pub mod core;
+pub mod engine;
+mod error;
+pub mod identity;
+pub mod machine;
+pub mod models;
+pub mod pipeline;
+pub mod shell;
+
+pub use error::Error;

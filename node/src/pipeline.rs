@@ -1,0 +1,143 @@
+//! One job, start to end, in plain synchronous code: decode the audio, then
+//! ASR → NMT → TTS through the [`EngineSet`], timing each stage. Runs on a
+//! blocking thread; checks `cancel` between stages so an abandoned job stops
+//! at the next boundary (an engine call itself cannot be interrupted).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use tolk_protocol::node::JobAssign;
+use tolk_protocol::{JobErrorCode, ModelKind, audio};
+
+use crate::engine::{EngineError, EngineErrorKind, EngineSet, Request, Response};
+
+/// How long each stage took, in milliseconds (0 when it did not run).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    pub decode_ms: u64,
+    pub asr_ms: u64,
+    pub nmt_ms: u64,
+    pub tts_ms: u64,
+    pub total_ms: u64,
+}
+
+/// A finished job's texts and speech.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Output {
+    pub text_asr: Option<String>,
+    pub text_translated: Option<String>,
+    /// A mono 16-bit wav file (it carries its sample rate; pcm16 would not).
+    pub tts_wav: Option<Vec<u8>>,
+}
+
+/// Why a job failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub code: JobErrorCode,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: JobErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+/// What running a job gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub result: Result<Output, Failure>,
+    pub timings: Timings,
+}
+
+fn ms(since: Instant) -> u64 {
+    since.elapsed().as_millis() as u64
+}
+
+/// Maps an engine error of `stage` to a job failure.
+fn engine_failure(stage: &str, model_id: &str, e: EngineError) -> Failure {
+    let code = match e.kind {
+        EngineErrorKind::InvalidInput if stage == "asr" => JobErrorCode::InvalidAudio,
+        EngineErrorKind::Unsupported => JobErrorCode::ModelNotAvailable,
+        _ => JobErrorCode::InferenceBackendError,
+    };
+    Failure::new(code, format!("{stage} ({model_id}): {}", e.message))
+}
+
+fn cancelled(cancel: &AtomicBool) -> Result<(), Failure> {
+    if cancel.load(Ordering::Relaxed) { Err(Failure::new(JobErrorCode::Timeout, "abandoned")) } else { Ok(()) }
+}
+
+/// Runs `job` with `engines`.
+pub fn run(engines: &EngineSet, job: &JobAssign, cancel: &AtomicBool) -> Outcome {
+    let start = Instant::now();
+    let mut timings = Timings::default();
+    let result = stages(engines, job, cancel, &mut timings);
+    timings.total_ms = ms(start);
+    Outcome { result, timings }
+}
+
+fn stages(engines: &EngineSet, job: &JobAssign, cancel: &AtomicBool, t: &mut Timings) -> Result<Output, Failure> {
+    let p = job.pipeline;
+    let mut out = Output::default();
+    if p.use_asr {
+        let started = Instant::now();
+        let pcm = audio::decode_base64(&job.audio, job.audio_format, job.sample_rate)
+            .map_err(|e| Failure::new(JobErrorCode::InvalidAudio, e.message))?;
+        t.decode_ms = ms(started);
+        let asr = engines
+            .find(&ModelKind::Asr, &job.src_lang, None, job.dialect.as_deref())
+            .ok_or_else(|| Failure::new(JobErrorCode::ModelNotAvailable, format!("no asr model for {}", job.src_lang)))?;
+        let started = Instant::now();
+        let request = Request::Asr { samples: &pcm.samples, sample_rate: pcm.sample_rate, lang: &job.src_lang };
+        let text = match asr.engine.process(request).map_err(|e| engine_failure("asr", &asr.model.model_id, e))? {
+            Response::Text(text) => text,
+            Response::Speech { .. } => return Err(Failure::new(JobErrorCode::InferenceBackendError, "asr engine returned audio")),
+        };
+        t.asr_ms = ms(started);
+        out.text_asr = Some(text);
+    }
+    cancelled(cancel)?;
+    let source = out.text_asr.clone().unwrap_or_default();
+    if p.use_nmt {
+        let nmt = engines.find(&ModelKind::Nmt, &job.src_lang, Some(&job.tgt_lang), None).ok_or_else(|| {
+            Failure::new(JobErrorCode::ModelNotAvailable, format!("no nmt model for {} → {}", job.src_lang, job.tgt_lang))
+        })?;
+        let text = if source.trim().is_empty() {
+            String::new()
+        } else {
+            let started = Instant::now();
+            let request = Request::Nmt { text: &source, src_lang: &job.src_lang, tgt_lang: &job.tgt_lang };
+            let text = match nmt.engine.process(request).map_err(|e| engine_failure("nmt", &nmt.model.model_id, e))? {
+                Response::Text(text) => text,
+                Response::Speech { .. } => return Err(Failure::new(JobErrorCode::InferenceBackendError, "nmt engine returned audio")),
+            };
+            t.nmt_ms = ms(started);
+            text
+        };
+        out.text_translated = Some(text);
+    }
+    cancelled(cancel)?;
+    if p.use_tts {
+        let tts = engines
+            .find(&ModelKind::Tts, &job.tgt_lang, None, None)
+            .ok_or_else(|| Failure::new(JobErrorCode::ModelNotAvailable, format!("no tts model for {}", job.tgt_lang)))?;
+        // Speak the translation; without NMT, the recognised text.
+        let text = out.text_translated.clone().unwrap_or(source);
+        if !text.trim().is_empty() {
+            let started = Instant::now();
+            let request = Request::Tts { text: &text, lang: &job.tgt_lang };
+            match tts.engine.process(request).map_err(|e| engine_failure("tts", &tts.model.model_id, e))? {
+                Response::Speech { samples, sample_rate } if sample_rate > 0 => {
+                    out.tts_wav = Some(audio::encode_wav(&samples, sample_rate));
+                }
+                Response::Speech { .. } => {
+                    return Err(Failure::new(JobErrorCode::InferenceBackendError, "tts engine returned sample rate 0"));
+                }
+                Response::Text(_) => return Err(Failure::new(JobErrorCode::InferenceBackendError, "tts engine returned text")),
+            }
+            t.tts_ms = ms(started);
+        }
+    }
+    Ok(out)
+}

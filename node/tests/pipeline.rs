@@ -1,0 +1,158 @@
+//! One job through fake engines (test doubles behind the same `Engine`
+//! trait the plugins implement): stage order, error codes, cancellation.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tolk_node::engine::{Engine, EngineError, EngineErrorKind, EngineSet, LoadedEngine, Request, Response};
+use tolk_node::pipeline::run;
+use tolk_protocol::node::{InstalledModel, JobAssign, Pipeline};
+use tolk_protocol::{AudioFormat, Features, JobErrorCode, ModelKind, audio};
+
+/// Answers from a script; can flip a cancel flag when called.
+#[derive(Debug)]
+struct Fake {
+    answer: Result<Response, EngineError>,
+    cancel_after: Option<Arc<AtomicBool>>,
+}
+
+impl Engine for Fake {
+    fn process(&self, request: Request<'_>) -> Result<Response, EngineError> {
+        if let Some(c) = &self.cancel_after {
+            c.store(true, Ordering::Relaxed);
+        }
+        match (&self.answer, request) {
+            // NMT echoes its input so the test sees what reached it.
+            (Ok(Response::Text(t)), Request::Nmt { text, .. }) if t == "echo" => Ok(Response::Text(format!("<{text}>"))),
+            (answer, _) => answer.clone(),
+        }
+    }
+}
+
+fn loaded(kind: ModelKind, src: &str, tgt: Option<&str>, answer: Result<Response, EngineError>) -> LoadedEngine {
+    let model = InstalledModel {
+        model_id: format!("fake-{kind}"),
+        kind,
+        src_lang: Some(src.into()),
+        tgt_lang: tgt.map(Into::into),
+        dialect: None,
+        version: "1".into(),
+        enabled: None,
+    };
+    LoadedEngine { model, engine: Arc::new(Fake { answer, cancel_after: None }) }
+}
+
+fn text(t: &str) -> Result<Response, EngineError> {
+    Ok(Response::Text(t.into()))
+}
+
+fn speech() -> Result<Response, EngineError> {
+    Ok(Response::Speech { samples: vec![100, -100, 100], sample_rate: 22_050 })
+}
+
+fn err(kind: EngineErrorKind) -> Result<Response, EngineError> {
+    Err(EngineError::new(kind, "boom"))
+}
+
+fn engines(asr: Result<Response, EngineError>, nmt: Result<Response, EngineError>, tts: Result<Response, EngineError>) -> EngineSet {
+    EngineSet::new(vec![
+        loaded(ModelKind::Asr, "en", None, asr),
+        loaded(ModelKind::Nmt, "en", Some("es"), nmt),
+        loaded(ModelKind::Tts, "es", None, tts),
+    ])
+}
+
+fn job() -> JobAssign {
+    JobAssign {
+        job_id: "j".into(),
+        session_id: "s".into(),
+        utterance_index: 0,
+        src_lang: "en-US".into(),
+        tgt_lang: "es".into(),
+        dialect: None,
+        features: Features::default(),
+        pipeline: Pipeline::default(),
+        audio: audio::to_base64(&audio::encode_pcm16(&[0, 1, 2, 3])),
+        audio_format: AudioFormat::Pcm16,
+        sample_rate: 16_000,
+        deadline_ms: None,
+    }
+}
+
+fn go(set: &EngineSet, job: &JobAssign) -> Result<tolk_node::pipeline::Output, (JobErrorCode, String)> {
+    run(set, job, &AtomicBool::new(false)).result.map_err(|f| (f.code, f.message))
+}
+
+#[test]
+fn the_stages_run_in_order_and_speech_comes_back_as_wav() {
+    let out = go(&engines(text("hello"), text("echo"), speech()), &job()).unwrap();
+    assert_eq!((out.text_asr.as_deref(), out.text_translated.as_deref()), (Some("hello"), Some("<hello>")));
+    let wav = out.tts_wav.unwrap();
+    let pcm = audio::decode_bytes(&wav, AudioFormat::Wav, 22_050).unwrap();
+    assert_eq!(pcm.samples, [100, -100, 100]);
+}
+
+#[test]
+fn silence_skips_translation_and_speech() {
+    let out = go(&engines(text("  "), err(EngineErrorKind::Backend), err(EngineErrorKind::Backend)), &job()).unwrap();
+    assert_eq!((out.text_asr.as_deref(), out.text_translated.as_deref(), out.tts_wav), (Some("  "), Some(""), None));
+}
+
+#[test]
+fn stages_can_be_switched_off() {
+    let mut j = job();
+    j.pipeline = Pipeline { use_asr: true, use_nmt: false, use_tts: true };
+    j.tgt_lang = "en".into();
+    let set = EngineSet::new(vec![loaded(ModelKind::Asr, "en", None, text("hi")), loaded(ModelKind::Tts, "en", None, speech())]);
+    let out = go(&set, &j).unwrap();
+    assert_eq!(
+        (out.text_asr.as_deref(), out.text_translated, out.tts_wav.is_some()),
+        (Some("hi"), None, true),
+        "speaks the recognised text"
+    );
+}
+
+#[test]
+fn failures_carry_the_protocol_codes() {
+    let set = engines(text("hello"), text("echo"), speech());
+    let mut bad = job();
+    bad.audio = "%%%".into();
+    assert_eq!(go(&set, &bad).unwrap_err().0, JobErrorCode::InvalidAudio);
+    bad.audio = audio::to_base64(&[1, 2, 3]);
+    assert_eq!(go(&set, &bad).unwrap_err().0, JobErrorCode::InvalidAudio, "odd pcm16 length");
+    bad.audio_format = AudioFormat::Opus;
+    assert_eq!(go(&set, &bad).unwrap_err().0, JobErrorCode::InvalidAudio, "opus is not decoded here");
+
+    let mut zh = job();
+    zh.tgt_lang = "zh".into();
+    assert_eq!(go(&set, &zh).unwrap_err(), (JobErrorCode::ModelNotAvailable, "no nmt model for en-US → zh".into()));
+
+    let cases = [
+        (engines(err(EngineErrorKind::InvalidInput), text("echo"), speech()), JobErrorCode::InvalidAudio, "asr (fake-asr): boom"),
+        (engines(err(EngineErrorKind::Backend), text("echo"), speech()), JobErrorCode::InferenceBackendError, "asr (fake-asr): boom"),
+        (engines(text("hi"), err(EngineErrorKind::Unsupported), speech()), JobErrorCode::ModelNotAvailable, "nmt (fake-nmt): boom"),
+        (engines(text("hi"), err(EngineErrorKind::InvalidInput), speech()), JobErrorCode::InferenceBackendError, "nmt (fake-nmt): boom"),
+        (engines(text("hi"), text("echo"), err(EngineErrorKind::Panic)), JobErrorCode::InferenceBackendError, "tts (fake-tts): boom"),
+        (engines(text("hi"), text("echo"), text("not audio")), JobErrorCode::InferenceBackendError, "tts engine returned text"),
+    ];
+    for (set, code, message) in cases {
+        assert_eq!(go(&set, &job()).unwrap_err(), (code, message.to_owned()));
+    }
+}
+
+#[test]
+fn a_cancelled_job_stops_at_the_next_stage_boundary() {
+    // The ASR engine's call returns after the job was abandoned (it flips the flag).
+    let cancel = Arc::new(AtomicBool::new(false));
+    let asr = LoadedEngine {
+        engine: Arc::new(Fake { answer: text("hello"), cancel_after: Some(cancel.clone()) }),
+        ..loaded(ModelKind::Asr, "en", None, text("unused"))
+    };
+    let set =
+        EngineSet::new(vec![asr, loaded(ModelKind::Nmt, "en", Some("es"), text("echo")), loaded(ModelKind::Tts, "es", None, speech())]);
+    let outcome = run(&set, &job(), &cancel);
+    assert_eq!(outcome.result.unwrap_err().code, JobErrorCode::Timeout);
+    assert_eq!((outcome.timings.nmt_ms, outcome.timings.tts_ms), (0, 0), "no stage ran after the abandon");
+}
