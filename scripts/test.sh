@@ -4,3 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo test --workspace --locked
+# The generated Kotlin/Python bindings over the real library (see bindings/test-bindings.sh).
+bash bindings/test-bindings.sh

@@ -93,6 +93,7 @@ fn duplicates_are_processed_once_and_late_indexes_refused() {
     let err = error_of(&out[0]).unwrap();
     assert_eq!((err.code.clone(), err.details.as_ref().unwrap()["field"].as_str()), (ErrorCode::InvalidMessage, Some("utterance_index")));
     assert_eq!(err.utterance_index(), None, "a refusal is not an outcome");
+    assert_eq!(err.details.as_ref().unwrap()["refused_index"], 2, "the client can tell which one was refused");
 }
 
 #[test]

@@ -711,8 +711,9 @@ impl Core {
                 return;
             }
             Accept::TooLate => {
-                let msg = format!("utterance_index {index} is at or below one already answered; indexes must increase");
-                return self.send_error(conn, ProtocolError::invalid_field("utterance_index", msg).to_message());
+                let message = format!("utterance_index {index} is at or below one already answered; indexes must increase");
+                let details = Some(serde_json::json!({ "field": "utterance_index", "refused_index": index }));
+                return self.send_error(conn, ErrorMessage { code: ErrorCode::InvalidMessage, message, details });
             }
             Accept::Accepted => {}
         }
