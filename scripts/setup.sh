@@ -32,6 +32,8 @@ apt_need espeak-ng sox
 # languages), and Apertium with the English-Spanish pair (NMT, run as a
 # process). The node's end-to-end test uses all of them.
 apt_need libpocketsphinx-dev pocketsphinx-en-us flite1-dev libespeak-ng-dev apertium apertium-eng-spa
+# The flite program makes the sample speech of scripts/translate.sh and the end-to-end tests.
+apt_need flite
 
 # --- bindings: Kotlin/JVM and Python binding tests (added by the bindings) ---
 # bindings/test-bindings.sh compiles the generated Kotlin with kotlinc from the

@@ -12,7 +12,8 @@
 //! ```
 //!
 //! The file must be 16-bit PCM at 8, 16, 32 or 48 kHz (stereo is mixed
-//! down); `--speed 4` streams four times faster than real time.
+//! down); `--speed 4` streams four times faster than real time; `--out DIR`
+//! writes each result's synthesised speech to `DIR/utterance-N.wav`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // an example: fail loudly
 
@@ -30,15 +31,16 @@ struct Args {
     speed: f64,
     local: bool,
     wav: String,
+    out: Option<std::path::PathBuf>,
 }
 
 fn usage() -> ! {
-    eprintln!("usage: stream_wav [--url ws://HOST:PORT/ws/session | --local] [--src en] [--tgt de] [--speed 1.0] FILE.wav");
+    eprintln!("usage: stream_wav [--url ws://HOST:PORT/ws/session | --local] [--src en] [--tgt de] [--speed 1.0] [--out DIR] FILE.wav");
     std::process::exit(2)
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { url: None, src: "en".into(), tgt: "de".into(), speed: 1.0, local: false, wav: String::new() };
+    let mut args = Args { url: None, src: "en".into(), tgt: "de".into(), speed: 1.0, local: false, wav: String::new(), out: None };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -47,6 +49,7 @@ fn parse_args() -> Args {
             "--tgt" => args.tgt = it.next().unwrap_or_else(|| usage()),
             "--speed" => args.speed = it.next().and_then(|s| s.parse().ok()).filter(|s: &f64| *s > 0.0).unwrap_or_else(|| usage()),
             "--local" => args.local = true,
+            "--out" => args.out = Some(it.next().unwrap_or_else(|| usage()).into()),
             "-h" | "--help" => usage(),
             _ if args.wav.is_empty() && !a.starts_with("--") => args.wav = a,
             _ => usage(),
@@ -67,6 +70,24 @@ fn read_wav(path: &str) -> (Vec<i16>, u32) {
     let mono =
         interleaved.chunks_exact(channels).map(|f| (f.iter().map(|&s| i32::from(s)).sum::<i32>() / channels as i32) as i16).collect();
     (mono, spec.sample_rate)
+}
+
+/// Writes a result's speech as a playable wav (pcm16 is wrapped in a header).
+fn save_speech(dir: &std::path::Path, r: &tolk_sdk::Translation) {
+    let Some(audio) = &r.tts_audio else { return };
+    let wav = match (r.tts_format, r.tts_sample_rate) {
+        (Some(tolk_protocol::AudioFormat::Pcm16), Some(rate)) => {
+            let samples: Vec<i16> = audio.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+            tolk_protocol::audio::encode_wav(&samples, rate)
+        }
+        (Some(tolk_protocol::AudioFormat::Wav), _) => audio.clone(),
+        _ => return,
+    };
+    let path = dir.join(format!("utterance-{}.wav", r.index));
+    match std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, wav)) {
+        Ok(()) => println!("         speech written to {}", path.display()),
+        Err(e) => println!("         cannot write {}: {e}", path.display()),
+    }
 }
 
 fn print_event(start: Instant, event: &Event) {
@@ -114,8 +135,12 @@ fn main() {
     config.chunker.sample_rate = rate;
     let start = Instant::now();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let out = args.out.clone();
     let client = Client::start(config, move |event: Event| {
         print_event(start, &event);
+        if let (Event::Result(r), Some(dir)) = (&event, &out) {
+            save_speech(dir, r);
+        }
         if matches!(event, Event::State(ConnectionState::Closed { .. })) {
             let _ = done_tx.send(());
         }

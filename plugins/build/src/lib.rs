@@ -80,6 +80,10 @@ fn build(manifest: &Path, target_dir: &Path, out: &Path, locked: bool) -> Result
         let dir = if stem.starts_with("tolk_testing_") { out.join("testing") } else { out.to_owned() };
         std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
         let dest = dir.join(format!("{}.wasm", plugin_name(stem)));
+        if dir != out {
+            // A fixture left at the top level by an older build would be loaded by a scan.
+            let _ = std::fs::remove_file(out.join(format!("{}.wasm", plugin_name(stem))));
+        }
         // Write then rename, so a watching dispatcher never reads half a file.
         let tmp = dest.with_extension("wasm.tmp");
         std::fs::write(&tmp, &component).map_err(|source| Error::Io { path: tmp.clone(), source })?;
