@@ -159,31 +159,26 @@ impl StoreState {
     }
 }
 
-impl scheduler_world::tolk::plugin::host::Host for StoreState {
-    fn log(&mut self, level: scheduler_world::tolk::plugin::host::Level, message: String) -> wasmtime::Result<()> {
-        use scheduler_world::tolk::plugin::host::Level as L;
-        let level = match level {
-            L::Debug => "debug",
-            L::Info => "info",
-            L::Warn => "warn",
-            L::Error => "error",
-        };
-        StoreState::log(self, level, &message)
-    }
+/// Both worlds import the same `host` interface, generated twice: one body.
+macro_rules! impl_host {
+    ($world:ident) => {
+        impl $world::tolk::plugin::host::Host for StoreState {
+            fn log(&mut self, level: $world::tolk::plugin::host::Level, message: String) -> wasmtime::Result<()> {
+                use $world::tolk::plugin::host::Level as L;
+                let level = match level {
+                    L::Debug => "debug",
+                    L::Info => "info",
+                    L::Warn => "warn",
+                    L::Error => "error",
+                };
+                StoreState::log(self, level, &message)
+            }
+        }
+    };
 }
 
-impl detector_world::tolk::plugin::host::Host for StoreState {
-    fn log(&mut self, level: detector_world::tolk::plugin::host::Level, message: String) -> wasmtime::Result<()> {
-        use detector_world::tolk::plugin::host::Level as L;
-        let level = match level {
-            L::Debug => "debug",
-            L::Info => "info",
-            L::Warn => "warn",
-            L::Error => "error",
-        };
-        StoreState::log(self, level, &message)
-    }
-}
+impl_host!(scheduler_world);
+impl_host!(detector_world);
 
 /// A compiled, checked scheduler, ready to instantiate.
 struct SchedulerPlugin {
