@@ -716,3 +716,40 @@ fn a_node_that_declares_max_jobs_gets_no_more() {
     let ServerToClient::TranslationResult(r) = sim.take_client(c).remove(0) else { panic!() };
     assert_eq!(r.tts_sample_rate, Some(16000), "the speech's sample rate passes through");
 }
+
+#[test]
+fn node_busy_is_not_a_failure_the_job_comes_back_later() {
+    // One node, busy with jobs a restarted dispatcher never knew about.
+    let mut sim = Sim::new(CoreConfig { max_attempts: 1, admission_wait_ms: 10_000, ..cfg() });
+    let (node, node_id, _) = sim.register_node(&[("en", "es")], true);
+    let (c, sid, _) = sim.open_session("en", "es");
+    sim.utterance(c, &sid, 0);
+    let job = sim.jobs(node).remove(0);
+    sim.fail(node, &node_id, &job, JobErrorCode::NodeBusy);
+    assert!(sim.jobs(node).is_empty(), "the busy node rests a moment");
+    assert!(sim.take_client(c).is_empty(), "and the utterance has not failed");
+    sim.advance(1_500);
+    sim.heartbeat(node, &node_id, None);
+    let again = sim.jobs(node);
+    assert_eq!(again.len(), 1, "the same node gets it again: busy is not failed");
+    assert_eq!(again[0].job_id, job.job_id);
+    sim.succeed(node, &node_id, &again[0]);
+    assert_eq!(indexes(&sim.take_client(c)), vec![0]);
+}
+
+#[test]
+fn a_node_reporting_itself_full_gets_no_job_until_it_has_room() {
+    let mut sim = Sim::new(CoreConfig { max_jobs_per_node: 2, admission_wait_ms: 30_000, ..cfg() });
+    let (node, node_id, _) = sim.register_node(&[("en", "es")], true);
+    sim.heartbeat_running(node, &node_id, None, 2);
+    let (c, sid, _) = sim.open_session("en", "es");
+    sim.utterance(c, &sid, 0);
+    assert!(sim.jobs(node).is_empty(), "its heartbeat says it is full");
+    sim.heartbeat_running(node, &node_id, None, 1);
+    let job = sim.jobs(node).remove(0);
+    sim.succeed(node, &node_id, &job);
+    // A result means one job fewer than the heartbeat said: room without waiting for the next heartbeat.
+    sim.utterance(c, &sid, 1);
+    sim.utterance(c, &sid, 2);
+    assert_eq!(sim.jobs(node).len(), 2);
+}

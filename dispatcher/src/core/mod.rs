@@ -162,9 +162,20 @@ struct Node {
     disconnected_at: Option<Millis>,
     ms_per_audio_s: Option<f64>,
     recent_failures: u32,
+    /// Jobs the node says it runs (its last heartbeat): after a dispatcher
+    /// restart it may still be busy with jobs this core never knew.
+    reported_running: u32,
+    /// After a `NODE_BUSY`, no new job before this time.
+    busy_until: Millis,
 }
 
 impl Node {
+    /// Whether it can take one more job now.
+    fn has_room(&self, now: Millis) -> bool {
+        let load = (self.running.len() as u32).max(self.reported_running);
+        load < self.max_jobs && now >= self.busy_until
+    }
+
     fn is_live(&self) -> bool {
         self.conn.is_some() && !self.draining
     }
@@ -231,6 +242,8 @@ struct Job {
     /// Set when the session went away: the job only frees its node's slot.
     orphaned: bool,
     detection: Detection,
+    /// `NODE_BUSY` answers so far (bounded: then it counts as a failure).
+    busy_bounces: u32,
 }
 
 #[derive(Debug)]
@@ -294,6 +307,8 @@ pub struct Sizes {
 }
 
 const GUESS_TABLE_MAX: usize = 100_000;
+/// How long a node that answered `NODE_BUSY` gets no new job.
+const BUSY_BACKOFF_MS: Millis = 1_000;
 const SWEEP_EVERY_MS: Millis = 1_000;
 
 impl Core {
@@ -788,6 +803,7 @@ impl Core {
             accepted_at: now,
             orphaned: false,
             detection: if detect.is_empty() { Detection::NotNeeded } else { Detection::Pending(detect) },
+            busy_bounces: 0,
         };
         self.jobs.insert(job_id.clone(), job);
         if let Some(audio) = detect_audio {
@@ -986,6 +1002,8 @@ impl Core {
                 disconnected_at: None,
                 ms_per_audio_s: None,
                 recent_failures: 0,
+                reported_running: 0,
+                busy_until: 0,
             },
         );
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -1000,10 +1018,15 @@ impl Core {
 
     fn on_node_heartbeat(&mut self, now: Millis, node_id: &str, h: NodeHeartbeat) {
         let Some(n) = self.nodes.get_mut(node_id) else { return };
+        let freed = h.resource_usage.running_jobs < n.reported_running;
+        n.reported_running = h.resource_usage.running_jobs;
         n.usage = Some(h.resource_usage);
+        let models_changed = h.installed_models.is_some();
         if let Some(models) = h.installed_models {
             n.models = models;
-            // New models may make queued jobs eligible.
+        }
+        // New models or freed slots may let queued jobs run.
+        if (models_changed || freed) && !self.queue.is_empty() {
             self.pump_queue(now);
         }
     }
@@ -1061,7 +1084,7 @@ impl Core {
 
     // ------------------------------------------------------------------ jobs
 
-    fn candidates_for(&self, job: &Job) -> (Vec<String>, bool) {
+    fn candidates_for(&self, now: Millis, job: &Job) -> (Vec<String>, bool) {
         let mut free = Vec::new();
         let mut any_eligible = false;
         let mut ids: Vec<&String> = self.nodes.keys().collect();
@@ -1072,7 +1095,7 @@ impl Core {
                 continue;
             }
             any_eligible = true;
-            if (n.running.len() as u32) < n.max_jobs {
+            if n.has_room(now) {
                 free.push(id.clone());
             }
         }
@@ -1109,7 +1132,7 @@ impl Core {
         if !matches!(job.state, JobState::Queued) {
             return true;
         }
-        let (free, _) = self.candidates_for(job);
+        let (free, _) = self.candidates_for(now, job);
         if free.is_empty() {
             return false;
         }
@@ -1195,8 +1218,13 @@ impl Core {
             JobState::Running { started, .. } => started,
             JobState::Queued | JobState::Finished { .. } => now,
         };
+        let busy_answer = r.error.as_ref().is_some_and(|e| e.code == tolk_protocol::JobErrorCode::NodeBusy);
         if let Some(n) = self.nodes.get_mut(node_id) {
             n.running.remove(&r.job_id);
+            if !busy_answer {
+                // One job fewer on the node than its last heartbeat said.
+                n.reported_running = n.reported_running.saturating_sub(1);
+            }
         }
         if r.success {
             self.metrics.job_seconds.observe((now.saturating_sub(started)) as f64 / 1000.0);
@@ -1223,6 +1251,7 @@ impl Core {
             let code = r.error.as_ref().map(|e| e.code.clone());
             let message = r.error.map(|e| e.message).unwrap_or_default();
             let kind = match code {
+                Some(tolk_protocol::JobErrorCode::NodeBusy) => FailKind::Busy(message),
                 Some(c) if !c.is_retryable() => FailKind::BadAudio(message),
                 Some(c) => FailKind::Retry(format!("{c}: {message}")),
                 None => FailKind::Retry(message),
@@ -1302,22 +1331,34 @@ impl Core {
             self.jobs.remove(job_id);
             return;
         }
-        job.failed_nodes.push(node_id.to_owned());
+        const MAX_BUSY_BOUNCES: u32 = 20;
+        let busy = matches!(kind, FailKind::Busy(_)) && job.busy_bounces < MAX_BUSY_BOUNCES;
+        if busy {
+            // Not the node's fault: it keeps its turn and the job its attempt.
+            job.busy_bounces += 1;
+            job.attempts = job.attempts.saturating_sub(1);
+            if let Some(n) = self.nodes.get_mut(node_id) {
+                n.busy_until = now + BUSY_BACKOFF_MS;
+            }
+        } else {
+            job.failed_nodes.push(node_id.to_owned());
+        }
         let give_up = match &kind {
             FailKind::BadAudio(m) => {
                 let mut e = ProtocolError::invalid_field("audio", format!("the audio could not be processed: {m}")).to_message();
                 add_index(&mut e, job.index);
                 Some(e)
             }
-            FailKind::Retry(_) if job.attempts >= self.cfg.max_attempts => Some(ErrorMessage::for_utterance(
+            FailKind::Busy(_) if busy => None,
+            FailKind::Retry(_) | FailKind::Busy(_) if job.attempts >= self.cfg.max_attempts => Some(ErrorMessage::for_utterance(
                 ErrorCode::NodeUnavailable,
                 format!("no node could process the utterance after {} attempts", job.attempts),
                 job.index,
             )),
-            FailKind::Retry(_) => None,
+            FailKind::Retry(_) | FailKind::Busy(_) => None,
         };
         let reason = match &kind {
-            FailKind::Retry(m) | FailKind::BadAudio(m) => m.as_str(),
+            FailKind::Retry(m) | FailKind::BadAudio(m) | FailKind::Busy(m) => m.as_str(),
         };
         tracing::debug!(job = job_id, node = node_id, reason, "job failed");
         match give_up {
@@ -1360,11 +1401,13 @@ impl Core {
             }
             JobState::Queued => {
                 let (session, index) = (job.session.clone(), job.index);
-                let (_, any) = self.candidates_for(job);
+                let (_, any) = self.candidates_for(now, job);
                 let message = if job.req.paired_node.is_some() && !any {
                     "the paired node is not available".to_owned()
                 } else if any {
                     "every eligible node stayed busy".to_owned()
+                } else if !job.failed_nodes.is_empty() {
+                    format!("every node that serves {} → {} failed this utterance", job.req.src_lang, job.req.tgt_lang)
                 } else {
                     format!("no node serves {} → {}", job.req.src_lang, job.req.tgt_lang)
                 };
@@ -1411,6 +1454,10 @@ impl Core {
     }
 
     fn sweep(&mut self, now: Millis) {
+        if !self.queue.is_empty() {
+            // Busy back-offs end with time, not with an event.
+            self.pump_queue(now);
+        }
         self.codes.retain(|_, e| e.expires_at > now);
         let window = self.cfg.pairing_window_ms;
         self.guesses.retain(|_, w| now < w.started + window);
@@ -1431,6 +1478,9 @@ enum FailKind {
     Retry(String),
     /// The audio itself is bad: no node will do better.
     BadAudio(String),
+    /// The node is at capacity (e.g. still finishing jobs this core never
+    /// knew): not a failure of the node; try again, here or elsewhere.
+    Busy(String),
 }
 
 fn add_index(err: &mut ErrorMessage, index: u64) {

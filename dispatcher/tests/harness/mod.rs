@@ -206,16 +206,14 @@ impl Sim {
     }
 
     pub fn heartbeat(&mut self, conn: ConnId, node_id: &str, models: Option<Vec<InstalledModel>>) {
+        self.heartbeat_running(conn, node_id, models, 0);
+    }
+
+    pub fn heartbeat_running(&mut self, conn: ConnId, node_id: &str, models: Option<Vec<InstalledModel>>, running_jobs: u32) {
         let hb = NodeHeartbeat {
             node_id: node_id.into(),
             timestamp: self.now,
-            resource_usage: ResourceUsage {
-                cpu_percent: 10.0,
-                gpu_percent: None,
-                gpu_mem_percent: None,
-                mem_percent: 20.0,
-                running_jobs: 0,
-            },
+            resource_usage: ResourceUsage { cpu_percent: 10.0, gpu_percent: None, gpu_mem_percent: None, mem_percent: 20.0, running_jobs },
             installed_models: models,
         };
         self.node(conn, NodeToServer::NodeHeartbeat(hb));
