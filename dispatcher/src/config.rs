@@ -31,8 +31,10 @@ pub struct CoreConfig {
     pub max_jobs_per_node: u32,
     /// Utterances of one session without an outcome yet; more are refused.
     pub max_pending_per_session: usize,
-    /// Sent outcomes kept per session until the client confirms them.
+    /// Sent outcomes kept per session until the client confirms them...
     pub max_retained_outcomes: usize,
+    /// ...and at most this many bytes of them (speech makes outcomes large).
+    pub max_retained_bytes: usize,
     /// Jobs waiting for capacity, all sessions together.
     pub max_queued_jobs: usize,
     pub max_sessions: usize,
@@ -68,6 +70,7 @@ impl Default for CoreConfig {
             max_jobs_per_node: 4,
             max_pending_per_session: 64,
             max_retained_outcomes: 64,
+            max_retained_bytes: 512 * 1024,
             max_queued_jobs: 10_000,
             max_sessions: 100_000,
             max_nodes: 10_000,
@@ -92,6 +95,9 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Frames queued to one peer; a peer that does not read is disconnected past this.
     pub outbound_queue: usize,
+    /// Read buffer of each WebSocket (resident per connection; larger frames
+    /// are read in several steps).
+    pub ws_read_buffer_bytes: usize,
     /// Open WebSocket connections, all endpoints together.
     pub max_connections: usize,
     /// Bearer token of the admin API; the API is off without one.
@@ -114,6 +120,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             max_frame_bytes: 4 * 1024 * 1024,
             outbound_queue: 256,
+            ws_read_buffer_bytes: 8 * 1024,
             max_connections: 20_000,
             admin_token: None,
             tls_cert: None,

@@ -273,11 +273,13 @@ impl Dispatcher {
             match (&config.tls_cert, &config.tls_key) {
                 (Some(cert), Some(key)) => {
                     let tls = tls_config(cert, key)?;
-                    let server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle);
+                    // No Nagle delay: small frames (heartbeats, short results) leave at once.
+                    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(axum_server::accept::NoDelayAcceptor::new());
+                    let server = axum_server::from_tcp(listener)?.acceptor(acceptor).handle(handle);
                     tokio::spawn(async move { server.serve(app).await })
                 }
                 (None, None) => {
-                    let server = axum_server::from_tcp(listener)?.handle(handle);
+                    let server = axum_server::from_tcp(listener)?.acceptor(axum_server::accept::NoDelayAcceptor::new()).handle(handle);
                     tokio::spawn(async move { server.serve(app).await })
                 }
                 _ => return Err(Error::Config("tls_cert and tls_key go together".into())),
@@ -393,7 +395,12 @@ impl Dispatcher {
         // larger ones end the connection at the WebSocket layer.
         let limit = self.shared.config.max_frame_bytes.saturating_mul(2);
         let this = self.clone();
-        ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| this.serve_socket(socket, endpoint, addr.ip(), permit))
+        // tungstenite zero-fills its whole read buffer on first use: the
+        // default 128 KiB would stay resident in every idle connection.
+        ws.max_message_size(limit)
+            .max_frame_size(limit)
+            .read_buffer_size(self.shared.config.ws_read_buffer_bytes.max(1024))
+            .on_upgrade(move |socket| this.serve_socket(socket, endpoint, addr.ip(), permit))
     }
 
     fn authorized(&self, headers: &HeaderMap) -> Result<(), StatusCode> {

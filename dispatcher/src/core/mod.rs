@@ -584,7 +584,7 @@ impl Core {
                 features,
                 paired_node: paired_node.clone(),
                 last_node: None,
-                order: OrderBuffer::new(self.cfg.max_retained_outcomes),
+                order: OrderBuffer::new(self.cfg.max_retained_outcomes, self.cfg.max_retained_bytes),
                 jobs: HashSet::new(),
                 last_activity: now,
                 detached_at: None,

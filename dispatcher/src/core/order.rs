@@ -34,14 +34,36 @@ pub struct OrderBuffer<T> {
     slots: BTreeMap<u64, Slot<T>>,
     sent_upto: Option<u64>,
     max_retained: usize,
+    max_retained_bytes: usize,
+    /// Bytes of the sent outcomes held.
+    retained_bytes: usize,
 }
 
-impl<T: Clone> OrderBuffer<T> {
+/// What an outcome weighs, for the retained-bytes budget.
+pub trait Weight {
+    fn weight(&self) -> usize;
+}
+
+impl Weight for std::sync::Arc<str> {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Weight for &str {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<T: Clone + Weight> OrderBuffer<T> {
     /// A buffer that keeps at most `max_retained` sent, unconfirmed outcomes
     /// (the oldest are dropped past that: a client that never confirms cannot
     /// grow it without bound).
-    pub fn new(max_retained: usize) -> Self {
-        Self { slots: BTreeMap::new(), sent_upto: None, max_retained }
+    /// `max_retained_bytes` bounds them together too (the newest sent
+    /// outcome is always kept).
+    pub fn new(max_retained: usize, max_retained_bytes: usize) -> Self {
+        Self { slots: BTreeMap::new(), sent_upto: None, max_retained, max_retained_bytes, retained_bytes: 0 }
     }
 
     /// Registers index `idx` as accepted.
@@ -75,6 +97,7 @@ impl<T: Clone> OrderBuffer<T> {
         let (&idx, slot) = self.slots.range_mut((lower, std::ops::Bound::Unbounded)).next()?;
         let Slot::Ready(outcome) = slot else { return None };
         let outcome = outcome.clone();
+        self.retained_bytes += outcome.weight();
         *slot = Slot::Sent(outcome.clone());
         self.sent_upto = Some(idx);
         self.trim_retained();
@@ -87,11 +110,12 @@ impl<T: Clone> OrderBuffer<T> {
             Some(s) => upto.min(s),
             None => return,
         };
-        let keep = self.slots.split_off(&(upto.saturating_add(1)));
-        if upto == u64::MAX {
-            self.slots.clear();
-        } else {
-            self.slots = keep;
+        let keep = if upto == u64::MAX { BTreeMap::new() } else { self.slots.split_off(&(upto + 1)) };
+        let confirmed = std::mem::replace(&mut self.slots, keep);
+        for slot in confirmed.values() {
+            if let Slot::Sent(o) = slot {
+                self.retained_bytes -= o.weight();
+            }
         }
     }
 
@@ -136,19 +160,21 @@ impl<T: Clone> OrderBuffer<T> {
     }
 
     fn trim_retained(&mut self) {
-        let sent = self.slots.values().filter(|s| matches!(s, Slot::Sent(_))).count();
-        if sent <= self.max_retained {
-            return;
-        }
-        let mut excess = sent - self.max_retained;
-        self.slots.retain(|_, slot| {
-            if excess > 0 && matches!(slot, Slot::Sent(_)) {
-                excess -= 1;
-                false
-            } else {
-                true
+        let mut sent = self.slots.values().filter(|s| matches!(s, Slot::Sent(_))).count();
+        // Oldest first; the newest sent outcome always stays.
+        while sent > 1 && (sent > self.max_retained || self.retained_bytes > self.max_retained_bytes) {
+            let oldest = self.slots.iter().find(|(_, s)| matches!(s, Slot::Sent(_))).map(|(&i, _)| i);
+            let Some(idx) = oldest else { break };
+            if let Some(Slot::Sent(o)) = self.slots.remove(&idx) {
+                self.retained_bytes -= o.weight();
             }
-        });
+            sent -= 1;
+        }
+    }
+
+    /// Bytes of sent outcomes held for a resume.
+    pub fn retained_bytes(&self) -> usize {
+        self.retained_bytes
     }
 }
 
@@ -163,7 +189,7 @@ mod tests {
 
     #[test]
     fn outcomes_leave_in_index_order() {
-        let mut b = OrderBuffer::new(16);
+        let mut b = OrderBuffer::new(16, usize::MAX);
         for i in [1, 2, 3] {
             assert_eq!(b.accept(i), Accept::Accepted);
         }
@@ -176,7 +202,7 @@ mod tests {
 
     #[test]
     fn skipped_indexes_do_not_block() {
-        let mut b = OrderBuffer::new(16);
+        let mut b = OrderBuffer::new(16, usize::MAX);
         b.accept(2);
         b.accept(7);
         b.complete(7, "x");
@@ -187,7 +213,7 @@ mod tests {
 
     #[test]
     fn duplicates_and_late_indexes() {
-        let mut b = OrderBuffer::new(16);
+        let mut b = OrderBuffer::new(16, usize::MAX);
         b.accept(5);
         assert_eq!(b.accept(5), Accept::Duplicate);
         b.complete(5, "a");
@@ -200,7 +226,7 @@ mod tests {
 
     #[test]
     fn resume_resends_what_was_not_confirmed() {
-        let mut b = OrderBuffer::new(16);
+        let mut b = OrderBuffer::new(16, usize::MAX);
         for i in 0..5 {
             b.accept(i);
             b.complete(i, "o");
@@ -220,7 +246,7 @@ mod tests {
 
     #[test]
     fn retained_outcomes_are_bounded() {
-        let mut b = OrderBuffer::new(3);
+        let mut b = OrderBuffer::new(3, usize::MAX);
         for i in 0..10 {
             b.accept(i);
             b.complete(i, "o");
@@ -232,8 +258,29 @@ mod tests {
     }
 
     #[test]
+    fn retained_bytes_are_bounded_too() {
+        let mut b = OrderBuffer::new(100, 10);
+        for i in 0..5 {
+            b.accept(i);
+            b.complete(i, "1234");
+            b.pop_ready();
+        }
+        // 4 bytes each, 10 allowed: the two newest stay.
+        let kept: Vec<u64> = b.resend_after(None).into_iter().map(|(i, _)| i).collect();
+        assert_eq!(kept, vec![3, 4]);
+        assert_eq!(b.retained_bytes(), 8);
+        b.confirm(4);
+        assert_eq!(b.retained_bytes(), 0);
+        // One outcome larger than the budget is still kept: the newest always is.
+        b.accept(5);
+        b.complete(5, "far more than ten bytes");
+        b.pop_ready();
+        assert_eq!(b.len(), 1);
+    }
+
+    #[test]
     fn confirm_max_index() {
-        let mut b = OrderBuffer::new(3);
+        let mut b = OrderBuffer::new(3, usize::MAX);
         b.accept(u64::MAX);
         b.complete(u64::MAX, "o");
         b.pop_ready();

@@ -1,0 +1,95 @@
+//! The measured servers as child processes (so their CPU and RSS are their
+//! own): `tolk-dispatcher`, or this binary's `relay` subcommand.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::Error;
+use crate::procstat::Pid;
+
+/// A server we started; killed (by its pid, through the handle) when dropped.
+#[derive(Debug)]
+pub struct Server {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+    config: Option<PathBuf>,
+}
+
+impl Server {
+    pub fn pid(&self) -> Pid {
+        Pid(self.child.id())
+    }
+
+    /// Starts `program args…`, which must print a line ending in its `ws://ADDR` within 60 s.
+    fn spawn(program: &Path, args: &[&str], config: Option<PathBuf>) -> Result<Self, Error> {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads the address line, then keeps draining so the child never blocks on (or dies of) a closed pipe.
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.split("ws://").nth(1).and_then(|rest| rest.split_whitespace().next()) {
+                    let _ = tx.send(addr.trim_end_matches('/').to_owned());
+                    break;
+                }
+            }
+            for _ in lines {}
+        });
+        let mut server = Self { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), config };
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => {
+                server.addr = addr.parse().map_err(|e| format!("{}: bad address {addr:?}: {e}", program.display()))?;
+                Ok(server)
+            }
+            Err(_) => Err(format!("{} did not print its address", program.display()).into()),
+        }
+    }
+
+    /// Starts `tolk-dispatcher` on a free loopback port, with `max_jobs_per_node`
+    /// raised so the simulated nodes' `max_jobs` applies (all other settings default).
+    pub fn dispatcher(binary: &Path, max_jobs_per_node: u32) -> Result<Self, Error> {
+        let config = std::env::temp_dir().join(format!("tolk-loadgen-{}-dispatcher.toml", std::process::id()));
+        std::fs::write(&config, format!("[core]\nmax_jobs_per_node = {max_jobs_per_node}\n"))?;
+        let config_arg = config.to_string_lossy().into_owned();
+        Self::spawn(binary, &["--listen", "127.0.0.1:0", "--config", &config_arg], Some(config))
+    }
+
+    /// Starts this binary's `relay` subcommand on a free loopback port.
+    pub fn relay(options: crate::relay::Options) -> Result<Self, Error> {
+        let me = std::env::current_exe()?;
+        let read_buffer = options.read_buffer.to_string();
+        let mut args = vec!["relay", "--listen", "127.0.0.1:0", "--read-buffer", &read_buffer];
+        if !options.nodelay {
+            args.push("--no-nodelay");
+        }
+        Self::spawn(&me, &args, None)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(config) = &self.config {
+            let _ = std::fs::remove_file(config);
+        }
+    }
+}
+
+/// `tolk-dispatcher` next to this binary (`target/release/` under `cargo run --release`).
+pub fn default_dispatcher_binary() -> Option<PathBuf> {
+    let me = std::env::current_exe().ok()?;
+    let candidate = me.parent()?.join("tolk-dispatcher");
+    candidate.is_file().then_some(candidate)
+}

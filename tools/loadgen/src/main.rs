@@ -1,0 +1,203 @@
+//! `tolk-loadgen`: runs the dispatcher (a child process) and the bare relay
+//! under the same simulated load, prints them side by side, then measures
+//! the dispatcher's memory per idle session. `tolk-loadgen relay` serves the
+//! bare relay alone (the benchmark starts it that way). See README.md.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tolk_loadgen::child::{self, Server};
+use tolk_loadgen::idle::{self, IdleConfig};
+use tolk_loadgen::relay::Options as RelayOptions;
+use tolk_loadgen::sim::{self, LoadConfig, Target};
+use tolk_loadgen::{Error, report};
+
+/// Load generator and benchmarks: the dispatcher against a bare WebSocket relay.
+#[derive(Debug, Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Serve the bare relay (sessions on /s/{session}/{node}, nodes on /n/{node}).
+    Relay {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// Leave Nagle's algorithm on (as the dispatcher's server does).
+        #[arg(long)]
+        no_nodelay: bool,
+        /// Bytes of each connection's WebSocket read buffer (tungstenite's default: 131072).
+        #[arg(long, default_value_t = 128 * 1024)]
+        read_buffer: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Which {
+    Both,
+    Dispatcher,
+    Relay,
+    /// Only the idle-session memory test.
+    None,
+}
+
+#[derive(Debug, clap::Args)]
+struct Bench {
+    /// Simulated sessions (phones).
+    #[arg(long, default_value_t = 100)]
+    sessions: usize,
+    /// Simulated nodes (the relay pairs session i with node i mod nodes).
+    #[arg(long, default_value_t = 4)]
+    nodes: usize,
+    /// Length of each utterance, ms of pcm16.
+    #[arg(long, default_value_t = 1000)]
+    utterance_ms: u32,
+    /// Length of the TTS audio in each result, ms of pcm16 (0: none).
+    #[arg(long, default_value_t = 1000)]
+    tts_ms: u32,
+    #[arg(long, default_value_t = 16_000)]
+    sample_rate: u32,
+    /// Utterances per second per session; 0: closed loop (next one when the result arrives).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// How long a node holds each job before it answers, ms.
+    #[arg(long, default_value_t = 0)]
+    node_delay_ms: u64,
+    /// Seconds of load before the measured window.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// max_jobs of each simulated node (and the dispatcher's max_jobs_per_node).
+    #[arg(long, default_value_t = 1024)]
+    max_jobs: u32,
+    /// What to measure under load.
+    #[arg(long, value_enum, default_value_t = Which::Both)]
+    target: Which,
+    /// Seconds between each session's client_heartbeat (with last_utterance_index, as the SDK sends); 0: none.
+    #[arg(long, default_value_t = 5.0)]
+    heartbeat: f64,
+    /// Idle sessions of the memory test (0: skip it).
+    #[arg(long, default_value_t = 10_000)]
+    idle_sessions: usize,
+    /// Seconds the idle sessions stay open (heartbeat every 5 s) before RSS is read.
+    #[arg(long, default_value_t = 10.0)]
+    idle_hold: f64,
+    /// Also measure the relay's memory per idle connection.
+    #[arg(long)]
+    idle_relay: bool,
+    /// The dispatcher binary [default: tolk-dispatcher next to this binary, i.e. target/release/].
+    #[arg(long)]
+    dispatcher_bin: Option<PathBuf>,
+    /// Leave Nagle's algorithm on in the relay (the dispatcher does not set TCP_NODELAY).
+    #[arg(long)]
+    relay_no_nodelay: bool,
+    /// Bytes of the relay's WebSocket read buffer per connection (tungstenite's and the dispatcher's default: 131072).
+    #[arg(long, default_value_t = 128 * 1024)]
+    relay_read_buffer: usize,
+}
+
+#[tokio::main]
+async fn main() {
+    // Top-level error path: print and exit non-zero (no panic, no unwrap).
+    if let Err(e) = run().await {
+        eprintln!("tolk-loadgen: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Error> {
+    let args = Args::parse();
+    if let Some(Cmd::Relay { listen, no_nodelay, read_buffer }) = args.command {
+        let listener = tokio::net::TcpListener::bind(&listen).await?;
+        println!("tolk-loadgen relay listening on ws://{}", listener.local_addr()?);
+        let options = RelayOptions { nodelay: !no_nodelay, read_buffer };
+        tolk_loadgen::relay::serve(listener, options, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+        return Ok(());
+    }
+    let b = args.bench;
+    let fds = tolk_loadgen::raise_fd_limit()?;
+    let need = (b.idle_sessions + 100).max(b.sessions + b.nodes + 100) as u64;
+    if fds < need {
+        eprintln!("warning: the open-file limit is {fds}, below the {need} sockets this run needs");
+    }
+    let cfg = LoadConfig {
+        sessions: b.sessions,
+        nodes: b.nodes,
+        utterance_ms: b.utterance_ms,
+        tts_ms: b.tts_ms,
+        sample_rate: b.sample_rate,
+        rate: b.rate,
+        node_delay: Duration::from_millis(b.node_delay_ms),
+        warmup: Duration::from_secs_f64(b.warmup),
+        duration: Duration::from_secs_f64(b.duration),
+        max_jobs: b.max_jobs,
+        heartbeat: (b.heartbeat > 0.0).then(|| Duration::from_secs_f64(b.heartbeat)),
+        ..LoadConfig::default()
+    };
+    let dispatcher_bin = match b.dispatcher_bin.clone().or_else(child::default_dispatcher_binary) {
+        Some(path) => path,
+        None if b.target == Which::Relay && b.idle_sessions == 0 => PathBuf::new(),
+        None => return Err(
+            "tolk-dispatcher not found next to this binary: run `cargo build --release -p tolk-dispatcher` first, or pass --dispatcher-bin"
+                .into(),
+        ),
+    };
+    let relay = RelayOptions { nodelay: !b.relay_no_nodelay, read_buffer: b.relay_read_buffer };
+    println!("load: {}", report::describe(&cfg));
+    let mut reports = Vec::new();
+    if matches!(b.target, Which::Both | Which::Dispatcher) {
+        let server = Server::dispatcher(&dispatcher_bin, b.max_jobs)?;
+        println!("dispatcher {} (pid {}) …", server.addr, server.pid().0);
+        reports.push(sim::run(Target::Dispatcher(server.addr), &cfg, Some(server.pid())).await?);
+        drop(server);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if matches!(b.target, Which::Both | Which::Relay) {
+        let server = Server::relay(relay)?;
+        println!(
+            "bare relay {} (pid {}, TCP_NODELAY {}, read buffer {} B) …",
+            server.addr,
+            server.pid().0,
+            relay.nodelay,
+            relay.read_buffer
+        );
+        reports.push(sim::run(Target::Relay(server.addr), &cfg, Some(server.pid())).await?);
+        drop(server);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if !reports.is_empty() {
+        println!("{}", report::table(&reports.iter().collect::<Vec<_>>()));
+    }
+    if b.idle_sessions > 0 {
+        let icfg = IdleConfig { sessions: b.idle_sessions, hold: Duration::from_secs_f64(b.idle_hold), ..IdleConfig::default() };
+        let mut idle_reports = Vec::new();
+        let server = Server::dispatcher(&dispatcher_bin, b.max_jobs)?;
+        println!("idle: {} sessions against a fresh dispatcher (pid {}) …", icfg.sessions, server.pid().0);
+        idle_reports.push(idle::run(Target::Dispatcher(server.addr), &icfg, server.pid()).await?);
+        drop(server);
+        if b.idle_relay {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let server = Server::relay(relay)?;
+            println!(
+                "idle: {} connections against a fresh bare relay (pid {}, read buffer {} B) …",
+                icfg.sessions,
+                server.pid().0,
+                relay.read_buffer
+            );
+            idle_reports.push(idle::run(Target::Relay(server.addr), &icfg, server.pid()).await?);
+        }
+        println!("{}", report::idle_table(&idle_reports.iter().collect::<Vec<_>>()));
+    }
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! The printed tables: the dispatcher and the relay side by side, and the
+//! idle-session memory test.
+
+use std::fmt::Write as _;
+
+use crate::idle::IdleReport;
+use crate::sim::{LoadConfig, LoadReport};
+use crate::stats::{Mib, Ms};
+
+/// Targets of issue 7, printed next to the figures (never asserted).
+pub const TARGET_RATIO: f64 = 0.8;
+pub const TARGET_P99_MS: f64 = 1.0;
+pub const TARGET_IDLE_BYTES: f64 = 16.0 * 1024.0;
+
+pub fn describe(cfg: &LoadConfig) -> String {
+    let load = if cfg.rate > 0.0 { format!("{} utterances/s per session (open loop)", cfg.rate) } else { "closed loop".to_owned() };
+    format!(
+        "{} sessions, {} nodes, {} ms utterances (pcm16 {} Hz), {} ms TTS, node delay {} ms, {load}; {:.1} s warm-up, {:.1} s measured",
+        cfg.sessions,
+        cfg.nodes,
+        cfg.utterance_ms,
+        cfg.sample_rate,
+        cfg.tts_ms,
+        cfg.node_delay.as_millis(),
+        cfg.warmup.as_secs_f64(),
+        cfg.duration.as_secs_f64()
+    )
+}
+
+/// One column per report (the dispatcher first, then the relay if any).
+pub fn table(reports: &[&LoadReport]) -> String {
+    let mut s = String::new();
+    let row = |s: &mut String, name: &str, cells: Vec<String>| {
+        let _ = write!(s, "{name:<28}");
+        for c in cells {
+            let _ = write!(s, "{c:>16}");
+        }
+        s.push('\n');
+    };
+    let col = |f: &dyn Fn(&LoadReport) -> String| reports.iter().map(|r| f(r)).collect::<Vec<_>>();
+    row(&mut s, "", col(&|r| r.target.to_owned()));
+    row(&mut s, "utterances/s", col(&|r| format!("{:.1}", r.utterances_per_s())));
+    row(&mut s, "MB/s (frames, both ways)", col(&|r| format!("{:.2}", r.mb_per_s())));
+    row(&mut s, "added latency p50", col(&|r| Ms(r.total.p50).to_string()));
+    row(&mut s, "added latency p99", col(&|r| Ms(r.total.p99).to_string()));
+    row(&mut s, "added latency p999", col(&|r| Ms(r.total.p999).to_string()));
+    row(&mut s, "added latency max", col(&|r| Ms(r.total.max).to_string()));
+    row(&mut s, "  out p50 / p99", col(&|r| format!("{:.3}/{:.3}", ms(r.out.p50), ms(r.out.p99))));
+    row(&mut s, "  back p50 / p99", col(&|r| format!("{:.3}/{:.3}", ms(r.back.p50), ms(r.back.p99))));
+    row(&mut s, "latency samples", col(&|r| r.total.count.to_string()));
+    row(&mut s, "server CPU (% of a core)", col(&|r| r.server_cpu.map_or("n/a".into(), |c| format!("{c:.0} %"))));
+    row(&mut s, "server CPU µs / utterance", col(&|r| per_utterance_us(r).map_or("n/a".into(), |u| format!("{u:.0}"))));
+    row(
+        &mut s,
+        "server RSS (peak)",
+        col(&|r| r.server_memory.map_or("n/a".into(), |m| format!("{} ({})", Mib(m.rss_kib), Mib(m.peak_kib)))),
+    );
+    row(&mut s, "load generator CPU", col(&|r| r.loadgen_cpu.map_or("n/a".into(), |c| format!("{c:.0} %"))));
+    row(&mut s, "machine load average (1 min)", col(&|r| r.load_average.map_or("n/a".into(), |l| format!("{l:.2}"))));
+    row(&mut s, "sent / answered", col(&|r| format!("{} / {}", r.sent, r.answered)));
+    row(&mut s, "failed/refused/lost", col(&|r| format!("{}/{}/{}", r.failed, r.refused, r.lost)));
+    row(&mut s, "skipped (64 unanswered)", col(&|r| r.skipped.to_string()));
+    if let [ours, relay] = reports {
+        let ratio = ours.utterances_per_s() / relay.utterances_per_s().max(1e-9);
+        let _ = writeln!(
+            s,
+            "throughput: dispatcher / relay = {ratio:.2}× (target ≥ {TARGET_RATIO}×: {})",
+            if ratio >= TARGET_RATIO { "met" } else { "NOT met" }
+        );
+    }
+    if let Some(ours) = reports.first().filter(|r| r.target == "dispatcher") {
+        let p99 = ms(ours.total.p99);
+        let _ = writeln!(
+            s,
+            "dispatcher p99 added latency {p99:.3} ms at {} sessions (target ≤ {TARGET_P99_MS} ms at 1,000 sessions: {})",
+            ours.sessions,
+            if p99 <= TARGET_P99_MS { "met" } else { "NOT met" }
+        );
+    }
+    for r in reports {
+        if let Some(first) = &r.first_unexpected {
+            let _ = writeln!(s, "{}: {} unexpected frames/errors; first: {first}", r.target, r.unexpected);
+        }
+        if r.untimed > 0 {
+            let _ = writeln!(s, "{}: {} results without node timestamps", r.target, r.untimed);
+        }
+    }
+    s
+}
+
+pub fn idle_table(reports: &[&IdleReport]) -> String {
+    let mut s = String::new();
+    for r in reports {
+        let per = r.bytes_per_session();
+        let verdict = if r.target == "dispatcher" {
+            format!(" (target ≤ 16 KiB: {})", if per <= TARGET_IDLE_BYTES { "met" } else { "NOT met" })
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            s,
+            "{:<12} {} idle sessions: RSS {} → {} (+{}): {:.1} KiB per idle session{verdict}; opened in {:.1} s",
+            r.target,
+            r.open,
+            Mib(r.before.rss_kib),
+            Mib(r.after.rss_kib),
+            Mib(r.after.rss_kib.saturating_sub(r.before.rss_kib)),
+            per / 1024.0,
+            r.connect_time.as_secs_f64()
+        );
+        if let Some(e) = &r.first_error {
+            let _ = writeln!(s, "{:<12} {} failed; first: {e}", r.target, r.failed);
+        }
+    }
+    s
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn per_utterance_us(r: &LoadReport) -> Option<f64> {
+    let cpu = r.server_cpu?;
+    let per_s = r.utterances_per_s();
+    (per_s > 0.0).then(|| cpu / 100.0 / per_s * 1e6)
+}

@@ -1,0 +1,742 @@
+//! The simulated phones and nodes, and one timed run of them against a
+//! target (the dispatcher or the bare relay).
+//!
+//! Every timestamp comes from this process's monotonic clock: a session
+//! stamps `t0` just before it sends an utterance and `t3` when the result is
+//! read; a node stamps `t1` when it has read the job and `t2` just before it
+//! sends the result. Nodes publish `t1`/`t2` in a shared table (one slot per
+//! session and index), so **out** = t1 − t0 and **back** = t3 − t2: the time
+//! the frame spent between the two simulated peers (target + loopback + both
+//! WebSocket stacks), without the node's own delay.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as Ws;
+use tolk_protocol::{Message, ServerToClient, ServerToNode};
+
+use crate::Error;
+use crate::frames::{self, ResultFrames, UtteranceFrames, key};
+use crate::procstat::{Memory, Pid};
+use crate::stats::Percentiles;
+
+/// A WebSocket client connection.
+pub type Socket = WebSocketStream<TcpStream>;
+
+/// Where the simulated peers connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// `tolk-dispatcher`: sessions on `/ws/session`, nodes on `/ws/node`.
+    Dispatcher(SocketAddr),
+    /// The bare relay ([`crate::relay`]): `/s/{session}/{node}`, `/n/{node}`.
+    Relay(SocketAddr),
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Dispatcher(_) => "dispatcher",
+            Target::Relay(_) => "bare relay",
+        }
+    }
+
+    fn is_relay(self) -> bool {
+        matches!(self, Target::Relay(_))
+    }
+}
+
+/// One load run.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// Simulated phones, each with its own connection and session.
+    pub sessions: usize,
+    /// Simulated nodes. The relay pairs session `i` with node `i mod nodes`.
+    pub nodes: usize,
+    /// Length of each utterance (pcm16 at `sample_rate`, base64).
+    pub utterance_ms: u32,
+    /// Length of the synthesised speech in each result (0: no `tts_audio`).
+    pub tts_ms: u32,
+    pub sample_rate: u32,
+    /// Utterances per second per session; 0 is a closed loop (the next one
+    /// as soon as the previous result arrives).
+    pub rate: f64,
+    /// How long each node holds a job before it answers.
+    pub node_delay: Duration,
+    /// Load before the measured window (not counted).
+    pub warmup: Duration,
+    /// The measured window.
+    pub duration: Duration,
+    /// After the window, how long outstanding results are waited for.
+    pub drain: Duration,
+    /// `max_jobs` each node registers with.
+    pub max_jobs: u32,
+    /// Unanswered utterances per session (the dispatcher refuses more than
+    /// its `max_pending_per_session`, 64 by default); at the rate, a send
+    /// that finds this many is skipped and counted.
+    pub max_pending: usize,
+    /// Connection handshakes in flight at once.
+    pub connect_parallel: usize,
+    /// Each session's `client_heartbeat` period, carrying `last_utterance_index`
+    /// as the SDK does (it lets the dispatcher drop the outcomes it retains for a
+    /// resume); `None`: no heartbeats.
+    pub heartbeat: Option<Duration>,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        Self {
+            sessions: 100,
+            nodes: 4,
+            utterance_ms: 1000,
+            tts_ms: 1000,
+            sample_rate: 16_000,
+            rate: 0.0,
+            node_delay: Duration::ZERO,
+            warmup: Duration::from_secs(2),
+            duration: Duration::from_secs(10),
+            drain: Duration::from_secs(10),
+            max_jobs: 1024,
+            max_pending: 64,
+            connect_parallel: 128,
+            heartbeat: Some(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    pub target: &'static str,
+    pub sessions: usize,
+    pub nodes: usize,
+    /// Utterances sent, whole run.
+    pub sent: u64,
+    /// Results received, whole run.
+    pub answered: u64,
+    /// `error` outcomes (an error naming an utterance index).
+    pub failed: u64,
+    /// Utterances refused (`RATE_LIMITED`, no outcome follows).
+    pub refused: u64,
+    /// Sends skipped at the rate because `max_pending` were unanswered.
+    pub skipped: u64,
+    /// Sent, and neither answered, failed nor refused by the end of the drain.
+    pub lost: u64,
+    /// Results whose node timestamps were missing (should be 0).
+    pub untimed: u64,
+    /// Frames the peers did not expect (errors without an index, results for unknown indexes, …).
+    pub unexpected: u64,
+    /// The first unexpected frame, for the reader.
+    pub first_unexpected: Option<String>,
+    /// Jobs the nodes received.
+    pub jobs: u64,
+    /// The measured window and what completed in it.
+    pub window: Duration,
+    pub window_answered: u64,
+    /// Bytes of the utterance frames and result frames completed in the window.
+    pub window_bytes: u64,
+    /// Latency of the results completed in the window.
+    pub out: Percentiles,
+    pub back: Percentiles,
+    /// out + back per utterance.
+    pub total: Percentiles,
+    /// The target process's CPU over the window, % of one core.
+    pub server_cpu: Option<f64>,
+    /// The target process's memory at the end of the window.
+    pub server_memory: Option<Memory>,
+    /// This process's CPU over the window (the simulated peers), % of one core.
+    pub loadgen_cpu: Option<f64>,
+    /// The machine's 1-minute load average at the end of the window.
+    pub load_average: Option<f64>,
+}
+
+impl LoadReport {
+    pub fn utterances_per_s(&self) -> f64 {
+        self.window_answered as f64 / self.window.as_secs_f64().max(1e-9)
+    }
+
+    /// Frame bytes (utterances out + results back) per second, in MB (10^6).
+    pub fn mb_per_s(&self) -> f64 {
+        self.window_bytes as f64 / 1e6 / self.window.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Slots per session in the timestamp table (more than `max_pending`).
+const RING: usize = 128;
+
+/// State shared by the simulated peers of one run.
+struct Shared {
+    base: Instant,
+    /// `[t1, t2]` per (session, index mod RING), nanoseconds since `base` + 1; 0 = unset.
+    stamps: Vec<[AtomicU64; 2]>,
+    /// Session id → session number (filled while connecting, read by nodes).
+    ids: RwLock<HashMap<String, u32>>,
+}
+
+impl Shared {
+    fn new(sessions: usize) -> Self {
+        Self {
+            base: Instant::now(),
+            stamps: (0..sessions * RING).map(|_| [AtomicU64::new(0), AtomicU64::new(0)]).collect(),
+            ids: RwLock::new(HashMap::with_capacity(sessions)),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.ns_at(Instant::now())
+    }
+
+    fn ns_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.base).as_nanos() as u64 + 1
+    }
+
+    fn slot(&self, session: u32, index: u64) -> Option<&[AtomicU64; 2]> {
+        self.stamps.get(session as usize * RING + (index % RING as u64) as usize)
+    }
+
+    fn session_number(&self, id: &str) -> Option<u32> {
+        self.ids.read().unwrap_or_else(|e| e.into_inner()).get(id).copied()
+    }
+}
+
+/// Opens a WebSocket to `addr` with `TCP_NODELAY` (the load generator must not add Nagle delays).
+pub async fn connect(addr: SocketAddr, path: &str) -> Result<Socket, Error> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}{path}"), stream).await?;
+    Ok(ws)
+}
+
+/// The next text frame, skipping control frames; an error on close or after `within`.
+async fn next_text(ws: &mut Socket, within: Duration) -> Result<String, Error> {
+    let deadline = Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return Err("no answer in time".into()),
+            Ok(None) => return Err("connection closed".into()),
+            Ok(Some(Err(e))) => return Err(e.into()),
+            Ok(Some(Ok(Ws::Text(t)))) => return Ok(t.as_str().to_owned()),
+            Ok(Some(Ok(Ws::Close(_)))) => return Err("connection closed".into()),
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+const HANDSHAKE: Duration = Duration::from_secs(30);
+
+/// Opens one session: `session_init` → `session_init_ack` (dispatcher), or a
+/// paired connection (relay). Returns the socket and the session id.
+pub(crate) async fn open_session(target: Target, number: u32, nodes: usize) -> Result<(Socket, String), Error> {
+    match target {
+        Target::Dispatcher(addr) => {
+            let mut ws = connect(addr, "/ws/session").await?;
+            ws.send(Ws::text(frames::session_init())).await?;
+            loop {
+                let text = next_text(&mut ws, HANDSHAKE).await?;
+                match ServerToClient::parse_unvalidated(&text) {
+                    Ok(ServerToClient::SessionInitAck(ack)) => return Ok((ws, ack.session_id)),
+                    Ok(ServerToClient::Error(e)) => return Err(format!("session_init refused: {} {}", e.code.as_str(), e.message).into()),
+                    _ => continue,
+                }
+            }
+        }
+        Target::Relay(addr) => {
+            let node = number as usize % nodes.max(1);
+            let ws = connect(addr, &format!("/s/{number}/{node}")).await?;
+            Ok((ws, format!("r-{number}")))
+        }
+    }
+}
+
+/// Registers one node; returns the socket and its node id.
+async fn open_node(target: Target, number: usize, max_jobs: u32) -> Result<(Socket, String), Error> {
+    match target {
+        Target::Dispatcher(addr) => {
+            let mut ws = connect(addr, "/ws/node").await?;
+            ws.send(Ws::text(frames::node_register(max_jobs))).await?;
+            loop {
+                let text = next_text(&mut ws, HANDSHAKE).await?;
+                match ServerToNode::parse_unvalidated(&text) {
+                    Ok(ServerToNode::NodeRegisterAck(ack)) => return Ok((ws, ack.node_id)),
+                    Ok(ServerToNode::Error(e)) => return Err(format!("node_register refused: {} {}", e.code.as_str(), e.message).into()),
+                    _ => continue,
+                }
+            }
+        }
+        Target::Relay(addr) => Ok((connect(addr, &format!("/n/{number}")).await?, format!("relay-n{number}"))),
+    }
+}
+
+/// Opens `count` sessions numbered from `first`, `parallel` handshakes at a
+/// time. Returns the open ones (by number) and the errors.
+pub(crate) async fn open_sessions(
+    target: Target,
+    first: u32,
+    count: usize,
+    nodes: usize,
+    parallel: usize,
+) -> (Vec<(u32, Socket, String)>, Vec<String>) {
+    let permits = Arc::new(Semaphore::new(parallel.max(1)));
+    let mut set = tokio::task::JoinSet::new();
+    for number in first..first + count as u32 {
+        let permits = permits.clone();
+        set.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            (number, open_session(target, number, nodes).await)
+        });
+    }
+    let (mut open, mut errors) = (Vec::with_capacity(count), Vec::new());
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((number, Ok((ws, id)))) => open.push((number, ws, id)),
+            Ok((number, Err(e))) => errors.push(format!("session {number}: {e}")),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    open.sort_by_key(|(n, _, _)| *n);
+    (open, errors)
+}
+
+/// When a session sends and what it counts.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    start: Instant,
+    measure_from: Instant,
+    /// End of the window and of sending.
+    measure_until: Instant,
+    give_up: Instant,
+    /// Time between utterances (open loop); `None`: closed loop.
+    period: Option<Duration>,
+    /// Offset of the first send in the open loop, a fraction of `period`.
+    phase: f64,
+    max_pending: usize,
+    heartbeat: Option<Duration>,
+}
+
+#[derive(Debug, Default)]
+struct SessionStats {
+    sent: u64,
+    answered: u64,
+    failed: u64,
+    refused: u64,
+    skipped: u64,
+    lost: u64,
+    untimed: u64,
+    unexpected: u64,
+    first_unexpected: Option<String>,
+    window_answered: u64,
+    window_bytes: u64,
+    out: Vec<u64>,
+    back: Vec<u64>,
+    total: Vec<u64>,
+}
+
+impl SessionStats {
+    fn unexpected(&mut self, what: impl FnOnce() -> String) {
+        self.unexpected += 1;
+        if self.first_unexpected.is_none() {
+            self.first_unexpected = Some(what());
+        }
+    }
+}
+
+struct Pending {
+    index: u64,
+    t0: u64,
+    bytes: usize,
+}
+
+struct SimSession {
+    ws: Socket,
+    number: u32,
+    id: String,
+    shared: Arc<Shared>,
+    frames: Arc<UtteranceFrames>,
+    pending: VecDeque<Pending>,
+    next_index: u64,
+    /// The highest index with an outcome (outcomes arrive in order).
+    last_outcome: Option<u64>,
+    stats: SessionStats,
+    plan: Plan,
+}
+
+impl SimSession {
+    async fn send_next(&mut self) -> Result<(), Error> {
+        let index = self.next_index;
+        self.next_index += 1;
+        let frame = self.frames.render(&self.id, index);
+        let bytes = frame.len();
+        let t0 = self.shared.now_ns();
+        self.pending.push_back(Pending { index, t0, bytes });
+        self.stats.sent += 1;
+        self.ws.send(Ws::text(frame)).await?;
+        Ok(())
+    }
+
+    /// Handles one frame from the target; true when an utterance got its outcome.
+    fn on_frame(&mut self, text: &str) -> bool {
+        let t3 = self.shared.now_ns();
+        match frames::str_field(text, key::TYPE) {
+            // The relay passes the node's `job_result` through unchanged.
+            Some("translation_result" | "job_result") => {
+                let Some(index) = frames::u64_field(text, key::UTTERANCE_INDEX) else {
+                    self.stats.unexpected(|| text.chars().take(200).collect());
+                    return false;
+                };
+                self.complete(index, t3, Some(text.len()))
+            }
+            Some("error") => {
+                if let Some(index) = frames::u64_field(text, key::UTTERANCE_INDEX) {
+                    self.stats.failed += 1;
+                    self.stats.first_unexpected.get_or_insert_with(|| text.chars().take(200).collect());
+                    self.complete(index, t3, None)
+                } else if let Some(index) = frames::u64_field(text, key::REFUSED_INDEX) {
+                    self.stats.refused += 1;
+                    self.pending.retain(|p| p.index != index);
+                    true
+                } else {
+                    self.stats.unexpected(|| text.chars().take(200).collect());
+                    false
+                }
+            }
+            Some("server_heartbeat") => false,
+            _ => {
+                self.stats.unexpected(|| text.chars().take(200).collect());
+                false
+            }
+        }
+    }
+
+    /// Records an outcome: a result (`result_bytes`) or an error (`None`).
+    fn complete(&mut self, index: u64, t3: u64, result_bytes: Option<usize>) -> bool {
+        let Some(pos) = self.pending.iter().position(|p| p.index == index) else {
+            self.stats.unexpected(|| format!("an outcome for index {index}, which is not pending"));
+            return false;
+        };
+        let Some(p) = self.pending.remove(pos) else { return false };
+        self.last_outcome = self.last_outcome.max(Some(index));
+        let stamps = self.shared.slot(self.number, index).map(|s| [s[0].swap(0, Ordering::AcqRel), s[1].swap(0, Ordering::AcqRel)]);
+        let Some(result_bytes) = result_bytes else { return true };
+        self.stats.answered += 1;
+        let in_window = t3 >= self.shared.ns_at(self.plan.measure_from) && t3 <= self.shared.ns_at(self.plan.measure_until);
+        if in_window {
+            self.stats.window_answered += 1;
+            self.stats.window_bytes += (p.bytes + result_bytes) as u64;
+            match stamps {
+                Some([t1, t2]) if t1 != 0 && t2 != 0 => {
+                    let out = t1.saturating_sub(p.t0);
+                    let back = t3.saturating_sub(t2);
+                    self.stats.out.push(out);
+                    self.stats.back.push(back);
+                    self.stats.total.push(out + back);
+                }
+                _ => self.stats.untimed += 1,
+            }
+        }
+        true
+    }
+
+    async fn run(mut self) -> SessionStats {
+        if let Err(e) = self.drive().await {
+            self.stats.unexpected(|| format!("session {}: {e}", self.number));
+        }
+        self.stats.lost = self.pending.len() as u64;
+        let _ = self.ws.close(None).await;
+        self.stats
+    }
+
+    async fn drive(&mut self) -> Result<(), Error> {
+        let plan = self.plan;
+        tokio::time::sleep_until(plan.start).await;
+        let mut next_send = match plan.period {
+            Some(period) => plan.start + period.mul_f64(plan.phase),
+            None => {
+                self.send_next().await?;
+                plan.measure_until
+            }
+        };
+        let give_up = tokio::time::sleep_until(plan.give_up);
+        tokio::pin!(give_up);
+        let far = plan.give_up + Duration::from_secs(86_400);
+        let mut next_heartbeat = plan.heartbeat.map_or(far, |p| plan.start + p.mul_f64(plan.phase));
+        loop {
+            let sending = Instant::now() < plan.measure_until;
+            if !sending && self.pending.is_empty() {
+                return Ok(());
+            }
+            let timed = plan.period.is_some() && next_send < plan.measure_until;
+            tokio::select! {
+                msg = self.ws.next() => match msg {
+                    Some(Ok(Ws::Text(text))) => {
+                        if self.on_frame(text.as_str()) && plan.period.is_none() && self.pending.is_empty() && Instant::now() < plan.measure_until {
+                            self.send_next().await?;
+                        }
+                    }
+                    Some(Ok(Ws::Close(_))) | None => return Err("the target closed the connection".into()),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e.into()),
+                },
+                () = tokio::time::sleep_until(next_send), if timed => {
+                    if self.pending.len() < plan.max_pending {
+                        self.send_next().await?;
+                    } else {
+                        self.stats.skipped += 1;
+                    }
+                    next_send += plan.period.unwrap_or_default();
+                }
+                () = tokio::time::sleep_until(next_heartbeat), if plan.heartbeat.is_some() => {
+                    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                    self.ws.send(Ws::text(frames::client_heartbeat(&self.id, ms, self.last_outcome))).await?;
+                    next_heartbeat += plan.heartbeat.unwrap_or_default();
+                }
+                // Wakes the loop at the end of sending to check for the end.
+                () = tokio::time::sleep_until(plan.measure_until), if sending => {}
+                () = &mut give_up => return Ok(()),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct NodeStats {
+    jobs: u64,
+    unexpected: u64,
+    first_unexpected: Option<String>,
+}
+
+struct SimNode {
+    node_id: String,
+    relay: bool,
+    shared: Arc<Shared>,
+    frames: ResultFrames,
+    delay: Duration,
+    stop: watch::Receiver<bool>,
+    stats: NodeStats,
+}
+
+/// A built result waiting for its node's delay.
+struct Due {
+    at: Instant,
+    frame: String,
+    session: u32,
+    index: u64,
+}
+
+impl SimNode {
+    /// Reads a job (a `job_assign`, or the raw `utterance` through the relay)
+    /// and builds its result.
+    fn on_frame(&mut self, text: &str) -> Option<Due> {
+        let t1 = self.shared.now_ns();
+        let ty = frames::str_field(text, key::TYPE);
+        if ty == Some("client_heartbeat") {
+            // Through the relay, the sessions' heartbeats arrive here.
+            return None;
+        }
+        if !matches!(ty, Some("job_assign" | "utterance")) {
+            self.stats.unexpected += 1;
+            if self.stats.first_unexpected.is_none() {
+                self.stats.first_unexpected = Some(format!("node {}: {}", self.node_id, text.chars().take(200).collect::<String>()));
+            }
+            return None;
+        }
+        let session_id = frames::str_field(text, key::SESSION_ID)?;
+        let index = frames::u64_field(text, key::UTTERANCE_INDEX)?;
+        let session = self.shared.session_number(session_id)?;
+        if let Some(slot) = self.shared.slot(session, index) {
+            slot[0].store(t1, Ordering::Release);
+        }
+        self.stats.jobs += 1;
+        let frame = if self.relay {
+            self.frames.render_for_relay(session, session_id, index)
+        } else {
+            self.frames.render(frames::str_field(text, key::JOB_ID)?, session_id, index)
+        };
+        Some(Due { at: Instant::now() + self.delay, frame, session, index })
+    }
+
+    fn stamp_sent(&self, due: &Due) {
+        if let Some(slot) = self.shared.slot(due.session, due.index) {
+            slot[1].store(self.shared.now_ns(), Ordering::Release);
+        }
+    }
+
+    async fn run(mut self, ws: Socket) -> NodeStats {
+        if let Err(e) = self.drive(ws).await {
+            self.stats.unexpected += 1;
+            self.stats.first_unexpected.get_or_insert_with(|| format!("node {}: {e}", self.node_id));
+        }
+        self.stats
+    }
+
+    async fn drive(&mut self, ws: Socket) -> Result<(), Error> {
+        let (mut sink, mut stream) = ws.split();
+        let mut due: VecDeque<Due> = VecDeque::new();
+        // The dispatcher declares a node dead after 15 s of silence.
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let far = Instant::now() + Duration::from_secs(86_400);
+        loop {
+            let next_due = due.front().map_or(far, |d| d.at);
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(Ok(Ws::Text(text))) => {
+                        let Some(d) = self.on_frame(text.as_str()) else { continue };
+                        if self.delay.is_zero() {
+                            self.stamp_sent(&d);
+                            sink.send(Ws::text(d.frame)).await?;
+                        } else {
+                            due.push_back(d);
+                        }
+                    }
+                    Some(Ok(Ws::Close(_))) | None => return Ok(()),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e.into()),
+                },
+                () = tokio::time::sleep_until(next_due), if !due.is_empty() => {
+                    let now = Instant::now();
+                    while due.front().is_some_and(|d| d.at <= now) {
+                        let Some(d) = due.pop_front() else { break };
+                        self.stamp_sent(&d);
+                        sink.feed(Ws::text(d.frame)).await?;
+                    }
+                    sink.flush().await?;
+                }
+                _ = heartbeat.tick(), if !self.relay => {
+                    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                    sink.send(Ws::text(frames::node_heartbeat(&self.node_id, ms, due.len() as u32))).await?;
+                }
+                _ = self.stop.changed() => {
+                    let _ = sink.close().await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Runs one load test against `target`; `pid` is the target's process (for CPU and RSS).
+pub async fn run(target: Target, cfg: &LoadConfig, pid: Option<Pid>) -> Result<LoadReport, Error> {
+    if cfg.sessions == 0 || cfg.nodes == 0 {
+        return Err("sessions and nodes must be at least 1".into());
+    }
+    let shared = Arc::new(Shared::new(cfg.sessions));
+    let mut nodes = Vec::with_capacity(cfg.nodes);
+    for j in 0..cfg.nodes {
+        nodes.push(open_node(target, j, cfg.max_jobs).await.map_err(|e| format!("node {j}: {e}"))?);
+    }
+    let (sessions, errors) = open_sessions(target, 0, cfg.sessions, cfg.nodes, cfg.connect_parallel).await;
+    if let Some(first) = errors.first() {
+        return Err(format!("{} of {} sessions failed to open; first: {first}", errors.len(), cfg.sessions).into());
+    }
+    {
+        let mut ids = shared.ids.write().unwrap_or_else(|e| e.into_inner());
+        for (number, _, id) in &sessions {
+            ids.insert(id.clone(), *number);
+        }
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut node_tasks = Vec::with_capacity(cfg.nodes);
+    for (ws, node_id) in nodes {
+        let frames = ResultFrames::new(&node_id, cfg.tts_ms, cfg.sample_rate, cfg.node_delay.as_millis() as u64);
+        let node = SimNode {
+            node_id,
+            relay: target.is_relay(),
+            shared: shared.clone(),
+            frames,
+            delay: cfg.node_delay,
+            stop: stop_rx.clone(),
+            stats: NodeStats::default(),
+        };
+        node_tasks.push(tokio::spawn(node.run(ws)));
+    }
+
+    let start = Instant::now() + Duration::from_millis(200);
+    let measure_from = start + cfg.warmup;
+    let measure_until = measure_from + cfg.duration;
+    let period = (cfg.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / cfg.rate));
+    let utterances = Arc::new(UtteranceFrames::new(cfg.utterance_ms, cfg.sample_rate));
+    let mut session_tasks = Vec::with_capacity(cfg.sessions);
+    for (number, ws, id) in sessions {
+        let plan = Plan {
+            start,
+            measure_from,
+            measure_until,
+            give_up: measure_until + cfg.drain,
+            period,
+            // Spread the sessions' first sends evenly over one period.
+            phase: (f64::from(number) * 0.618_033_988_75).fract(),
+            max_pending: cfg.max_pending.clamp(1, RING / 2),
+            heartbeat: cfg.heartbeat,
+        };
+        let session = SimSession {
+            ws,
+            number,
+            id,
+            shared: shared.clone(),
+            frames: utterances.clone(),
+            pending: VecDeque::new(),
+            next_index: 0,
+            last_outcome: None,
+            stats: SessionStats::default(),
+            plan,
+        };
+        session_tasks.push(tokio::spawn(session.run()));
+    }
+
+    let me = Pid(std::process::id());
+    let probe = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from).await;
+        let before = (pid.and_then(|p| p.cpu().ok()), me.cpu().ok());
+        tokio::time::sleep_until(measure_until).await;
+        let after = (pid.and_then(|p| p.cpu().ok()), me.cpu().ok());
+        let memory = pid.and_then(|p| p.memory().ok());
+        let server = before.0.zip(after.0).map(|(a, b)| a.percent_until(b));
+        let loadgen = before.1.zip(after.1).map(|(a, b)| a.percent_until(b));
+        (server, loadgen, memory, crate::procstat::load_average())
+    });
+
+    let mut report =
+        LoadReport { target: target.name(), sessions: cfg.sessions, nodes: cfg.nodes, window: cfg.duration, ..Default::default() };
+    let (mut out, mut back, mut total) = (Vec::new(), Vec::new(), Vec::new());
+    for task in session_tasks {
+        let s = task.await?;
+        report.sent += s.sent;
+        report.answered += s.answered;
+        report.failed += s.failed;
+        report.refused += s.refused;
+        report.skipped += s.skipped;
+        report.lost += s.lost;
+        report.untimed += s.untimed;
+        report.unexpected += s.unexpected;
+        report.window_answered += s.window_answered;
+        report.window_bytes += s.window_bytes;
+        if report.first_unexpected.is_none() {
+            report.first_unexpected = s.first_unexpected;
+        }
+        out.extend(s.out);
+        back.extend(s.back);
+        total.extend(s.total);
+    }
+    let _ = stop_tx.send(true);
+    for task in node_tasks {
+        let n = task.await?;
+        report.jobs += n.jobs;
+        report.unexpected += n.unexpected;
+        if report.first_unexpected.is_none() {
+            report.first_unexpected = n.first_unexpected;
+        }
+    }
+    (report.server_cpu, report.loadgen_cpu, report.server_memory, report.load_average) = probe.await?;
+    report.out = Percentiles::of(out);
+    report.back = Percentiles::of(back);
+    report.total = Percentiles::of(total);
+    Ok(report)
+}
