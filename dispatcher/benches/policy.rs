@@ -4,6 +4,8 @@
 //!
 //! `cargo bench -p tolk-dispatcher --bench policy`
 
+#![allow(clippy::expect_used)] // a benchmark: fail loudly
+
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use prometheus_client::registry::Registry;
 use tolk_dispatcher::core::policy::{Candidate, JobInfo, LeastLoaded, Policy};
