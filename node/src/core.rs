@@ -373,21 +373,9 @@ impl NodeCore {
     fn fail_now(&mut self, job: &JobAssign, code: JobErrorCode, message: String) {
         tracing::info!(job_id = %job.job_id, %code, %message, "job refused");
         let Link::Up(node_id) = &self.link else { return };
-        let result = JobResult {
-            job_id: job.job_id.clone(),
-            node_id: node_id.clone(),
-            session_id: job.session_id.clone(),
-            utterance_index: job.utterance_index,
-            success: false,
-            text_asr: None,
-            text_translated: None,
-            tts_audio: None,
-            tts_format: None,
-            tts_sample_rate: None,
-            extra: None,
-            processing_time_ms: Some(0),
-            error: Some(JobError { code, message }),
-        };
+        let error = JobError { code, message };
+        let mut result = JobResult::failure(job.job_id.clone(), node_id.clone(), job.session_id.clone(), job.utterance_index, error);
+        result.processing_time_ms = Some(0);
         self.out.push(Action::Send(NodeToServer::JobResult(result)));
     }
 
@@ -423,37 +411,37 @@ impl NodeCore {
         let Some(job) = self.jobs.remove(&job_id) else { return };
         let Link::Up(node_id) = &self.link else { return };
         let t = outcome.timings;
-        let mut result = JobResult {
-            job_id: job_id.clone(),
-            node_id: node_id.clone(),
-            session_id: job.session_id,
-            utterance_index: job.utterance_index,
-            success: false,
-            text_asr: None,
-            text_translated: None,
-            tts_audio: None,
-            tts_format: None,
-            tts_sample_rate: None,
-            extra: None,
-            processing_time_ms: Some(t.total_ms),
-            error: None,
-        };
-        match outcome.result {
+        let result = match outcome.result {
             Ok(out) => {
                 tracing::info!(%job_id, decode_ms = t.decode_ms, asr_ms = t.asr_ms, nmt_ms = t.nmt_ms, tts_ms = t.tts_ms, total_ms = t.total_ms, "job done");
-                result.success = true;
-                result.text_asr = out.text_asr.map(|s| clip(s, tolk_protocol::validate::MAX_TEXT_LEN));
-                result.text_translated = out.text_translated.map(|s| clip(s, tolk_protocol::validate::MAX_TEXT_LEN));
-                if let Some(wav) = out.tts_wav {
-                    result.tts_audio = Some(audio::to_base64(&wav));
-                    result.tts_format = Some(AudioFormat::Wav);
+                let (tts_audio, tts_format) = match out.tts_wav {
+                    Some(wav) => (Some(audio::to_base64(&wav)), Some(AudioFormat::Wav)),
+                    None => (None, None),
+                };
+                JobResult {
+                    job_id: job_id.clone(),
+                    node_id: node_id.clone(),
+                    session_id: job.session_id,
+                    utterance_index: job.utterance_index,
+                    success: true,
+                    text_asr: out.text_asr.map(|s| clip(s, tolk_protocol::validate::MAX_TEXT_LEN)),
+                    text_translated: out.text_translated.map(|s| clip(s, tolk_protocol::validate::MAX_TEXT_LEN)),
+                    tts_audio,
+                    tts_format,
+                    tts_sample_rate: None, // wav carries its rate
+                    extra: None,
+                    processing_time_ms: Some(t.total_ms),
+                    error: None,
                 }
             }
             Err(f) => {
                 tracing::warn!(%job_id, code = %f.code, message = %f.message, "job failed");
-                result.error = Some(JobError { code: f.code, message: clip(f.message, tolk_protocol::validate::MAX_TEXT_LEN) });
+                let error = JobError { code: f.code, message: clip(f.message, tolk_protocol::validate::MAX_TEXT_LEN) };
+                let mut r = JobResult::failure(job_id.clone(), node_id.clone(), job.session_id, job.utterance_index, error);
+                r.processing_time_ms = Some(t.total_ms);
+                r
             }
-        }
+        };
         self.out.push(Action::Send(NodeToServer::JobResult(result)));
     }
 
@@ -465,21 +453,8 @@ impl NodeCore {
             self.abandoned.insert(job_id.clone());
             self.out.push(Action::AbandonJob(job_id.clone()));
             if let Link::Up(node_id) = &self.link {
-                let result = JobResult {
-                    job_id,
-                    node_id: node_id.clone(),
-                    session_id: job.session_id,
-                    utterance_index: job.utterance_index,
-                    success: false,
-                    text_asr: None,
-                    text_translated: None,
-                    tts_audio: None,
-                    tts_format: None,
-                    tts_sample_rate: None,
-                    extra: None,
-                    processing_time_ms: None,
-                    error: Some(JobError { code: JobErrorCode::Timeout, message: "the node gave up at the job's deadline".into() }),
-                };
+                let error = JobError { code: JobErrorCode::Timeout, message: "the node gave up at the job's deadline".into() };
+                let result = JobResult::failure(job_id, node_id.clone(), job.session_id, job.utterance_index, error);
                 self.out.push(Action::Send(NodeToServer::JobResult(result)));
             }
         }

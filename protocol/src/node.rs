@@ -194,6 +194,27 @@ pub struct JobResult {
     pub error: Option<JobError>,
 }
 
+impl JobResult {
+    /// A failed result for a job; success fields empty.
+    pub fn failure(job_id: String, node_id: String, session_id: String, utterance_index: u64, error: JobError) -> Self {
+        Self {
+            job_id,
+            node_id,
+            session_id,
+            utterance_index,
+            success: false,
+            text_asr: None,
+            text_translated: None,
+            tts_audio: None,
+            tts_format: None,
+            tts_sample_rate: None,
+            extra: None,
+            processing_time_ms: None,
+            error: Some(error),
+        }
+    }
+}
+
 /// Node → server: a node-level fault (not tied to a job).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeError {
