@@ -191,8 +191,16 @@ fn field(line: &str, key: &str) -> Option<u64> {
     line.split_whitespace().find_map(|t| t.strip_prefix(&format!("{key}="))).and_then(|v| v.parse().ok())
 }
 
+/// The stored node id. The node logs "registered" before its shell writes
+/// the file, so wait (boundedly) for the file rather than trust the log.
 fn node_id_in(state_dir: &Path) -> String {
-    tolk_node::identity::load(state_dir).unwrap().expect("an identity is stored").node_id
+    for _ in 0..200 {
+        if let Ok(Some(id)) = tolk_node::identity::load(state_dir) {
+            return id.node_id;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("no identity stored in {} within 5 s", state_dir.display());
 }
 
 fn engine_entry(stage: &str, package: &str, model_id: &str, langs: &str, options: &str) -> String {
