@@ -13,7 +13,7 @@
 pub mod order;
 pub mod policy;
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -270,7 +270,8 @@ pub struct Core {
     supplied: SuppliedFeatures,
     conns: HashMap<ConnId, Conn>,
     sessions: HashMap<String, Session>,
-    nodes: HashMap<String, Node>,
+    /// Ordered by id, so candidate lists are deterministic without sorting.
+    nodes: BTreeMap<String, Node>,
     jobs: HashMap<String, Job>,
     queue: VecDeque<String>,
     codes: HashMap<String, PairingEntry>,
@@ -322,7 +323,7 @@ impl Core {
             supplied: Features::default(),
             conns: HashMap::new(),
             sessions: HashMap::new(),
-            nodes: HashMap::new(),
+            nodes: BTreeMap::new(),
             jobs: HashMap::new(),
             queue: VecDeque::new(),
             codes: HashMap::new(),
@@ -1087,10 +1088,7 @@ impl Core {
     fn candidates_for(&self, now: Millis, job: &Job) -> (Vec<String>, bool) {
         let mut free = Vec::new();
         let mut any_eligible = false;
-        let mut ids: Vec<&String> = self.nodes.keys().collect();
-        ids.sort();
-        for id in ids {
-            let Some(n) = self.nodes.get(id) else { continue };
+        for (id, n) in &self.nodes {
             if !self.eligible(n, id, &job.req) || job.failed_nodes.contains(id) {
                 continue;
             }
