@@ -96,8 +96,8 @@ impl NodeProcess {
     }
 
     fn log(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        strip_ansi(&text)
+        // The node colours its log only on a terminal: a log file is plain text.
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits until the log has `needle` `count` times.
@@ -129,23 +129,6 @@ impl Drop for NodeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn words(s: &str) -> Vec<String> {

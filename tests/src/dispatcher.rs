@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{ADMIN_TOKEN, strip_ansi, wait_until, wire};
+use crate::{ADMIN_TOKEN, wait_until, wire};
 
 /// A running (or stopped) `tolk-dispatcher`; killed when dropped.
 #[derive(Debug)]
@@ -113,7 +113,7 @@ impl DispatcherProcess {
 
     /// The current run's log (stderr).
     pub fn log(&self) -> String {
-        strip_ansi(&std::fs::read_to_string(self.log_path()).unwrap_or_default())
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     /// SIGKILL: a crash. Returns once the process is gone.

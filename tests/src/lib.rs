@@ -100,24 +100,6 @@ pub async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, limit: Dur
     }
 }
 
-/// Removes ANSI colour sequences (log files of child processes).
-pub fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// The value of `key=value` in a log line.
 pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace().find_map(|t| t.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))

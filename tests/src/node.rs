@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{build, log_field, strip_ansi, wait_until};
+use crate::{build, log_field, wait_until};
 
 /// Which engines a node runs. Every job runs ASR → NMT → TTS (the
 /// dispatcher asks for all three when the languages differ), for sessions
@@ -116,7 +116,7 @@ impl NodeProcess {
 
     /// Its log (stderr).
     pub fn log(&self) -> String {
-        strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// What it printed (stdout).
@@ -129,7 +129,7 @@ impl NodeProcess {
         let name = self.name.clone();
         let log = self.log.clone();
         let child = self.child.as_mut().expect("the node runs");
-        let read = || strip_ansi(&std::fs::read_to_string(&log).unwrap_or_default());
+        let read = || std::fs::read_to_string(&log).unwrap_or_default();
         wait_until(
             &format!("node {name}: {count}× {needle:?} in its log"),
             Duration::from_secs(60),
