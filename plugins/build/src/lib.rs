@@ -84,8 +84,12 @@ fn build(manifest: &Path, target_dir: &Path, out: &Path, locked: bool) -> Result
             // A fixture left at the top level by an older build would be loaded by a scan.
             let _ = std::fs::remove_file(out.join(format!("{}.wasm", plugin_name(stem))));
         }
-        // Write then rename, so a watching dispatcher never reads half a file.
-        let tmp = dest.with_extension("wasm.tmp");
+        // Write then rename, so a watching dispatcher never reads half a file;
+        // the temporary name is unique to this writer, so concurrent builds
+        // (parallel tests) never rename each other's file away.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dest.with_extension(format!("wasm.{}.{n}.tmp", std::process::id()));
         std::fs::write(&tmp, &component).map_err(|source| Error::Io { path: tmp.clone(), source })?;
         std::fs::rename(&tmp, &dest).map_err(|source| Error::Io { path: dest.clone(), source })?;
         written.push(dest);
