@@ -16,6 +16,7 @@
 //! # Layout
 //! - [`common`]: types both protocols share (features, extras, error codes).
 //! - [`session`], [`node`]: the messages of each protocol.
+//! - [`models`]: which installed models serve a job (dispatcher and node share it).
 //! - [`validate`]: value checks beyond what types express.
 //! - [`audio`]: decoding and encoding pcm16 and wav audio.
 //! - [`schema`]: JSON Schema generation (checked in under `protocol/schema/`).
@@ -23,6 +24,7 @@
 pub mod audio;
 pub mod common;
 mod error;
+pub mod models;
 pub mod node;
 pub mod schema;
 pub mod session;

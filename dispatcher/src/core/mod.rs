@@ -27,7 +27,8 @@ use tolk_protocol::node::{
 use tolk_protocol::session::{
     ClientHeartbeat, ServerHeartbeat, SessionCloseAck, SessionInit, SessionInitAck, TranslationResult, Utterance,
 };
-use tolk_protocol::{AudioFormat, ClientToServer, Message, ModelKind, NodeToServer, ProtocolError, ServerToClient, ServerToNode};
+use tolk_protocol::models::{Need, missing_stage};
+use tolk_protocol::{AudioFormat, ClientToServer, Message, NodeToServer, ProtocolError, ServerToClient, ServerToNode};
 
 use crate::config::CoreConfig;
 use crate::metrics::Metrics;
@@ -179,24 +180,6 @@ impl Node {
     fn is_live(&self) -> bool {
         self.conn.is_some() && !self.draining
     }
-
-    fn has_model(&self, kind: &ModelKind, lang: &str, tgt: Option<&str>, dialect: Option<&str>) -> bool {
-        self.models.iter().any(|m| {
-            m.enabled != Some(false)
-                && &m.kind == kind
-                && m.src_lang.as_deref().is_some_and(|l| lang_matches(l, lang))
-                && tgt.is_none_or(|t| m.tgt_lang.as_deref().is_some_and(|l| lang_matches(l, t)))
-                && dialect.is_none_or(|d| m.dialect.as_deref().is_some_and(|md| md.eq_ignore_ascii_case(d)))
-        })
-    }
-}
-
-/// A model for `model_lang` serves `wanted` when the tags are equal or the
-/// model's is a prefix of the wanted one (`en` serves `en-US`).
-fn lang_matches(model_lang: &str, wanted: &str) -> bool {
-    // `get` rather than slicing: no panic whatever the bytes.
-    wanted.get(..model_lang.len()).is_some_and(|prefix| prefix.eq_ignore_ascii_case(model_lang))
-        && matches!(wanted.as_bytes().get(model_lang.len()), None | Some(b'-'))
 }
 
 #[derive(Debug, Clone)]
@@ -1110,14 +1093,13 @@ impl Core {
             None if !n.accept_public => return false,
             _ => {}
         }
-        let p = req.pipeline;
-        if p.use_asr && !n.has_model(&ModelKind::Asr, &req.src_lang, None, req.dialect.as_deref()) {
-            return false;
-        }
-        if p.use_nmt && !n.has_model(&ModelKind::Nmt, &req.src_lang, Some(&req.tgt_lang), None) {
-            return false;
-        }
-        if p.use_tts && !n.has_model(&ModelKind::Tts, &req.tgt_lang, None, None) {
+        let need = Need {
+            pipeline: req.pipeline,
+            src_lang: &req.src_lang,
+            tgt_lang: &req.tgt_lang,
+            dialect: req.dialect.as_deref(),
+        };
+        if missing_stage(&n.models, &need).is_some() {
             return false;
         }
         // A feature the node lacks must be one the dispatcher supplies.
@@ -1497,20 +1479,5 @@ fn estimate_audio_ms(u: &Utterance) -> u64 {
     match u.audio_format {
         AudioFormat::Pcm16 | AudioFormat::Wav => bytes / 2 * 1000 / u64::from(u.sample_rate.max(1)),
         AudioFormat::Opus => 0,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn language_tags_match_by_prefix() {
-        assert!(lang_matches("en", "en"));
-        assert!(lang_matches("en", "en-US"));
-        assert!(lang_matches("EN", "en-us"));
-        assert!(!lang_matches("en", "eng"));
-        assert!(!lang_matches("en-US", "en"));
-        assert!(!lang_matches("e", "é-x"), "no panic on a non-ASCII boundary");
     }
 }
