@@ -9,7 +9,7 @@ use harness::*;
 use tolk_dispatcher::CoreConfig;
 use tolk_dispatcher::core::{AdminCommand, Endpoint};
 use tolk_protocol::common::{ErrorCode, Features};
-use tolk_protocol::node::{NodeCommand, PairingCodeRequest};
+use tolk_protocol::node::{ModelUpdate, NodeCommand, PairingCodeRequest};
 use tolk_protocol::session::{ClientHeartbeat, SessionClose};
 use tolk_protocol::{ClientToServer, JobErrorCode, NodeToServer, ServerToClient, ServerToNode};
 
@@ -301,20 +301,26 @@ fn node_messages_before_registration_or_for_another_node_are_refused() {
 }
 
 #[test]
-fn heartbeat_models_replace_the_list_and_honour_enabled() {
+fn heartbeat_models_are_updates_matched_by_model_id() {
     let mut sim = Sim::new(CoreConfig { admission_wait_ms: 1_000, ..cfg() });
     let (node, node_id, _) = sim.register_node(&[("en", "es")], true);
-    let mut list = models(&[("en", "es")]);
-    list[1].enabled = Some(false); // the nmt model
-    sim.heartbeat(node, &node_id, Some(list));
+    let nmt = models(&[("en", "es")])[1].model_id.clone();
+    // Extension 7: `{"model_id":…,"enabled":false}` alone disables that model.
+    sim.heartbeat_updates(node, &node_id, Some(vec![ModelUpdate::disable(nmt.clone())]));
     let (client, sid, _) = sim.open_session("en", "es");
     sim.utterance(client, &sid, 0);
-    assert!(sim.jobs(node).is_empty());
+    assert!(sim.jobs(node).is_empty(), "the nmt stage is off: nothing to run it on");
     // A heartbeat without models leaves the list unchanged.
     sim.heartbeat(node, &node_id, None);
     assert!(sim.jobs(node).is_empty());
-    sim.heartbeat(node, &node_id, Some(models(&[("en", "es")])));
+    let enable = ModelUpdate { enabled: Some(true), ..ModelUpdate::disable(nmt) };
+    sim.heartbeat_updates(node, &node_id, Some(vec![enable]));
     assert_eq!(sim.jobs(node).len(), 1, "re-enabled: the queued job runs");
+    // A new complete entry adds a model: now en → fr is served too.
+    let fr = models(&[("en", "fr")]).into_iter().map(ModelUpdate::from).collect();
+    sim.heartbeat_updates(node, &node_id, Some(fr));
+    sim.client(client, ClientToServer::Utterance(utterance(&sid, 1, "en", "fr")));
+    assert_eq!(sim.jobs(node).len(), 1, "the added models serve en → fr; the others stayed");
 }
 
 #[test]

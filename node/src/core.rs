@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tolk_protocol::node::{
     Hardware, InstalledModel, JobAssign, JobError, JobResult, NodeCommand, NodeError, NodeHeartbeat, NodePlatform, NodeRegister,
-    PairingCodeRequest, ResourceUsage,
+    ModelUpdate, PairingCodeRequest, ResourceUsage,
 };
 use tolk_protocol::{AudioFormat, ErrorCode, Features, JobErrorCode, NodeToServer, ServerToNode, audio};
 
@@ -152,6 +152,9 @@ pub struct NodeCore {
     abandoned: BTreeSet<String>,
     next_heartbeat: Option<Millis>,
     models_changed: bool,
+    /// Model ids the dispatcher has heard of (registered or added since): a
+    /// heartbeat's updates disable those that are gone.
+    reported_models: Vec<String>,
     pending_errors: Vec<NodeError>,
     want_pairing: bool,
     rng: u64,
@@ -175,6 +178,7 @@ impl NodeCore {
             abandoned: BTreeSet::new(),
             next_heartbeat: None,
             models_changed: false,
+            reported_models: Vec::new(),
             pending_errors: Vec::new(),
             want_pairing,
             rng,
@@ -266,6 +270,8 @@ impl NodeCore {
         }
         self.link = Link::Registering;
         let reg = self.register_frame();
+        // A registration replaces the dispatcher's list whole.
+        self.reported_models = reg.installed_models.iter().map(|m| m.model_id.clone()).collect();
         self.out.push(Action::Send(NodeToServer::NodeRegister(reg)));
     }
 
@@ -415,7 +421,7 @@ impl NodeCore {
             Ok(out) => {
                 tracing::info!(%job_id, decode_ms = t.decode_ms, asr_ms = t.asr_ms, nmt_ms = t.nmt_ms, tts_ms = t.tts_ms, total_ms = t.total_ms, "job done");
                 let (tts_audio, tts_format) = match out.tts_wav {
-                    Some(wav) => (Some(audio::to_base64(&wav)), Some(AudioFormat::Wav)),
+                    Some(wav) => (Some(audio::to_base64(&wav).into()), Some(AudioFormat::Wav)),
                     None => (None, None),
                 };
                 JobResult {
@@ -445,6 +451,28 @@ impl NodeCore {
         self.out.push(Action::Send(NodeToServer::JobResult(result)));
     }
 
+    /// Every current model in full (enabled unless it says otherwise), and
+    /// `enabled: false` for each reported model that is gone (extension 7:
+    /// heartbeat entries are updates, so a missing one would stay).
+    fn model_updates(&mut self) -> Vec<ModelUpdate> {
+        let mut updates: Vec<ModelUpdate> = self
+            .models
+            .iter()
+            .map(|m| ModelUpdate { enabled: Some(m.enabled.unwrap_or(true)), ..m.clone().into() })
+            .collect();
+        for id in &self.reported_models {
+            if !self.models.iter().any(|m| &m.model_id == id) {
+                updates.push(ModelUpdate::disable(id.clone()));
+            }
+        }
+        for m in &self.models {
+            if !self.reported_models.contains(&m.model_id) {
+                self.reported_models.push(m.model_id.clone());
+            }
+        }
+        updates
+    }
+
     fn on_tick(&mut self, now: Millis, unix_ms: u64, load: Load) {
         let expired: Vec<String> = self.jobs.iter().filter(|(_, j)| j.deadline <= now).map(|(id, _)| id.clone()).collect();
         for job_id in expired {
@@ -471,7 +499,7 @@ impl NodeCore {
                     mem_percent: load.mem_percent.clamp(0.0, 100.0),
                     running_jobs: self.running_jobs() as u32,
                 },
-                installed_models: self.models_changed.then(|| self.models.clone()),
+                installed_models: self.models_changed.then(|| self.model_updates()),
             };
             self.models_changed = false;
             self.out.push(Action::Send(NodeToServer::NodeHeartbeat(hb)));

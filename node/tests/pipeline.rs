@@ -74,7 +74,7 @@ fn job() -> JobAssign {
         dialect: None,
         features: Features::default(),
         pipeline: Pipeline::default(),
-        audio: audio::to_base64(&audio::encode_pcm16(&[0, 1, 2, 3])),
+        audio: audio::to_base64(&audio::encode_pcm16(&[0, 1, 2, 3])).into(),
         audio_format: AudioFormat::Pcm16,
         sample_rate: 16_000,
         deadline_ms: None,
@@ -120,7 +120,7 @@ fn failures_carry_the_protocol_codes() {
     let mut bad = job();
     bad.audio = "%%%".into();
     assert_eq!(go(&set, &bad).unwrap_err().0, JobErrorCode::InvalidAudio);
-    bad.audio = audio::to_base64(&[1, 2, 3]);
+    bad.audio = audio::to_base64(&[1, 2, 3]).into();
     assert_eq!(go(&set, &bad).unwrap_err().0, JobErrorCode::InvalidAudio, "odd pcm16 length");
     bad.audio_format = AudioFormat::Opus;
     assert_eq!(go(&set, &bad).unwrap_err().0, JobErrorCode::InvalidAudio, "opus is not decoded here");

@@ -18,6 +18,7 @@
 //! - [`session`], [`node`]: the messages of each protocol.
 //! - [`models`]: which installed models serve a job (dispatcher and node share it).
 //! - [`validate`]: value checks beyond what types express.
+//! - `raw`: [`Base64Audio`], audio kept as raw JSON text (spliced, never re-escaped).
 //! - [`audio`]: decoding and encoding pcm16 and wav audio.
 //! - [`schema`]: JSON Schema generation (checked in under `protocol/schema/`).
 
@@ -26,6 +27,7 @@ pub mod common;
 mod error;
 pub mod models;
 pub mod node;
+mod raw;
 pub mod schema;
 pub mod session;
 pub mod validate;
@@ -36,6 +38,7 @@ use serde::Deserialize;
 
 pub use common::{AudioFormat, ErrorCode, ErrorMessage, Extra, Features, JobErrorCode, ModelKind};
 pub use error::ProtocolError;
+pub use raw::Base64Audio;
 pub use node::{NodeToServer, ServerToNode};
 pub use session::{ClientToServer, ServerToClient};
 pub use validate::Validate;

@@ -4,6 +4,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ProtocolError;
+use crate::Base64Audio;
 use crate::common::{AudioFormat, ErrorMessage, Extra, Features, JobErrorCode, ModelKind};
 use crate::validate::{self as v, Validate};
 
@@ -116,9 +117,103 @@ pub struct NodeHeartbeat {
     pub node_id: String,
     pub timestamp: u64,
     pub resource_usage: ResourceUsage,
-    /// When present, replaces the node's model list (honouring `enabled`); absent, unchanged.
+    /// Updates to the node's models, matched by `model_id` (extension 7): an
+    /// entry may carry only the fields that changed (`{"model_id":…,"enabled":false}`
+    /// disables that model); a new `model_id` with every field adds a model;
+    /// models not named are unchanged; absent, nothing changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub installed_models: Option<Vec<InstalledModel>>,
+    pub installed_models: Option<Vec<ModelUpdate>>,
+}
+
+/// One entry of a heartbeat's `installed_models`: the fields that changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ModelUpdate {
+    pub model_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ModelKind>,
+    /// Absent: unchanged; `null`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "present_or_null")]
+    #[schemars(with = "Option<String>")]
+    pub src_lang: Option<Option<String>>,
+    /// Absent: unchanged; `null`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "present_or_null")]
+    #[schemars(with = "Option<String>")]
+    pub tgt_lang: Option<Option<String>>,
+    /// Absent: unchanged; `null`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "present_or_null")]
+    #[schemars(with = "Option<String>")]
+    pub dialect: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+impl From<InstalledModel> for ModelUpdate {
+    fn from(m: InstalledModel) -> Self {
+        Self {
+            model_id: m.model_id,
+            kind: Some(m.kind),
+            src_lang: Some(m.src_lang),
+            tgt_lang: Some(m.tgt_lang),
+            dialect: Some(m.dialect),
+            version: Some(m.version),
+            enabled: m.enabled,
+        }
+    }
+}
+
+impl ModelUpdate {
+    /// Only `enabled: false`: the model is switched off.
+    pub fn disable(model_id: impl Into<String>) -> Self {
+        Self {
+            model_id: model_id.into(),
+            kind: None,
+            src_lang: None,
+            tgt_lang: None,
+            dialect: None,
+            version: None,
+            enabled: Some(false),
+        }
+    }
+
+    /// Applies this update to `models`: changes the named model's fields, or
+    /// adds it when it is new and complete (it names its `kind`). Returns
+    /// false when it named an unknown model without a `kind` (nothing to add).
+    pub fn apply(&self, models: &mut Vec<InstalledModel>) -> bool {
+        if let Some(m) = models.iter_mut().find(|m| m.model_id == self.model_id) {
+            if let Some(kind) = &self.kind {
+                m.kind = kind.clone();
+            }
+            if let Some(v) = &self.src_lang {
+                m.src_lang.clone_from(v);
+            }
+            if let Some(v) = &self.tgt_lang {
+                m.tgt_lang.clone_from(v);
+            }
+            if let Some(v) = &self.dialect {
+                m.dialect.clone_from(v);
+            }
+            if let Some(v) = &self.version {
+                m.version.clone_from(v);
+            }
+            if self.enabled.is_some() {
+                m.enabled = self.enabled;
+            }
+            return true;
+        }
+        let Some(kind) = self.kind.clone() else { return false };
+        models.push(InstalledModel {
+            model_id: self.model_id.clone(),
+            kind,
+            src_lang: self.src_lang.clone().flatten(),
+            tgt_lang: self.tgt_lang.clone().flatten(),
+            dialect: self.dialect.clone().flatten(),
+            version: self.version.clone().unwrap_or_default(),
+            enabled: self.enabled,
+        });
+        true
+    }
 }
 
 /// Which stages a job runs.
@@ -150,7 +245,7 @@ pub struct JobAssign {
     #[serde(default)]
     pub pipeline: Pipeline,
     /// The client's base64 audio, unchanged.
-    pub audio: String,
+    pub audio: Base64Audio,
     pub audio_format: AudioFormat,
     pub sample_rate: u32,
     /// Extension: milliseconds the node has before the dispatcher moves the job elsewhere.
@@ -179,7 +274,7 @@ pub struct JobResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text_translated: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tts_audio: Option<String>,
+    pub tts_audio: Option<Base64Audio>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tts_format: Option<AudioFormat>,
     /// Extension: the sample rate of `tts_audio` (needed for `pcm16`).
@@ -351,8 +446,38 @@ impl Validate for NodeHeartbeat {
         if let Some(p) = r.gpu_mem_percent {
             v::percent("resource_usage.gpu_mem_percent", p)?;
         }
-        self.installed_models.as_deref().map_or(Ok(()), |m| models("installed_models", m))
+        self.installed_models.as_deref().map_or(Ok(()), |m| model_updates("installed_models", m))
     }
+}
+
+fn model_updates(field: &str, updates: &[ModelUpdate]) -> Result<(), ProtocolError> {
+    if updates.len() > v::MAX_MODELS {
+        return Err(ProtocolError::invalid_field(field, format!("at most {} models", v::MAX_MODELS)));
+    }
+    for (i, m) in updates.iter().enumerate() {
+        let f = |name: &str| format!("{field}[{i}].{name}");
+        v::text(&f("model_id"), &m.model_id)?;
+        if m.model_id.is_empty() {
+            return Err(ProtocolError::invalid_field(f("model_id"), "model_id must not be empty"));
+        }
+        if let Some(version) = &m.version {
+            v::text(&f("version"), version)?;
+        }
+        v::opt_lang(&f("src_lang"), m.src_lang.clone().flatten().as_deref())?;
+        v::opt_lang(&f("tgt_lang"), m.tgt_lang.clone().flatten().as_deref())?;
+        v::opt_lang(&f("dialect"), m.dialect.clone().flatten().as_deref())?;
+        // An entry naming its kind describes the model whole (it may be new).
+        if let Some(kind) = &m.kind {
+            let needs_src = matches!(kind, ModelKind::Asr | ModelKind::Tts | ModelKind::Nmt);
+            if needs_src && m.src_lang.as_ref().is_none_or(Option::is_none) {
+                return Err(ProtocolError::invalid_field(f("src_lang"), format!("a {kind} model needs src_lang")));
+            }
+            if *kind == ModelKind::Nmt && m.tgt_lang.as_ref().is_none_or(Option::is_none) {
+                return Err(ProtocolError::invalid_field(f("tgt_lang"), "an nmt model needs tgt_lang"));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Validate for JobAssign {
@@ -417,5 +542,22 @@ impl Validate for PairingCode {
     fn validate(&self) -> Result<(), ProtocolError> {
         v::id("node_id", &self.node_id)?;
         v::pairing_code("code", &self.code)
+    }
+}
+
+/// `Option<Option<T>>` as absent (outer `None`), `null` (`Some(None)`) or a value.
+mod present_or_null {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer, T: Serialize>(v: &Option<Option<T>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(inner) => inner.serialize(s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+        // Called only when the field is present: `null` is Some(None).
+        Option::<T>::deserialize(d).map(Some)
     }
 }

@@ -4,6 +4,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ProtocolError;
+use crate::Base64Audio;
 use crate::common::{AudioFormat, ErrorMessage, Extra, Features};
 use crate::validate::{self as v, Validate};
 
@@ -71,7 +72,7 @@ pub struct Utterance {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features: Option<Features>,
     /// Base64 audio, relayed to the node byte for byte.
-    pub audio: String,
+    pub audio: Base64Audio,
     pub audio_format: AudioFormat,
     pub sample_rate: u32,
 }
@@ -87,7 +88,7 @@ pub struct TranslationResult {
     #[serde(default)]
     pub text_translated: String,
     #[serde(default)]
-    pub tts_audio: Option<String>,
+    pub tts_audio: Option<Base64Audio>,
     #[serde(default)]
     pub tts_format: Option<AudioFormat>,
     /// Extension: the sample rate of `tts_audio` (needed for `pcm16`).

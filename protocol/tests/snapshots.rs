@@ -133,7 +133,7 @@ fn node_messages() {
                 mem_percent: 40.0,
                 running_jobs: 1,
             },
-            installed_models: Some(vec![InstalledModel { enabled: Some(false), ..asr }]),
+            installed_models: Some(vec![tolk_protocol::node::ModelUpdate::disable(asr.model_id.clone())]),
         }),
     );
     snap(

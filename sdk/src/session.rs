@@ -358,7 +358,7 @@ enum EntryState {
 #[derive(Debug)]
 struct Entry {
     /// Base64, built once and sent as is on every attempt.
-    audio: String,
+    audio: tolk_protocol::Base64Audio,
     audio_format: AudioFormat,
     sample_rate: u32,
     manual_cut: bool,
@@ -599,7 +599,7 @@ impl Session {
             AudioEncoding::Pcm16 => (tolk_protocol::audio::encode_pcm16(&u.samples), AudioFormat::Pcm16),
             AudioEncoding::Wav => (tolk_protocol::audio::encode_wav(&u.samples, u.sample_rate), AudioFormat::Wav),
         };
-        let audio = tolk_protocol::audio::to_base64(&bytes);
+        let audio: tolk_protocol::Base64Audio = tolk_protocol::audio::to_base64(&bytes).into();
         if self.entries.len() >= self.cfg.max_unanswered || self.buffered_bytes + audio.len() > self.cfg.max_buffered_bytes {
             let why = format!(
                 "{} utterances ({} bytes) are waiting for outcomes; the limit is {} ({} bytes)",

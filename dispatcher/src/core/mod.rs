@@ -1006,8 +1006,13 @@ impl Core {
         n.reported_running = h.resource_usage.running_jobs;
         n.usage = Some(h.resource_usage);
         let models_changed = h.installed_models.is_some();
-        if let Some(models) = h.installed_models {
-            n.models = models;
+        if let Some(updates) = h.installed_models {
+            for u in &updates {
+                // Additions are bounded like a registration's list.
+                if n.models.len() < tolk_protocol::validate::MAX_MODELS || n.models.iter().any(|m| m.model_id == u.model_id) {
+                    u.apply(&mut n.models);
+                }
+            }
         }
         // New models or freed slots may let queued jobs run.
         if (models_changed || freed) && !self.queue.is_empty() {

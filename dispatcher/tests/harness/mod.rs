@@ -210,11 +210,20 @@ impl Sim {
     }
 
     pub fn heartbeat_running(&mut self, conn: ConnId, node_id: &str, models: Option<Vec<InstalledModel>>, running_jobs: u32) {
+        self.heartbeat_with(conn, node_id, models.map(|v| v.into_iter().map(Into::into).collect()), running_jobs);
+    }
+
+    /// A heartbeat carrying model updates (extension 7).
+    pub fn heartbeat_updates(&mut self, conn: ConnId, node_id: &str, updates: Option<Vec<ModelUpdate>>) {
+        self.heartbeat_with(conn, node_id, updates, 0);
+    }
+
+    fn heartbeat_with(&mut self, conn: ConnId, node_id: &str, updates: Option<Vec<ModelUpdate>>, running_jobs: u32) {
         let hb = NodeHeartbeat {
             node_id: node_id.into(),
             timestamp: self.now,
             resource_usage: ResourceUsage { cpu_percent: 10.0, gpu_percent: None, gpu_mem_percent: None, mem_percent: 20.0, running_jobs },
-            installed_models: models,
+            installed_models: updates,
         };
         self.node(conn, NodeToServer::NodeHeartbeat(hb));
     }
@@ -286,7 +295,7 @@ pub fn utterance(session: &str, index: u64, src: &str, tgt: &str) -> Utterance {
         tgt_lang: tgt.into(),
         dialect: None,
         features: None,
-        audio: format!("QUJD{index}="),
+        audio: format!("QUJD{index}=").into(),
         audio_format: AudioFormat::Pcm16,
         sample_rate: 16000,
     }

@@ -1,0 +1,233 @@
+//! [`Base64Audio`]: a JSON string kept as its raw JSON text, so a relay
+//! moves audio from one frame into another without unescaping and
+//! re-escaping it (extension 9: the audio a client sends reaches the node
+//! byte for byte, and the copy costs a `memcpy`, not a scan per byte).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+/// Base64 audio as it appears on the wire: a JSON string whose raw text is
+/// kept. Reads as a `&str` (the string's content); serializes verbatim.
+#[derive(Clone)]
+pub struct Base64Audio {
+    /// The JSON string literal, quotes included.
+    raw: Box<RawValue>,
+    /// The decoded content, kept only when the literal has escapes (never for
+    /// base64, whose alphabet needs none).
+    unescaped: Option<Box<str>>,
+}
+
+/// Whether `s` can stand between two quotes in JSON as it is. Written as a
+/// branch-free fold over chunks so the compiler vectorizes it.
+fn needs_no_escape(s: &str) -> bool {
+    s.as_bytes().chunks(64).all(|chunk| !chunk.iter().fold(false, |bad, &b| bad | (b == b'"') | (b == b'\\') | (b < 0x20)))
+}
+
+impl Base64Audio {
+    /// The string's content.
+    pub fn as_str(&self) -> &str {
+        match &self.unescaped {
+            Some(s) => s,
+            None => {
+                let raw = self.raw.get();
+                // Built only from `"…"` literals without escapes (see `from_plain`).
+                raw.get(1..raw.len().saturating_sub(1)).unwrap_or_default()
+            }
+        }
+    }
+
+    /// The JSON literal, quotes included, exactly as it will be written.
+    pub fn raw_json(&self) -> &str {
+        self.raw.get()
+    }
+
+    fn from_plain(s: &str) -> Option<Self> {
+        let mut literal = String::with_capacity(s.len() + 2);
+        literal.push('"');
+        literal.push_str(s);
+        literal.push('"');
+        RawValue::from_string(literal).ok().map(|raw| Self { raw, unescaped: None })
+    }
+
+    fn from_any(s: Cow<'_, str>) -> Self {
+        if needs_no_escape(&s)
+            && let Some(plain) = Self::from_plain(&s)
+        {
+            return plain;
+        }
+        // serde_json escapes a `str` correctly and cannot fail on one.
+        let literal = serde_json::to_string(s.as_ref()).unwrap_or_else(|_| "\"\"".to_owned());
+        match RawValue::from_string(literal) {
+            Ok(raw) => Self { raw, unescaped: Some(s.into_owned().into_boxed_str()) },
+            Err(_) => Self::default(),
+        }
+    }
+}
+
+impl Default for Base64Audio {
+    fn default() -> Self {
+        Self::from_plain("").unwrap_or_else(|| Self { raw: RawValue::NULL.to_owned(), unescaped: Some("".into()) })
+    }
+}
+
+impl From<String> for Base64Audio {
+    fn from(s: String) -> Self {
+        Self::from_any(Cow::Owned(s))
+    }
+}
+
+impl From<&str> for Base64Audio {
+    fn from(s: &str) -> Self {
+        Self::from_any(Cow::Borrowed(s))
+    }
+}
+
+impl std::ops::Deref for Base64Audio {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Base64Audio {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for Base64Audio {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Base64Audio {}
+
+impl PartialEq<str> for Base64Audio {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Base64Audio {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for Base64Audio {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl fmt::Debug for Base64Audio {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Audio is long: show its length and start, not all of it.
+        let s = self.as_str();
+        let head: String = s.chars().take(16).collect();
+        write!(f, "Base64Audio({} bytes: {head:?}…)", s.len())
+    }
+}
+
+impl fmt::Display for Base64Audio {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Base64Audio {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Under serde_json this writes the literal verbatim; other
+        // serializers get the plain string.
+        self.raw.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Base64Audio {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Base64Audio;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Base64Audio::from_any(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Base64Audio::from_any(Cow::Borrowed(s)))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+                Ok(Base64Audio::from_any(Cow::Owned(s)))
+            }
+        }
+        deserializer.deserialize_str(V)
+    }
+}
+
+impl JsonSchema for Base64Audio {
+    fn schema_name() -> Cow<'static, str> {
+        String::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        String::json_schema(generator)
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, Deserialize)]
+    struct Holder {
+        audio: Base64Audio,
+    }
+
+    #[test]
+    fn base64_passes_through_verbatim() {
+        let text = r#"{"audio":"AAECAwQF+/8="}"#;
+        let h: Holder = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(h.audio, "AAECAwQF+/8=");
+        assert!(h.audio.unescaped.is_none(), "no copy of the content is kept");
+        assert_eq!(serde_json::to_string(&h).ok().as_deref(), Some(text));
+    }
+
+    #[test]
+    fn escaped_strings_are_unescaped_and_written_back_valid() {
+        let text = r#"{"audio":"a\"b\\c\u0041\n"}"#;
+        let h: Holder = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(h.audio.as_str(), "a\"b\\cA\n");
+        let back = serde_json::to_string(&h).unwrap_or_default();
+        let again: Holder = serde_json::from_str(&back).unwrap_or_else(|e| panic!("{back}: {e}"));
+        assert_eq!(again.audio, h.audio);
+        let from_string = Base64Audio::from("q\"\u{1}".to_owned());
+        assert_eq!(serde_json::to_string(&from_string).ok().as_deref(), Some(r#""q\"\u0001""#));
+        assert_eq!(Base64Audio::default().as_str(), "");
+    }
+
+    #[test]
+    fn non_strings_are_refused() {
+        assert!(serde_json::from_str::<Holder>(r#"{"audio":5}"#).is_err());
+        assert!(serde_json::from_str::<Holder>(r#"{"audio":null}"#).is_err());
+    }
+
+    #[test]
+    fn the_escape_check_is_exact() {
+        for (s, ok) in [("", true), ("abc+/=", true), ("a\"", false), ("\\", false), ("\u{1f}", false), ("é", true)] {
+            assert_eq!(needs_no_escape(s), ok, "{s:?}");
+        }
+        let long = "A".repeat(1000) + "\"";
+        assert!(!needs_no_escape(&long));
+    }
+}
