@@ -1,120 +1,143 @@
-//! Prometheus metrics. The core updates them (plain in-memory counters, no
-//! I/O); the shell registers them and renders `/metrics`.
+//! Prometheus export. The core counts in plain data ([`CoreStats`]); the
+//! shell copies a snapshot at each scrape and [`CoreCollector`] encodes it.
+//! The shell's own measurements (slow peers, time under the core's lock,
+//! time inside the dispatcher) are ordinary prometheus-client metrics.
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::core::Endpoint;
+use crate::core::stats::{CoreStats, Histogram as CoreHistogram};
 
-type Labels = Vec<(String, String)>;
-
-/// Every metric of the dispatcher. Cheap to clone (handles share state).
+/// The shell's own metrics. Cheap to clone (handles share state).
 #[derive(Debug, Clone)]
-pub struct Metrics {
-    pub sessions_active: Gauge,
-    pub sessions_opened: Counter,
-    pub sessions_resumed: Counter,
-    pub sessions_expired: Counter,
-    pub nodes_live: Gauge,
-    pub nodes_dead: Counter,
-    pub node_errors: Counter,
-    pub utterances: Counter,
-    pub duplicates: Counter,
-    /// Outcomes by `outcome` label: `result` or the error code.
-    pub outcomes: Family<Labels, Counter>,
-    pub jobs_assigned: Counter,
-    pub retries: Counter,
-    pub job_timeouts: Counter,
-    pub rejected_results: Counter,
-    pub queue_depth: Gauge,
-    pub policy_fallbacks: Counter,
-    pub unauthorized: Counter,
-    pub pairing_failures: Counter,
-    pub pairing_rate_limited: Counter,
-    pub bad_frames: Family<Labels, Counter>,
+pub struct ShellMetrics {
+    /// Connections dropped for not reading.
     pub slow_peers: Counter,
-    pub detection_timeouts: Counter,
-    /// Job assignment → result, seconds.
-    pub job_seconds: Histogram,
-    /// Utterance accepted → outcome, seconds.
-    pub utterance_seconds: Histogram,
+    /// Seconds the core's lock was held, and waited for.
+    pub lock_held_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    pub lock_wait_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// Frame read → the frames it caused written to their sockets.
+    pub dispatch_seconds: Histogram,
 }
 
-impl Default for Metrics {
+impl Default for ShellMetrics {
     fn default() -> Self {
         Self {
-            sessions_active: Gauge::default(),
-            sessions_opened: Counter::default(),
-            sessions_resumed: Counter::default(),
-            sessions_expired: Counter::default(),
-            nodes_live: Gauge::default(),
-            nodes_dead: Counter::default(),
-            node_errors: Counter::default(),
-            utterances: Counter::default(),
-            duplicates: Counter::default(),
-            outcomes: Family::default(),
-            jobs_assigned: Counter::default(),
-            retries: Counter::default(),
-            job_timeouts: Counter::default(),
-            rejected_results: Counter::default(),
-            queue_depth: Gauge::default(),
-            policy_fallbacks: Counter::default(),
-            unauthorized: Counter::default(),
-            pairing_failures: Counter::default(),
-            pairing_rate_limited: Counter::default(),
-            bad_frames: Family::default(),
             slow_peers: Counter::default(),
-            detection_timeouts: Counter::default(),
-            // 1 ms to ~65 s.
-            job_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
-            utterance_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            lock_held_seconds: Counter::default(),
+            lock_wait_seconds: Counter::default(),
+            // 10 µs to ~160 ms.
+            dispatch_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 15)),
         }
     }
 }
 
-impl Metrics {
-    pub(crate) fn bad_frame(&self, endpoint: Option<Endpoint>) {
-        let name = match endpoint {
-            Some(Endpoint::Session) => "session",
-            Some(Endpoint::Node) => "node",
-            None => "unknown",
-        };
-        self.bad_frames.get_or_create(&vec![("endpoint".to_owned(), name.to_owned())]).inc();
-    }
+/// The latest core snapshot, shared by the shell (writer) and the collector.
+pub type StatsSlot = Arc<Mutex<CoreStats>>;
 
-    /// Registers every metric under the `tolk` prefix.
-    pub fn register(&self, registry: &mut Registry) {
-        let r = registry.sub_registry_with_prefix("tolk");
-        r.register("sessions_active", "Open sessions (connected or awaiting resume)", self.sessions_active.clone());
-        r.register("sessions_opened", "Sessions created", self.sessions_opened.clone());
-        r.register("sessions_resumed", "Sessions resumed after a reconnect", self.sessions_resumed.clone());
-        r.register("sessions_expired", "Sessions expired (idle or not resumed in time)", self.sessions_expired.clone());
-        r.register("nodes_live", "Connected nodes", self.nodes_live.clone());
-        r.register("nodes_dead", "Nodes declared dead for missed heartbeats", self.nodes_dead.clone());
-        r.register("node_errors", "node_error messages received", self.node_errors.clone());
-        r.register("utterances", "Utterances accepted", self.utterances.clone());
-        r.register("duplicate_utterances", "Re-sent utterances ignored", self.duplicates.clone());
-        r.register("outcomes", "Utterance outcomes by result or error code", self.outcomes.clone());
-        r.register("jobs_assigned", "Job assignments sent to nodes (retries included)", self.jobs_assigned.clone());
-        r.register("job_retries", "Jobs moved to another node", self.retries.clone());
-        r.register("job_timeouts", "Jobs that missed their deadline on a node", self.job_timeouts.clone());
-        r.register("rejected_job_results", "job_result frames for jobs the node does not hold", self.rejected_results.clone());
-        r.register("queue_depth", "Jobs waiting for a node with free capacity", self.queue_depth.clone());
-        r.register("policy_fallbacks", "Decisions the scheduling policy left to the built-in one", self.policy_fallbacks.clone());
-        r.register("unauthorized", "Node registrations refused", self.unauthorized.clone());
-        r.register("pairing_failures", "Wrong or expired pairing codes", self.pairing_failures.clone());
-        r.register("pairing_rate_limited", "Pairing attempts refused for too many failures", self.pairing_rate_limited.clone());
-        r.register("bad_frames", "Frames refused as invalid, by endpoint", self.bad_frames.clone());
-        r.register("slow_peers", "Connections dropped for not reading", self.slow_peers.clone());
-        r.register(
+/// Registers the shell's metrics and the core's collector under `tolk_`.
+pub fn register(registry: &mut Registry, shell: &ShellMetrics, slot: StatsSlot) {
+    let r = registry.sub_registry_with_prefix("tolk");
+    r.register("slow_peers", "Connections dropped for not reading", shell.slow_peers.clone());
+    r.register("core_lock_held_seconds", "Time the decision core's lock was held", shell.lock_held_seconds.clone());
+    r.register("core_lock_wait_seconds", "Time spent waiting for the decision core's lock", shell.lock_wait_seconds.clone());
+    r.register(
+        "dispatch_seconds",
+        "Time inside the dispatcher: a frame read until the frames it caused are written",
+        shell.dispatch_seconds.clone(),
+    );
+    r.register_collector(Box::new(CoreCollector { slot }));
+}
+
+/// Encodes the core's [`CoreStats`] at scrape time.
+#[derive(Debug)]
+pub struct CoreCollector {
+    slot: StatsSlot,
+}
+
+fn counter(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn family<'a>(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl Iterator<Item = (&'a str, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (k, v) in values {
+        let labels = [(label, k)];
+        m.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+    }
+    Ok(())
+}
+
+fn histogram(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, h: &CoreHistogram) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    m.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.cumulative(), None)
+}
+
+impl Collector for CoreCollector {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = self.slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        gauge(&mut e, "sessions_active", "Open sessions (connected or awaiting resume)", s.sessions_active)?;
+        gauge(&mut e, "nodes_live", "Connected nodes", s.nodes_live)?;
+        gauge(&mut e, "queue_depth", "Jobs waiting for a node with free capacity", s.queue_depth)?;
+        gauge(&mut e, "jobs_running", "Jobs running on nodes", s.jobs_running)?;
+        counter(&mut e, "sessions_opened", "Sessions created", s.sessions_opened)?;
+        counter(&mut e, "sessions_resumed", "Sessions resumed after a reconnect", s.sessions_resumed)?;
+        counter(&mut e, "sessions_expired", "Sessions expired (idle or not resumed in time)", s.sessions_expired)?;
+        counter(&mut e, "nodes_dead", "Nodes declared dead for missed heartbeats", s.nodes_dead)?;
+        counter(&mut e, "node_errors", "node_error messages received", s.node_errors)?;
+        counter(&mut e, "utterances", "Utterances accepted", s.utterances)?;
+        counter(&mut e, "duplicate_utterances", "Re-sent utterances ignored", s.duplicates)?;
+        family(&mut e, "outcomes", "Utterance outcomes by result or error code", "outcome", s.outcomes.iter().map(|(k, v)| (k.as_str(), *v)))?;
+        family(
+            &mut e,
+            "refusals",
+            "Utterances refused before acceptance (re-send later), by code",
+            "code",
+            s.refusals.iter().map(|(k, v)| (k.as_str(), *v)),
+        )?;
+        family(
+            &mut e,
+            "unavailable",
+            "NODE_UNAVAILABLE outcomes by the reason most nodes had",
+            "reason",
+            s.unavailable_reasons.iter().map(|(k, v)| (k.as_str(), *v)),
+        )?;
+        counter(&mut e, "jobs_assigned", "Job assignments sent to nodes (retries included)", s.jobs_assigned)?;
+        counter(&mut e, "job_retries", "Jobs moved to another node", s.retries)?;
+        counter(&mut e, "job_timeouts", "Jobs that missed their deadline on a node", s.job_timeouts)?;
+        counter(&mut e, "rejected_job_results", "job_result frames for jobs the node does not hold", s.rejected_results)?;
+        counter(&mut e, "policy_fallbacks", "Decisions the scheduling policy left to the built-in one", s.policy_fallbacks)?;
+        counter(&mut e, "unauthorized", "Node registrations refused", s.unauthorized)?;
+        counter(&mut e, "pairing_failures", "Wrong or expired pairing codes", s.pairing_failures)?;
+        counter(&mut e, "pairing_rate_limited", "Pairing attempts refused for too many failures", s.pairing_rate_limited)?;
+        family(&mut e, "bad_frames", "Frames refused as invalid, by endpoint", "endpoint", s.bad_frames.iter().map(|(k, v)| (*k, *v)))?;
+        counter(
+            &mut e,
             "detection_timeouts",
             "Results sent without detector features because detection was late",
-            self.detection_timeouts.clone(),
-        );
-        r.register("job_seconds", "Time from job assignment to its result", self.job_seconds.clone());
-        r.register("utterance_seconds", "Time from utterance accepted to its outcome", self.utterance_seconds.clone());
+            s.detection_timeouts,
+        )?;
+        histogram(&mut e, "job_seconds", "Time from job assignment to its result", &s.job_seconds)?;
+        histogram(&mut e, "utterance_seconds", "Time from utterance accepted to its outcome", &s.utterance_seconds)?;
+        Ok(())
     }
 }

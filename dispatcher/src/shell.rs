@@ -33,13 +33,15 @@ use tolk_protocol::{ClientToServer, Message, NodeToServer, ProtocolError};
 use crate::Error;
 use crate::config::Config;
 use crate::core::{Action, AdminCommand, ConnId, Core, Endpoint, Frame, Input, Millis};
-use crate::metrics::Metrics;
+use crate::metrics::{ShellMetrics, StatsSlot};
 use crate::plugins::PluginHost;
 
 /// What a connection's send task is told.
 #[derive(Debug)]
 enum Out {
-    Frame(Frame),
+    /// A frame, and when the frame that caused it was read (for the
+    /// time-inside-the-dispatcher histogram).
+    Frame(Frame, Option<std::time::Instant>),
     Close,
 }
 
@@ -83,7 +85,9 @@ struct Shared {
     state: Mutex<State_>,
     config: Config,
     registry: Registry,
-    metrics: Metrics,
+    metrics: ShellMetrics,
+    /// The core's counters as of the last scrape (read by the collector).
+    stats: StatsSlot,
     clock: Clock,
     next_conn: AtomicU64,
     connections: Arc<Semaphore>,
@@ -112,10 +116,11 @@ impl Dispatcher {
 
     fn with_rng(config: Config, rng: StdRng) -> Self {
         let clock = Clock::new();
-        let metrics = Metrics::default();
+        let metrics = ShellMetrics::default();
+        let stats = StatsSlot::default();
         let mut registry = Registry::default();
-        metrics.register(&mut registry);
-        let mut core = Core::new(config.core.clone(), rng, metrics.clone(), clock.now());
+        crate::metrics::register(&mut registry, &metrics, stats.clone());
+        let mut core = Core::new(config.core.clone(), rng, clock.now());
         let plugins = match PluginHost::new(config.plugins.clone(), &mut registry) {
             Ok(host) => host,
             Err(e) => {
@@ -134,6 +139,7 @@ impl Dispatcher {
                 config,
                 registry,
                 metrics,
+                stats,
                 clock,
                 next_conn: AtomicU64::new(1),
                 connections,
@@ -152,18 +158,31 @@ impl Dispatcher {
 
     /// Runs `f` on the core, then carries out the actions it queued.
     pub fn with_core<R>(&self, f: impl FnOnce(&mut Core, Millis) -> R) -> R {
-        let now = self.shared.clock.now();
+        self.with_core_from(None, f)
+    }
+
+    /// [`Dispatcher::with_core`] for the input read at `read_at`: the frames
+    /// it causes carry that time to their send tasks.
+    fn with_core_from<R>(&self, read_at: Option<std::time::Instant>, f: impl FnOnce(&mut Core, Millis) -> R) -> R {
+        let asked = std::time::Instant::now();
         let mut state = self.lock();
+        let got = std::time::Instant::now();
+        // Read under the lock, so the core's time never runs backwards.
+        let now = self.shared.clock.now();
         let before = state.core.next_deadline();
         let r = f(&mut state.core, now);
-        self.apply(&mut state, now);
+        self.apply(&mut state, now, read_at);
         if state.core.next_deadline() < before || before.is_none() {
             self.shared.timer_wake.notify_one();
         }
+        drop(state);
+        let done = std::time::Instant::now();
+        self.shared.metrics.lock_wait_seconds.inc_by((got - asked).as_secs_f64());
+        self.shared.metrics.lock_held_seconds.inc_by((done - got).as_secs_f64());
         r
     }
 
-    fn apply(&self, state: &mut State_, now: Millis) {
+    fn apply(&self, state: &mut State_, now: Millis, read_at: Option<std::time::Instant>) {
         loop {
             let actions = state.core.take_actions();
             if actions.is_empty() {
@@ -173,7 +192,7 @@ impl Dispatcher {
             let mut undetected = Vec::new();
             for action in actions {
                 let (conn, out) = match action {
-                    Action::Send { conn, frame } => (conn, Out::Frame(frame)),
+                    Action::Send { conn, frame } => (conn, Out::Frame(frame, read_at)),
                     Action::Close { conn } => (conn, Out::Close),
                     Action::Detect { job_id, audio, format, sample_rate, features } => {
                         match &self.shared.plugins {
@@ -334,10 +353,17 @@ impl Dispatcher {
         self.lock().peers.insert(conn, Peer { tx, _kill: kill });
         self.with_core(|core, now| core.handle(now, Input::Opened { conn, endpoint, addr }));
         let (mut sink, mut stream) = socket.split();
+        let dispatch_seconds = self.shared.metrics.dispatch_seconds.clone();
         let mut send_task = tokio::spawn(async move {
             while let Some(out) = rx.recv().await {
                 let result = match out {
-                    Out::Frame(frame) => sink.send(WsMessage::Text(frame.as_ref().into())).await,
+                    Out::Frame(frame, read_at) => {
+                        let sent = sink.send(WsMessage::Text(frame.as_ref().into())).await;
+                        if let Some(at) = read_at {
+                            dispatch_seconds.observe(at.elapsed().as_secs_f64());
+                        }
+                        sent
+                    }
                     Out::Close => {
                         let _ = sink.send(WsMessage::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
                         break;
@@ -352,6 +378,7 @@ impl Dispatcher {
         let max = self.shared.config.max_frame_bytes;
         let receive = async {
             while let Some(Ok(msg)) = stream.next().await {
+                let read_at = std::time::Instant::now();
                 let input = match msg {
                     WsMessage::Text(text) if text.len() > max => {
                         Input::Invalid { conn, error: ProtocolError::frame_too_large(text.len(), max) }
@@ -371,7 +398,7 @@ impl Dispatcher {
                     // Pings are answered by the WebSocket layer.
                     WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
                 };
-                self.with_core(|core, now| core.handle(now, input));
+                self.with_core_from(Some(read_at), |core, now| core.handle(now, input));
             }
         };
         tokio::select! {
@@ -430,6 +457,8 @@ async fn readyz(State(d): State<Dispatcher>) -> impl IntoResponse {
 }
 
 async fn metrics(State(d): State<Dispatcher>) -> impl IntoResponse {
+    let stats = d.lock().core.stats();
+    *d.shared.stats.lock().unwrap_or_else(|p| p.into_inner()) = stats;
     let mut body = String::new();
     if prometheus_client::encoding::text::encode(&mut body, &d.shared.registry).is_err() {
         return (StatusCode::INTERNAL_SERVER_ERROR, HeaderMap::new(), String::new());

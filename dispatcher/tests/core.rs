@@ -408,8 +408,8 @@ fn a_job_past_its_deadline_moves() {
     );
     sim.succeed(other, &other_id, &moved);
     assert_eq!(indexes(&sim.take_client(client)), vec![0]);
-    assert_eq!(sim.core.metrics().job_timeouts.get(), 1);
-    assert_eq!(sim.core.metrics().rejected_results.get(), 1);
+    assert_eq!(sim.core.stats().job_timeouts, 1);
+    assert_eq!(sim.core.stats().rejected_results, 1);
 }
 
 #[test]
@@ -424,13 +424,13 @@ fn results_from_a_node_that_does_not_hold_the_job_are_refused_and_counted() {
     sim.succeed(thief, &thief_id, &job);
     assert!(matches!(&sim.take_node(thief)[0], ServerToNode::Error(_)));
     assert!(sim.take_client(client).is_empty());
-    assert_eq!(sim.core.metrics().rejected_results.get(), 1);
+    assert_eq!(sim.core.stats().rejected_results, 1);
     sim.succeed(holder, &holder_id, &job);
     assert_eq!(indexes(&sim.take_client(client)), vec![0]);
 }
 
 #[test]
-fn capacity_is_capped_with_a_bounded_admission_wait() {
+fn capacity_is_capped_the_excess_refused_at_once_and_the_wait_bounded() {
     let mut sim = Sim::new(CoreConfig { max_jobs_per_node: 1, admission_wait_ms: 3_000, ..cfg() });
     let (node, node_id, _) = sim.register_node(&[("en", "es")], true);
     let (client, sid, _) = sim.open_session("en", "es");
@@ -439,19 +439,31 @@ fn capacity_is_capped_with_a_bounded_admission_wait() {
     }
     let first = sim.jobs(node);
     assert_eq!(first.len(), 1, "one at a time");
+    // 1 slot + a queue of 1: the session's share is 2; the third is refused
+    // at once (extension 10), not held until it times out.
+    let out = sim.take_client(client);
+    let refusal = out.iter().find_map(error_of).unwrap();
+    assert_eq!(refusal.code, ErrorCode::RateLimited);
+    let d = refusal.details.as_ref().unwrap();
+    assert_eq!((d["refused_index"].as_u64(), d["field"].as_str()), (Some(2), Some("utterance_index")));
+    assert!(d["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{d}");
+    assert_eq!(refusal.utterance_index(), None, "a refusal, not an outcome: the index may be sent again");
     sim.advance(1_000);
-    sim.heartbeat(node, &node_id, None);
     sim.succeed(node, &node_id, &first[0]);
     let second = sim.jobs(node);
-    assert_eq!(second.len(), 1, "a freed slot takes the next queued job");
-    sim.advance(2_500);
-    // The third waited 3.5 s > 3 s: NODE_UNAVAILABLE; the second is still running.
+    assert_eq!(second.len(), 1, "a freed slot takes the queued job");
+    assert_eq!(second[0].utterance_index, 1);
+    // Re-sent after the refusal, index 2 is accepted now; it waits 3.5 s > 3 s.
+    sim.utterance(client, &sid, 2);
+    sim.advance(3_500);
     let out = sim.take_client(client);
     assert_eq!(indexes(&out), vec![0]);
     sim.succeed(node, &node_id, &second[0]);
     let out = sim.take_client(client);
     assert_eq!(indexes(&out), vec![1, 2]);
-    assert_eq!(error_of(&out[1]).unwrap().code, ErrorCode::NodeUnavailable);
+    let err = error_of(&out[1]).unwrap();
+    assert_eq!(err.code, ErrorCode::NodeUnavailable);
+    assert_eq!(err.details.as_ref().unwrap()["reasons"], serde_json::json!({ "busy": 1 }), "why: the one node was busy");
 }
 
 #[test]
@@ -681,7 +693,7 @@ fn a_detector_that_never_answers_costs_no_result() {
     sim.advance(cfg().detect_wait_ms + 1);
     let out = sim.take_client(c);
     assert_eq!(rate_of(&out[0]), None, "sent, with the field null");
-    assert_eq!(sim.core.metrics().detection_timeouts.get(), 1);
+    assert_eq!(sim.core.stats().detection_timeouts, 1);
     // A late answer changes nothing.
     let (job_id, _) = sim.detects.remove(0);
     sim.detected(&job_id, tolk_protocol::common::Extra { speech_rate: Some(9.9), ..Default::default() });
@@ -719,7 +731,10 @@ fn a_node_that_declares_max_jobs_gets_no_more() {
     assert_eq!(jobs.len(), 1, "the node's own limit, within the dispatcher's");
     sim.succeed(n, &ack.node_id, &jobs[0]);
     assert_eq!(sim.jobs(n).len(), 1);
-    let ServerToClient::TranslationResult(r) = sim.take_client(c).remove(0) else { panic!() };
+    let out = sim.take_client(c);
+    let Some(ServerToClient::TranslationResult(r)) = out.iter().find(|m| matches!(m, ServerToClient::TranslationResult(_))) else {
+        panic!("{out:?}")
+    };
     assert_eq!(r.tts_sample_rate, Some(16000), "the speech's sample rate passes through");
 }
 

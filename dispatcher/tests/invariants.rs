@@ -492,8 +492,8 @@ fn random_event_sequences_keep_every_invariant() {
                 *stats.entry("steps").or_default() += w.steps;
                 *stats.entry("utterances").or_default() += w.sessions.iter().map(|s| s.accepted.len()).sum::<usize>();
                 *stats.entry("assignments").or_default() += w.assigned.len();
-                *stats.entry("retries").or_default() += w.sim.core.metrics().retries.get() as usize;
-                *stats.entry("resumes").or_default() += w.sim.core.metrics().sessions_resumed.get() as usize;
+                *stats.entry("retries").or_default() += w.sim.core.stats().retries as usize;
+                *stats.entry("resumes").or_default() += w.sim.core.stats().sessions_resumed as usize;
             }
             Err(e) => {
                 let why =

@@ -135,7 +135,7 @@ impl AudioFormat {
 }
 
 /// Optional analysis modules a session asks for and a node supports.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct Features {
     #[serde(default)]
     pub emotion_detection: bool,

@@ -177,14 +177,36 @@ impl ModelUpdate {
         }
     }
 
-    /// Applies this update to `models`: changes the named model's fields, or
-    /// adds it when it is new and complete (it names its `kind`). Returns
-    /// false when it named an unknown model without a `kind` (nothing to add).
+    /// Applies this update to `models`. An entry naming its `kind` describes
+    /// the model whole (as in a registration: absent fields are empty, absent
+    /// `enabled` means enabled) and replaces or adds it; an entry without
+    /// `kind` changes only the fields it carries of the model it names.
+    /// Returns false when it named an unknown model without a `kind`.
     pub fn apply(&self, models: &mut Vec<InstalledModel>) -> bool {
-        if let Some(m) = models.iter_mut().find(|m| m.model_id == self.model_id) {
-            if let Some(kind) = &self.kind {
-                m.kind = kind.clone();
+        // Every entry of that id (model ids should be unique; a list that
+        // repeats one is still updated consistently).
+        let mut found = false;
+        if let Some(kind) = self.kind.clone() {
+            let whole = InstalledModel {
+                model_id: self.model_id.clone(),
+                kind,
+                src_lang: self.src_lang.clone().flatten(),
+                tgt_lang: self.tgt_lang.clone().flatten(),
+                dialect: self.dialect.clone().flatten(),
+                version: self.version.clone().unwrap_or_default(),
+                enabled: self.enabled,
+            };
+            for m in models.iter_mut().filter(|m| m.model_id == self.model_id) {
+                *m = whole.clone();
+                found = true;
             }
+            if !found {
+                models.push(whole);
+            }
+            return true;
+        }
+        for m in models.iter_mut().filter(|m| m.model_id == self.model_id) {
+            found = true;
             if let Some(v) = &self.src_lang {
                 m.src_lang.clone_from(v);
             }
@@ -200,24 +222,14 @@ impl ModelUpdate {
             if self.enabled.is_some() {
                 m.enabled = self.enabled;
             }
-            return true;
         }
-        let Some(kind) = self.kind.clone() else { return false };
-        models.push(InstalledModel {
-            model_id: self.model_id.clone(),
-            kind,
-            src_lang: self.src_lang.clone().flatten(),
-            tgt_lang: self.tgt_lang.clone().flatten(),
-            dialect: self.dialect.clone().flatten(),
-            version: self.version.clone().unwrap_or_default(),
-            enabled: self.enabled,
-        });
-        true
+        found
     }
+
 }
 
 /// Which stages a job runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct Pipeline {
     pub use_asr: bool,
     pub use_nmt: bool,

@@ -78,6 +78,17 @@ impl<T: Clone + Weight> OrderBuffer<T> {
         Accept::Accepted
     }
 
+    /// Takes back the acceptance of a pending index (the server refused it
+    /// after all, e.g. its session is over its share): it will get no outcome
+    /// here, and the client may send it again. False when it was not pending.
+    pub fn withdraw(&mut self, idx: u64) -> bool {
+        if matches!(self.slots.get(&idx), Some(Slot::Pending)) {
+            self.slots.remove(&idx);
+            return true;
+        }
+        false
+    }
+
     /// Records the outcome of a pending index. Returns false (and changes
     /// nothing) when `idx` is not pending: an outcome is never replaced.
     pub fn complete(&mut self, idx: u64, outcome: T) -> bool {
@@ -185,6 +196,21 @@ mod tests {
     /// Runs a script of steps and returns what was sent, in order.
     fn sent(buf: &mut OrderBuffer<&'static str>) -> Vec<u64> {
         std::iter::from_fn(|| buf.pop_ready()).map(|(i, _)| i).collect()
+    }
+
+    #[test]
+    fn a_withdrawn_index_blocks_nothing_and_may_be_accepted_again() {
+        let mut b = OrderBuffer::new(16, usize::MAX);
+        b.accept(1);
+        b.accept(2);
+        assert!(b.withdraw(1) && !b.withdraw(1));
+        assert!(b.complete(2, "b"));
+        assert!(!b.complete(1, "a"), "no outcome for a withdrawn index");
+        assert_eq!(sent(&mut b), vec![2]);
+        let mut c: OrderBuffer<&str> = OrderBuffer::new(16, usize::MAX);
+        c.accept(1);
+        c.withdraw(1);
+        assert_eq!(c.accept(1), Accept::Accepted, "re-sent later, it is new again");
     }
 
     #[test]

@@ -10,7 +10,6 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tolk_dispatcher::CoreConfig;
 use tolk_dispatcher::core::{Action, ConnId, Core, Endpoint, Input, Millis};
-use tolk_dispatcher::metrics::Metrics;
 use tolk_protocol::common::{ErrorMessage, Features};
 use tolk_protocol::node::*;
 use tolk_protocol::session::*;
@@ -35,7 +34,7 @@ impl Sim {
     }
 
     pub fn seeded(cfg: CoreConfig, seed: u64) -> Self {
-        let core = Core::new(cfg, StdRng::seed_from_u64(seed), Metrics::default(), T0);
+        let core = Core::new(cfg, StdRng::seed_from_u64(seed), T0);
         Self { core, now: T0, next_conn: 1, endpoints: HashMap::new(), inbox: HashMap::new(), closed: HashSet::new(), detects: Vec::new() }
     }
 

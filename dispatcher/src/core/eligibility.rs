@@ -1,0 +1,121 @@
+//! The one eligibility rule: which node may run which job, and why not.
+//! Scheduling, the refusal's `details.reasons` (extension 11) and the
+//! per-class candidate cache all call [`check`]; a policy only chooses
+//! among nodes it admitted.
+
+use std::collections::BTreeMap;
+
+use tolk_protocol::Features;
+use tolk_protocol::models::{Need, missing_stage};
+use tolk_protocol::node::Pipeline;
+
+use super::Millis;
+use super::nodes::Node;
+
+/// What a job needs from a node. Jobs with equal requirements form one
+/// queue class (`queue::Class`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct Requirements {
+    pub src_lang: String,
+    pub tgt_lang: String,
+    pub dialect: Option<String>,
+    pub features: Features,
+    pub pipeline: Pipeline,
+    pub paired_node: Option<String>,
+}
+
+/// Why a node cannot take a job (the names of extension 11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// Not connected (lost, waiting to be forgotten).
+    Disconnected,
+    /// Finishing its jobs, taking no new ones.
+    Draining,
+    /// Paired with other sessions only, or not the session's paired node.
+    NotPaired,
+    /// Lacks an enabled model for a stage.
+    NoModel,
+    /// Lacks a feature the session wants that the dispatcher cannot supply.
+    NoFeature,
+    /// Already failed this job.
+    FailedThisJob,
+    /// Eligible, but at capacity now.
+    Busy,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disconnected => "disconnected",
+            Self::Draining => "draining",
+            Self::NotPaired => "not_paired",
+            Self::NoModel => "no_model",
+            Self::NoFeature => "no_feature",
+            Self::FailedThisJob => "failed_this_job",
+            Self::Busy => "busy",
+        }
+    }
+}
+
+/// Whether node `id` may ever run a job needing `req`, as things stand
+/// (connection, drain, pairing, models, features). Cached per class.
+pub(super) fn check(n: &Node, id: &str, req: &Requirements, supplied: Features) -> Result<(), Reason> {
+    if n.conn.is_none() {
+        return Err(Reason::Disconnected);
+    }
+    if n.draining {
+        return Err(Reason::Draining);
+    }
+    match &req.paired_node {
+        Some(p) if p != id => return Err(Reason::NotPaired),
+        None if !n.accept_public => return Err(Reason::NotPaired),
+        _ => {}
+    }
+    let need = Need { pipeline: req.pipeline, src_lang: &req.src_lang, tgt_lang: &req.tgt_lang, dialect: req.dialect.as_deref() };
+    if missing_stage(&n.models, &need).is_some() {
+        return Err(Reason::NoModel);
+    }
+    // A feature the node lacks must be one the dispatcher supplies.
+    if !req.features.missing_from(n.features).missing_from(supplied).is_empty() {
+        return Err(Reason::NoFeature);
+    }
+    Ok(())
+}
+
+/// [`check`], then the job's own history and the node's room at `now`.
+pub(super) fn check_for_job(
+    n: &Node,
+    id: &str,
+    req: &Requirements,
+    supplied: Features,
+    failed: &[String],
+    now: Millis,
+) -> Result<(), Reason> {
+    check(n, id, req, supplied)?;
+    if failed.iter().any(|f| f == id) {
+        return Err(Reason::FailedThisJob);
+    }
+    if !n.has_room(now) {
+        return Err(Reason::Busy);
+    }
+    Ok(())
+}
+
+/// Nodes per reason (extension 11's `details.reasons`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reasons(pub BTreeMap<&'static str, u32>);
+
+impl Reasons {
+    pub(super) fn add(&mut self, r: Reason) {
+        *self.0.entry(r.as_str()).or_insert(0) += 1;
+    }
+
+    /// The reason most nodes had (ties: the first by name), for counting.
+    pub fn main(&self) -> Option<&'static str> {
+        self.0.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))).map(|(k, _)| *k)
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(self.0.iter().map(|(k, v)| ((*k).to_owned(), (*v).into())).collect())
+    }
+}

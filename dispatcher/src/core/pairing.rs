@@ -1,0 +1,117 @@
+//! Pairing codes (extension 5): six CSPRNG digits per node, unique among live
+//! codes, expiring; and the per-address guess limit.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use rand::RngCore;
+
+use super::Millis;
+
+#[derive(Debug)]
+struct Entry {
+    node: String,
+    expires_at: Millis,
+}
+
+#[derive(Debug)]
+struct GuessWindow {
+    started: Millis,
+    failures: u32,
+}
+
+/// Why a code was not redeemed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// Too many wrong codes from this address in the window.
+    RateLimited,
+    /// Unknown, expired, or its node is gone.
+    Unknown,
+}
+
+const GUESS_TABLE_MAX: usize = 100_000;
+
+#[derive(Debug, Default)]
+pub(super) struct Pairing {
+    codes: HashMap<String, Entry>,
+    guesses: HashMap<IpAddr, GuessWindow>,
+}
+
+impl Pairing {
+    /// A fresh code for `node` (replacing its old one), or `None` if no free
+    /// code was drawn (live codes are at most one per node, far fewer than
+    /// 10^6, so a free one is found in a few draws; the bound rules out a spin).
+    pub fn issue(&mut self, rng: &mut impl RngCore, node: &str, expires_at: Millis) -> Option<String> {
+        self.codes.retain(|_, e| e.node != node);
+        let code = (0..1_000).map(|_| format!("{:06}", rng.next_u32() % 1_000_000)).find(|c| !self.codes.contains_key(c))?;
+        self.codes.insert(code.clone(), Entry { node: node.to_owned(), expires_at });
+        Some(code)
+    }
+
+    /// The node a code binds to, if `addr` may still guess and the code is live.
+    pub fn redeem(
+        &mut self,
+        now: Millis,
+        addr: IpAddr,
+        code: &str,
+        max_failures: u32,
+        window: Millis,
+        node_exists: impl Fn(&str) -> bool,
+    ) -> Result<String, Refusal> {
+        let w = self.guesses.get(&addr).filter(|w| now < w.started + window);
+        if w.is_some_and(|w| w.failures >= max_failures) {
+            return Err(Refusal::RateLimited);
+        }
+        match self.codes.get(code) {
+            Some(e) if e.expires_at > now && node_exists(&e.node) => Ok(e.node.clone()),
+            _ => {
+                if self.guesses.len() < GUESS_TABLE_MAX || self.guesses.contains_key(&addr) {
+                    let entry = self.guesses.entry(addr).or_insert(GuessWindow { started: now, failures: 0 });
+                    if now >= entry.started + window {
+                        *entry = GuessWindow { started: now, failures: 0 };
+                    }
+                    entry.failures += 1;
+                }
+                Err(Refusal::Unknown)
+            }
+        }
+    }
+
+    pub fn sweep(&mut self, now: Millis, window: Millis) {
+        self.codes.retain(|_, e| e.expires_at > now);
+        self.guesses.retain(|_, w| now < w.started + window);
+    }
+
+    pub fn codes(&self) -> usize {
+        self.codes.len()
+    }
+
+    pub fn guesses(&self) -> usize {
+        self.guesses.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn codes_bind_one_node_expire_and_wrong_guesses_are_limited() {
+        let mut p = Pairing::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let addr: IpAddr = [127, 0, 0, 1].into();
+        let code = p.issue(&mut rng, "n1", 100).unwrap_or_default();
+        assert_eq!(code.len(), 6);
+        let again = p.issue(&mut rng, "n1", 100).unwrap_or_default();
+        assert_eq!(p.codes(), 1, "one live code per node");
+        assert_eq!(p.redeem(0, addr, &again, 5, 60, |_| true), Ok("n1".into()));
+        assert_eq!(p.redeem(100, addr, &again, 5, 60, |_| true), Err(Refusal::Unknown), "expired");
+        for _ in 0..4 {
+            assert_eq!(p.redeem(1, addr, "000000", 5, 60, |_| true), Err(Refusal::Unknown));
+        }
+        assert_eq!(p.redeem(2, addr, &again, 5, 60, |_| true), Err(Refusal::RateLimited), "even the right code");
+        p.sweep(200, 60);
+        assert_eq!((p.codes(), p.guesses()), (0, 0));
+    }
+}

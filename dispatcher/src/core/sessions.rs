@@ -1,0 +1,412 @@
+//! Sessions: init and pairing, resume (extension 6), heartbeats, utterance
+//! admission (extensions 1, 8, 10), ordered delivery of outcomes (extension 2),
+//! idle expiry.
+
+use std::collections::HashSet;
+
+use rand::RngCore;
+use tolk_protocol::common::{ErrorCode, ErrorMessage, Features};
+use tolk_protocol::node::{JobAssign, Pipeline};
+use tolk_protocol::session::{ClientHeartbeat, ServerHeartbeat, SessionCloseAck, SessionInit, SessionInitAck, Utterance};
+use tolk_protocol::{AudioFormat, ClientToServer, Message, ProtocolError, ServerToClient, ServerToNode};
+
+use super::admission;
+use super::eligibility::Requirements;
+use super::jobs::{Detection, Job, JobState, Outcome, Placed};
+use super::order::{Accept, OrderBuffer};
+use super::pairing::Refusal;
+use super::timer::Timer;
+use super::{Action, ConnId, Core, Frame, Millis, add_index};
+
+#[derive(Debug)]
+pub(super) struct Session {
+    pub resume_token: String,
+    pub conn: Option<ConnId>,
+    pub src_lang: String,
+    pub tgt_lang: String,
+    pub features: Features,
+    pub paired_node: Option<String>,
+    pub last_node: Option<String>,
+    pub order: OrderBuffer<Frame>,
+    /// Job ids of utterances without an outcome.
+    pub jobs: HashSet<String>,
+    pub last_activity: Millis,
+    pub detached_at: Option<Millis>,
+}
+
+impl Core {
+    pub(super) fn on_session_msg(&mut self, now: Millis, conn: ConnId, msg: ClientToServer) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let owned = c.session.clone();
+        if let ClientToServer::SessionInit(init) = msg {
+            return self.on_session_init(now, conn, init);
+        }
+        let claimed = match &msg {
+            ClientToServer::Utterance(u) => &u.session_id,
+            ClientToServer::ClientHeartbeat(h) => &h.session_id,
+            ClientToServer::SessionClose(c) => &c.session_id,
+            ClientToServer::SessionInit(_) => return,
+        };
+        // Extension 8: a session's messages count only on the connection that owns it.
+        if owned.as_deref() != Some(claimed.as_str()) {
+            let err =
+                ErrorMessage { code: ErrorCode::InvalidSession, message: "session not found on this connection".into(), details: None };
+            return self.send_error(conn, err);
+        }
+        let id = claimed.clone();
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.last_activity = now;
+        }
+        match msg {
+            ClientToServer::Utterance(u) => self.on_utterance(now, conn, &id, u),
+            ClientToServer::ClientHeartbeat(h) => self.on_client_heartbeat(now, conn, &id, h),
+            ClientToServer::SessionClose(_) => {
+                self.send(conn, &ServerToClient::SessionCloseAck(SessionCloseAck { session_id: id.clone() }));
+                self.drop_session(&id, "closed");
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.session = None;
+                }
+            }
+            ClientToServer::SessionInit(_) => {}
+        }
+    }
+
+    fn on_session_init(&mut self, now: Millis, conn: ConnId, init: SessionInit) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        if c.session.is_some() {
+            return self.send_error(conn, ProtocolError::invalid_field("type", "this connection already has a session").to_message());
+        }
+        let addr = c.addr;
+        if let (Some(id), Some(token)) = (&init.session_id, &init.resume_token) {
+            return self.resume(now, conn, id, token, init.last_utterance_index);
+        }
+        if self.sessions.len() >= self.cfg.max_sessions {
+            let err = ErrorMessage {
+                code: ErrorCode::InternalError,
+                message: "the server is at capacity; try again later".into(),
+                details: None,
+            };
+            return self.send_error(conn, err);
+        }
+        let features = init.features.unwrap_or_default();
+        if let Some(err) = self.unsupported_features(features) {
+            return self.send_error(conn, err);
+        }
+        let paired_node = match &init.pairing_code {
+            Some(code) => {
+                let nodes = &self.nodes;
+                let (max, window) = (self.cfg.pairing_max_failures, self.cfg.pairing_window_ms);
+                match self.pairing.redeem(now, addr, code, max, window, |n| nodes.contains_key(n)) {
+                    Ok(node) => Some(node),
+                    Err(Refusal::RateLimited) => {
+                        self.stats.pairing_rate_limited += 1;
+                        let message = "too many wrong pairing codes; wait a minute".into();
+                        return self.send_error(conn, ErrorMessage { code: ErrorCode::RateLimited, message, details: None });
+                    }
+                    Err(Refusal::Unknown) => {
+                        self.stats.pairing_failures += 1;
+                        let message = "Pairing code not found or expired".into();
+                        return self.send_error(conn, ErrorMessage { code: ErrorCode::InvalidPairingCode, message, details: None });
+                    }
+                }
+            }
+            None => None,
+        };
+        let id = format!("s-{}", self.random_hex(16));
+        let resume_token = self.random_hex(32);
+        self.sessions.insert(
+            id.clone(),
+            Session {
+                resume_token: resume_token.clone(),
+                conn: Some(conn),
+                src_lang: init.src_lang,
+                tgt_lang: init.tgt_lang,
+                features,
+                paired_node: paired_node.clone(),
+                last_node: None,
+                order: OrderBuffer::new(self.cfg.max_retained_outcomes, self.cfg.max_retained_bytes),
+                jobs: HashSet::new(),
+                last_activity: now,
+                detached_at: None,
+            },
+        );
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session = Some(id.clone());
+        }
+        self.stats.sessions_opened += 1;
+        self.timers.arm(now + self.cfg.session_idle_ms, Timer::Session(id.clone()));
+        let message = if paired_node.is_some() { "session created, paired" } else { "session created" };
+        let ack =
+            SessionInitAck { session_id: id, assigned_node_id: paired_node, message: message.into(), resume_token: Some(resume_token) };
+        self.send(conn, &ServerToClient::SessionInitAck(ack));
+    }
+
+    /// `UNSUPPORTED_FEATURE` when a requested feature is offered by no
+    /// registered node and not supplied by the dispatcher.
+    fn unsupported_features(&self, features: Features) -> Option<ErrorMessage> {
+        let mut offered = self.supplied;
+        for n in self.nodes.values() {
+            offered.emotion_detection |= n.features.emotion_detection;
+            offered.voice_style_detection |= n.features.voice_style_detection;
+            offered.speech_rate_detection |= n.features.speech_rate_detection;
+        }
+        let missing = features.missing_from(offered);
+        if missing.is_empty() {
+            return None;
+        }
+        let names: Vec<&str> = [
+            (missing.emotion_detection, "emotion_detection"),
+            (missing.voice_style_detection, "voice_style_detection"),
+            (missing.speech_rate_detection, "speech_rate_detection"),
+        ]
+        .into_iter()
+        .filter_map(|(m, n)| m.then_some(n))
+        .collect();
+        Some(ErrorMessage {
+            code: ErrorCode::UnsupportedFeature,
+            message: format!("no node or detector provides {}", names.join(", ")),
+            details: Some(serde_json::json!({ "field": "features", "features": names })),
+        })
+    }
+
+    fn resume(&mut self, now: Millis, conn: ConnId, id: &str, token: &str, last: Option<u64>) {
+        let valid = self.sessions.get(id).is_some_and(|s| constant_time_eq::constant_time_eq(s.resume_token.as_bytes(), token.as_bytes()));
+        if !valid {
+            let err = ErrorMessage {
+                code: ErrorCode::InvalidSession,
+                message: "unknown or expired session; start a new one".into(),
+                details: None,
+            };
+            return self.send_error(conn, err);
+        }
+        let Some(s) = self.sessions.get_mut(id) else { return };
+        let previous = s.conn.replace(conn);
+        s.detached_at = None;
+        s.last_activity = now;
+        let ack = SessionInitAck {
+            session_id: id.to_owned(),
+            assigned_node_id: s.paired_node.clone(),
+            message: "session resumed".into(),
+            resume_token: Some(s.resume_token.clone()),
+        };
+        let resend = s.order.resend_after(last);
+        if let Some(old) = previous.filter(|&old| old != conn) {
+            if let Some(c) = self.conns.get_mut(&old) {
+                c.session = None;
+            }
+            self.close(old);
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session = Some(id.to_owned());
+        }
+        self.stats.sessions_resumed += 1;
+        self.send(conn, &ServerToClient::SessionInitAck(ack));
+        for (_, frame) in resend {
+            self.out.push(Action::Send { conn, frame });
+        }
+        self.flush_session(id);
+    }
+
+    fn on_client_heartbeat(&mut self, now: Millis, conn: ConnId, id: &str, h: ClientHeartbeat) {
+        if let (Some(last), Some(s)) = (h.last_utterance_index, self.sessions.get_mut(id)) {
+            s.order.confirm(last);
+        }
+        self.send(conn, &ServerToClient::ServerHeartbeat(ServerHeartbeat { session_id: id.to_owned(), timestamp: now }));
+    }
+
+    /// A refusal: the utterance is not accepted (no outcome follows) and the
+    /// client may send it again after `retry_after_ms`.
+    fn refuse(&mut self, conn: ConnId, code: ErrorCode, message: String, index: u64, retry_after_ms: u64) {
+        self.stats.refusal(code.as_str());
+        let details = serde_json::json!({ "field": "utterance_index", "refused_index": index, "retry_after_ms": retry_after_ms });
+        self.send_error(conn, ErrorMessage { code, message, details: Some(details) });
+    }
+
+    fn on_utterance(&mut self, now: Millis, conn: ConnId, id: &str, u: Utterance) {
+        let Some(s) = self.sessions.get_mut(id) else { return };
+        let index = u.utterance_index;
+        // Bounded before acceptance: a refusal takes no slot, so a flood
+        // cannot grow the buffer (outcomes held behind a slow index count too).
+        let unsent = s.order.unsent();
+        if unsent >= self.cfg.max_pending_per_session && !s.order.is_pending(index) {
+            let msg = format!("more than {} utterances are waiting for results; send it again later", self.cfg.max_pending_per_session);
+            let retry = admission::retry_after_ms(unsent, 0.0, 1_000);
+            return self.refuse(conn, ErrorCode::RateLimited, msg, index, retry);
+        }
+        match s.order.accept(index) {
+            Accept::Duplicate => {
+                self.stats.duplicates += 1;
+                return;
+            }
+            Accept::TooLate => {
+                let message = format!("utterance_index {index} is at or below one already answered; indexes must increase");
+                let details = Some(serde_json::json!({ "field": "utterance_index", "refused_index": index }));
+                return self.send_error(conn, ErrorMessage { code: ErrorCode::InvalidMessage, message, details });
+            }
+            Accept::Accepted => {}
+        }
+        let session_features = s.features;
+        let paired_node = s.paired_node.clone();
+        if !self.cfg.sample_rates.contains(&u.sample_rate) {
+            self.stats.utterances += 1;
+            let err = ProtocolError::invalid_field("sample_rate", format!("sample_rate must be one of {:?}", self.cfg.sample_rates));
+            let mut msg = err.to_message();
+            add_index(&mut msg, index);
+            return self.finish(id, index, Outcome::Error(msg));
+        }
+        let features = u.features.unwrap_or(session_features);
+        if let Some(mut err) = self.unsupported_features(features) {
+            self.stats.utterances += 1;
+            add_index(&mut err, index);
+            return self.finish(id, index, Outcome::Error(err));
+        }
+        if self.jobs.len() >= self.cfg.max_queued_jobs + self.cfg.max_nodes * self.cfg.max_jobs_per_node as usize {
+            self.stats.utterances += 1;
+            let mut err = ErrorMessage::for_utterance(ErrorCode::NodeUnavailable, "the server is at capacity", index);
+            if let Some(serde_json::Value::Object(d)) = &mut err.details {
+                d.insert("retry_after_ms".into(), self.cfg.admission_wait_ms.min(5_000).into());
+            }
+            return self.finish(id, index, Outcome::Error(err));
+        }
+        let detect = Features {
+            emotion_detection: features.emotion_detection && self.supplied.emotion_detection,
+            voice_style_detection: features.voice_style_detection && self.supplied.voice_style_detection,
+            speech_rate_detection: features.speech_rate_detection && self.supplied.speech_rate_detection,
+        };
+        let (format, rate) = (u.audio_format, u.sample_rate);
+        let pipeline = Pipeline { use_asr: true, use_nmt: !u.src_lang.eq_ignore_ascii_case(&u.tgt_lang), use_tts: true };
+        let audio_ms = estimate_audio_ms(&u);
+        let deadline_ms = self.cfg.job_timeout_base_ms + audio_ms * self.cfg.job_timeout_per_audio_s_ms / 1000;
+        let job_id = format!("j-{}", {
+            let mut b = [0u8; 16];
+            self.rng.fill_bytes(&mut b);
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        });
+        let req = Requirements {
+            src_lang: u.src_lang.clone(),
+            tgt_lang: u.tgt_lang.clone(),
+            dialect: u.dialect.clone(),
+            features,
+            pipeline,
+            paired_node,
+        };
+        let class = self.classes.id_for(&req);
+        // Only when a detector will read it is the audio copied.
+        let detect_audio: Option<Frame> = (!detect.is_empty()).then(|| u.audio.as_str().into());
+        // The frame is built once, with the client's audio spliced in as its
+        // raw JSON text (extension 9); retries resend the same frame.
+        let assign = ServerToNode::JobAssign(JobAssign {
+            job_id: job_id.clone(),
+            session_id: id.to_owned(),
+            utterance_index: index,
+            src_lang: u.src_lang,
+            tgt_lang: u.tgt_lang,
+            dialect: u.dialect,
+            features,
+            pipeline,
+            audio: u.audio,
+            audio_format: u.audio_format,
+            sample_rate: u.sample_rate,
+            deadline_ms: Some(deadline_ms),
+        });
+        self.next_seq += 1;
+        let job = Job {
+            session: id.to_owned(),
+            index,
+            frame: assign.to_json().into(),
+            class,
+            seq: self.next_seq,
+            audio_ms,
+            attempts: 0,
+            failed_nodes: Vec::new(),
+            state: JobState::Queued,
+            deadline: now + self.cfg.admission_wait_ms,
+            accepted_at: now,
+            orphaned: false,
+            detection: if detect.is_empty() { Detection::NotNeeded } else { Detection::Pending(detect) },
+            busy_bounces: 0,
+        };
+        self.jobs.insert(job_id.clone(), job);
+        self.classes.enter(class, id);
+        if let Some(s) = self.sessions.get_mut(id) {
+            s.jobs.insert(job_id.clone());
+        }
+        match self.place_new(now, &job_id) {
+            Placed::OverShare { retry_after_ms } => {
+                if let Some(s) = self.sessions.get_mut(id) {
+                    s.order.withdraw(index);
+                }
+                let msg = "this session is over its share of a saturated fleet; send it again later".to_owned();
+                return self.refuse(conn, ErrorCode::RateLimited, msg, index, retry_after_ms);
+            }
+            Placed::Queued => {
+                self.timers.arm(now + self.cfg.admission_wait_ms, Timer::Job(job_id.clone()));
+            }
+            Placed::Running => {}
+        }
+        self.stats.utterances += 1;
+        if let Some(audio) = detect_audio.filter(|_| self.jobs.contains_key(&job_id)) {
+            self.out.push(Action::Detect { job_id, audio, format, sample_rate: rate, features: detect });
+        }
+    }
+
+    pub(super) fn flush_session(&mut self, session: &str) {
+        let Some(s) = self.sessions.get_mut(session) else { return };
+        // A detached session keeps its outcomes until a resume.
+        let Some(conn) = s.conn else { return };
+        while let Some((_, frame)) = s.order.pop_ready() {
+            self.out.push(Action::Send { conn, frame });
+        }
+    }
+
+    fn drop_session(&mut self, id: &str, why: &str) {
+        let Some(s) = self.sessions.get(id) else { return };
+        let jobs: Vec<String> = s.jobs.iter().cloned().collect();
+        for job_id in jobs {
+            let running = self.jobs.get(&job_id).is_some_and(|j| matches!(j.state, JobState::Running { .. }));
+            if running {
+                // The node is still busy with it: keep the job to free the slot later.
+                if let Some(j) = self.jobs.get_mut(&job_id) {
+                    j.orphaned = true;
+                }
+            } else {
+                self.remove_job(&job_id);
+            }
+        }
+        self.sessions.remove(id);
+        tracing::debug!(session = id, why, "session dropped");
+    }
+
+    pub(super) fn on_session_timer(&mut self, now: Millis, id: &str) {
+        let Some(s) = self.sessions.get(id) else { return };
+        let due = match s.detached_at {
+            Some(at) => at + self.cfg.resume_grace_ms,
+            // Work in flight keeps a session alive.
+            None if !s.jobs.is_empty() => now + self.cfg.session_idle_ms,
+            None => s.last_activity + self.cfg.session_idle_ms,
+        };
+        if due > now {
+            return self.timers.arm(due, Timer::Session(id.to_owned()));
+        }
+        if let Some(conn) = s.conn {
+            let err = ErrorMessage { code: ErrorCode::InvalidSession, message: "session expired after inactivity".into(), details: None };
+            self.send_error(conn, err);
+            self.close(conn);
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.session = None;
+            }
+        }
+        self.stats.sessions_expired += 1;
+        self.drop_session(id, "expired");
+    }
+}
+
+/// Audio length from the base64 length alone (no decoding): exact for
+/// pcm16, close for wav, unknown (0) for opus.
+pub(super) fn estimate_audio_ms(u: &Utterance) -> u64 {
+    let bytes = (u.audio.len() as u64 * 3 / 4).saturating_sub(if u.audio_format == AudioFormat::Wav { 44 } else { 0 });
+    match u.audio_format {
+        AudioFormat::Pcm16 | AudioFormat::Wav => bytes / 2 * 1000 / u64::from(u.sample_rate.max(1)),
+        AudioFormat::Opus => 0,
+    }
+}

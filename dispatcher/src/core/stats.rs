@@ -1,0 +1,154 @@
+//! What the core counted, as plain data (quinn-proto's `stats.rs` style): the
+//! core links no metrics library; the shell reads [`CoreStats`] and exports it.
+
+use std::collections::BTreeMap;
+
+/// A histogram with fixed bucket bounds (upper bounds, seconds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    /// Upper bound of each bucket; the last bucket is everything above.
+    pub bounds: Vec<f64>,
+    /// Observations per bucket (`bounds.len() + 1` entries, not cumulative).
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    /// `n` exponential buckets from `start`, each `factor` wider.
+    pub fn exponential(start: f64, factor: f64, n: usize) -> Self {
+        let bounds: Vec<f64> = (0..n).map(|i| start * factor.powi(i as i32)).collect();
+        Self { counts: vec![0; bounds.len() + 1], bounds, sum: 0.0, count: 0 }
+    }
+
+    pub fn observe(&mut self, v: f64) {
+        let i = self.bounds.partition_point(|&b| b < v);
+        if let Some(c) = self.counts.get_mut(i) {
+            *c += 1;
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    /// `(upper bound, cumulative count)` per bucket, `+Inf` last.
+    pub fn cumulative(&self) -> Vec<(f64, u64)> {
+        let mut total = 0;
+        self.counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                total += c;
+                (self.bounds.get(i).copied().unwrap_or(f64::INFINITY), total)
+            })
+            .collect()
+    }
+}
+
+/// Everything the core counts. Counters only grow; gauges are read when
+/// [`crate::core::Core::stats`] is called.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoreStats {
+    // gauges
+    pub sessions_active: u64,
+    pub nodes_live: u64,
+    pub queue_depth: u64,
+    pub jobs_running: u64,
+    // counters
+    pub sessions_opened: u64,
+    pub sessions_resumed: u64,
+    pub sessions_expired: u64,
+    pub nodes_dead: u64,
+    pub node_errors: u64,
+    pub utterances: u64,
+    pub duplicates: u64,
+    /// Outcomes by `result` or error code.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Utterances refused before acceptance (no outcome follows), by code.
+    pub refusals: BTreeMap<String, u64>,
+    /// `NODE_UNAVAILABLE` outcomes by the reason the most nodes had.
+    pub unavailable_reasons: BTreeMap<String, u64>,
+    pub jobs_assigned: u64,
+    pub retries: u64,
+    pub job_timeouts: u64,
+    pub rejected_results: u64,
+    pub policy_fallbacks: u64,
+    pub unauthorized: u64,
+    pub pairing_failures: u64,
+    pub pairing_rate_limited: u64,
+    /// Bad frames by endpoint (`session`, `node`, `unknown`).
+    pub bad_frames: BTreeMap<&'static str, u64>,
+    pub detection_timeouts: u64,
+    /// Job assignment → result, seconds.
+    pub job_seconds: Histogram,
+    /// Utterance accepted → outcome, seconds.
+    pub utterance_seconds: Histogram,
+}
+
+impl Default for CoreStats {
+    fn default() -> Self {
+        Self {
+            sessions_active: 0,
+            nodes_live: 0,
+            queue_depth: 0,
+            jobs_running: 0,
+            sessions_opened: 0,
+            sessions_resumed: 0,
+            sessions_expired: 0,
+            nodes_dead: 0,
+            node_errors: 0,
+            utterances: 0,
+            duplicates: 0,
+            outcomes: BTreeMap::new(),
+            refusals: BTreeMap::new(),
+            unavailable_reasons: BTreeMap::new(),
+            jobs_assigned: 0,
+            retries: 0,
+            job_timeouts: 0,
+            rejected_results: 0,
+            policy_fallbacks: 0,
+            unauthorized: 0,
+            pairing_failures: 0,
+            pairing_rate_limited: 0,
+            bad_frames: BTreeMap::new(),
+            detection_timeouts: 0,
+            // 1 ms to ~65 s.
+            job_seconds: Histogram::exponential(0.001, 2.0, 17),
+            utterance_seconds: Histogram::exponential(0.001, 2.0, 17),
+        }
+    }
+}
+
+impl CoreStats {
+    pub(super) fn outcome(&mut self, label: &str) {
+        bump(&mut self.outcomes, label);
+    }
+
+    pub(super) fn refusal(&mut self, code: &str) {
+        bump(&mut self.refusals, code);
+    }
+}
+
+fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
+    match map.get_mut(key) {
+        Some(v) => *v += 1,
+        None => {
+            map.insert(key.to_owned(), 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_upper_bounds_and_cumulate() {
+        let mut h = Histogram::exponential(1.0, 2.0, 3); // 1, 2, 4, +Inf
+        for v in [0.5, 1.0, 1.5, 3.0, 100.0] {
+            h.observe(v);
+        }
+        assert_eq!(h.counts, vec![2, 1, 1, 1]);
+        assert_eq!(h.cumulative(), vec![(1.0, 2), (2.0, 3), (4.0, 4), (f64::INFINITY, 5)]);
+        assert_eq!((h.count, h.sum), (5, 106.0));
+    }
+}
