@@ -333,6 +333,15 @@ impl World {
                     self.sim.send_text(conn, r#"{"type":"utterance","utterance_index":-1}"#);
                 }
             }
+            92..=93 => {
+                // An overload phase: one session sends a burst far beyond
+                // what the fleet can take at once (extension 10).
+                if let Some(si) = self.connected_session() {
+                    for _ in 0..self.rng.random_range(8..48) {
+                        self.send_utterance_for(si);
+                    }
+                }
+            }
             _ => {
                 let ms = self.rng.random_range(0..3_000);
                 self.advance(ms);
@@ -385,6 +394,10 @@ impl World {
 
     fn send_utterance(&mut self) {
         let Some(si) = self.connected_session() else { return };
+        self.send_utterance_for(si);
+    }
+
+    fn send_utterance_for(&mut self, si: usize) {
         let s = &mut self.sessions[si];
         let conn = s.conn.unwrap_or_default();
         let index = match self.rng.random_range(0..10) {
@@ -400,12 +413,16 @@ impl World {
             }
         };
         let (src, tgt) = s.pair;
+        let before = self.sim.inbox.get(&conn).map_or(0, Vec::len);
         self.sim.client(conn, ClientToServer::Utterance(utterance(&s.id.clone(), index, src, tgt)));
-        // A refusal is immediate and names the field; anything else means accepted.
+        // A refusal is immediate and names the field (and the index); anything
+        // else means accepted. Only the frames this utterance caused count.
         let frames = self.sim.inbox.get(&conn).cloned().unwrap_or_default();
-        let refused = frames.iter().any(|f| {
+        let refused = frames.iter().skip(before).any(|f| {
             matches!(ServerToClient::parse(f), Ok(ServerToClient::Error(e))
-                if e.utterance_index().is_none() && e.details.as_ref().is_some_and(|d| d["field"] == "utterance_index"))
+                if e.utterance_index().is_none()
+                    && e.details.as_ref().is_some_and(|d| d["field"] == "utterance_index"
+                        && d.get("refused_index").is_none_or(|i| i.as_u64() == Some(index))))
         });
         if !refused {
             self.sessions[si].accepted.insert(index);
@@ -494,6 +511,8 @@ fn random_event_sequences_keep_every_invariant() {
                 *stats.entry("assignments").or_default() += w.assigned.len();
                 *stats.entry("retries").or_default() += w.sim.core.stats().retries as usize;
                 *stats.entry("resumes").or_default() += w.sim.core.stats().sessions_resumed as usize;
+                *stats.entry("overload refusals").or_default() += w.sim.core.stats().refusals.values().sum::<u64>() as usize;
+                *stats.entry("unavailable").or_default() += w.sim.core.stats().unavailable_reasons.values().sum::<u64>() as usize;
             }
             Err(e) => {
                 let why =
