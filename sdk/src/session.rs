@@ -38,7 +38,8 @@
 //! - **Refusals.** A refusal is an `error` naming `details.field ==
 //!   "utterance_index"` without `details.utterance_index`: it is not an
 //!   outcome. `RATE_LIMITED` with `details.refused_index` puts that utterance
-//!   back to be sent again after `rate_limit_retry_ms` or at the next outcome,
+//!   back to be sent again after the server's `details.retry_after_ms` (at
+//!   most 30 s; `rate_limit_retry_ms` when absent) or at the next outcome,
 //!   whichever is first, and shrinks the send window to what the server had
 //!   accepted (it grows back by one per outcome up to `max_in_flight`). A
 //!   refusal of another code naming `refused_index` is that utterance's
@@ -68,6 +69,9 @@
 //! every outcome, so the server can forget those.
 
 use std::collections::BTreeMap;
+
+/// The longest `retry_after_ms` a server may impose on one refusal.
+const MAX_RETRY_AFTER_MS: u64 = 30_000;
 
 use base64::Engine as _;
 use rand::rngs::StdRng;
@@ -756,7 +760,10 @@ impl Session {
                 }
                 if field.as_deref() == Some("utterance_index") {
                     return match refused {
-                        Some(index) if e.code == ErrorCode::RateLimited => self.rate_limited(now, index),
+                        Some(index) if e.code == ErrorCode::RateLimited => {
+                            let retry_after = details.and_then(|d| d.get("retry_after_ms")).and_then(|v| v.as_u64());
+                            self.rate_limited(now, index, retry_after)
+                        }
                         Some(index) => {
                             let f = UtteranceFailure { index, code: e.code.to_string(), message: e.message };
                             self.complete(now, index, Outcome::Failed(f))
@@ -780,7 +787,11 @@ impl Session {
         }
     }
 
-    fn rate_limited(&mut self, now: Millis, index: u64) {
+    /// A `RATE_LIMITED` refusal of `index`: send it again after the
+    /// server's `retry_after_ms` (extension 10; bounded, so a hostile server
+    /// cannot stall the session for long) or `rate_limit_retry_ms` without
+    /// one, or at the next outcome, whichever is first.
+    fn rate_limited(&mut self, now: Millis, index: u64, retry_after_ms: Option<u64>) {
         let Some(e) = self.entries.get_mut(&index) else { return };
         if !matches!(e.state, EntryState::Sent { .. }) {
             return;
@@ -788,7 +799,8 @@ impl Session {
         e.state = EntryState::Unsent;
         let accepted_below = self.entries.range(..index).filter(|(_, e)| matches!(e.state, EntryState::Sent { .. })).count();
         self.window = accepted_below.max(1);
-        self.paused_until = Some(now + self.cfg.rate_limit_retry_ms);
+        let wait = retry_after_ms.map_or(self.cfg.rate_limit_retry_ms, |ms| ms.min(MAX_RETRY_AFTER_MS));
+        self.paused_until = Some(now + wait);
     }
 
     /// Records `index`'s outcome (never replacing one) and delivers what is

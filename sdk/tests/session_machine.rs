@@ -442,6 +442,29 @@ fn rate_limited_utterances_are_sent_again_later_in_order() {
 }
 
 #[test]
+fn a_refusal_with_retry_after_ms_waits_that_long() {
+    let mut h = H::new(config());
+    h.open(SID, TOKEN);
+    h.push(100);
+    h.push(100);
+    assert_eq!(h.sent_indexes(), [0, 1]);
+    let refusal = |i: u64, ms: u64| {
+        json!({"type":"error","code":"RATE_LIMITED","message":"over its share",
+               "details":{"field":"utterance_index","refused_index":i,"retry_after_ms":ms}})
+    };
+    h.frame(refusal(0, 2_500));
+    h.frame(refusal(1, 2_500));
+    h.advance(2_499);
+    assert!(h.sent_indexes().is_empty(), "the server asked for 2.5 s, not the default 1 s");
+    h.advance(1);
+    assert_eq!(h.sent_indexes(), [0], "sent again at retry_after_ms (window of one: nothing was accepted)");
+    h.result(0);
+    assert_eq!(h.sent_indexes(), [1]);
+    h.result(1);
+    assert_eq!(outcomes(&h.events()), ok(0..2), "nothing lost");
+}
+
+#[test]
 fn a_refusal_that_names_another_code_is_the_outcome() {
     let mut h = H::new(config());
     h.open(SID, TOKEN);
