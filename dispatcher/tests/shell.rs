@@ -273,3 +273,135 @@ async fn tls_serves_wss_with_a_generated_certificate() {
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Extension 7 over a real socket: a heartbeat entry with only `model_id`
+/// and `enabled:false` switches that model off; `enabled:true` back on.
+#[tokio::test]
+async fn heartbeat_model_updates_switch_a_model_off_and_on() {
+    let mut config = Config::default();
+    config.core.admission_wait_ms = 300;
+    let server = start(config).await;
+    let (mut node, node_id) = example_node(&server).await;
+    let heartbeat = |enabled: bool| {
+        json!({"type":"node_heartbeat","node_id":node_id,"timestamp":1,
+               "resource_usage":{"cpu_percent":1.0,"mem_percent":1.0,"running_jobs":0},
+               "installed_models":[{"model_id":"mdl-nmt-zh-en-base-v1","enabled":enabled}]})
+    };
+    send(&mut node, &heartbeat(false)).await;
+    let mut phone = server.connect("/ws/session").await;
+    send(&mut phone, &fixture("session/session_init.json")).await;
+    let session_id = recv(&mut phone).await["session_id"].as_str().unwrap().to_owned();
+    let mut utt = fixture("session/utterance.json");
+    utt["session_id"] = json!(session_id);
+    send(&mut phone, &utt).await;
+    let err = recv(&mut phone).await;
+    assert_eq!((err["type"].as_str(), err["code"].as_str()), (Some("error"), Some("NODE_UNAVAILABLE")), "{err}");
+    assert_eq!(err["details"]["utterance_index"], 4);
+    assert_eq!(err["details"]["reasons"], json!({"no_model": 1}), "why: the node's nmt model is off");
+    send(&mut node, &heartbeat(true)).await;
+    utt["utterance_index"] = json!(5);
+    send(&mut phone, &utt).await;
+    let job = recv(&mut node).await;
+    assert_eq!((job["type"].as_str(), job["utterance_index"].as_u64()), (Some("job_assign"), Some(5)), "{job}");
+    let metrics = http_get(server.addr, "/metrics", None).await;
+    for name in ["tolk_unavailable_total{reason=\"no_model\"} 1", "tolk_dispatch_seconds_bucket", "tolk_core_lock_held_seconds_total"] {
+        assert!(metrics.contains(name), "{name} in {metrics}");
+    }
+    server.shutdown().await;
+}
+
+/// Overload over real sockets (bounded in count and time): a node with two
+/// slots, ten phones sending twenty utterances each at once. Every
+/// utterance ends in exactly one of a result, a `NODE_UNAVAILABLE` outcome
+/// or a `RATE_LIMITED` refusal, each at once and with `retry_after_ms`; the
+/// node stays alive and the dispatcher serves normally afterwards.
+#[tokio::test]
+async fn overload_is_answered_at_once_and_nothing_is_lost() {
+    let server = start(Config::default()).await;
+    let (mut node, node_id) = example_node(&server).await;
+    // The node: two jobs at a time, each answered 50 ms after it arrives.
+    let node_task = tokio::spawn(async move {
+        let mut answered = 0u32;
+        let mut held: std::collections::VecDeque<(tokio::time::Instant, Value)> = Default::default();
+        loop {
+            let next = held.front().map(|(at, _)| *at);
+            tokio::select! {
+                msg = recv_opt(&mut node) => {
+                    let Some(job) = msg else { return answered };
+                    if job["type"] == "job_assign" {
+                        held.push_back((tokio::time::Instant::now() + Duration::from_millis(50), job));
+                    }
+                }
+                () = async { match next { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
+                    let (_, job) = held.pop_front().unwrap();
+                    let mut r = fixture("node/job_result_success.json");
+                    for k in ["job_id", "session_id", "utterance_index"] {
+                        r[k] = job[k].clone();
+                    }
+                    r["node_id"] = json!(node_id);
+                    send(&mut node, &r).await;
+                    answered += 1;
+                }
+            }
+        }
+    });
+    let mut phones = Vec::new();
+    for _ in 0..10 {
+        let mut phone = server.connect("/ws/session").await;
+        send(&mut phone, &fixture("session/session_init.json")).await;
+        let id = recv(&mut phone).await["session_id"].as_str().unwrap().to_owned();
+        phones.push((phone, id));
+    }
+    for (phone, id) in &mut phones {
+        for i in 0..20 {
+            let mut utt = fixture("session/utterance.json");
+            utt["session_id"] = json!(id);
+            utt["utterance_index"] = json!(i);
+            send(phone, &utt).await;
+        }
+    }
+    let (mut results, mut unavailable, mut refused) = (0, 0, 0);
+    for (phone, _) in &mut phones {
+        let mut seen = std::collections::BTreeSet::new();
+        while seen.len() < 20 {
+            let m = tokio::time::timeout(Duration::from_secs(20), recv(phone)).await.expect("every utterance is answered in time");
+            let index = match m["type"].as_str() {
+                Some("translation_result") => {
+                    results += 1;
+                    m["utterance_index"].as_u64()
+                }
+                Some("error") => {
+                    assert!(m["details"]["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{m}");
+                    match m["code"].as_str() {
+                        Some("NODE_UNAVAILABLE") => {
+                            unavailable += 1;
+                            m["details"]["utterance_index"].as_u64()
+                        }
+                        Some("RATE_LIMITED") => {
+                            refused += 1;
+                            m["details"]["refused_index"].as_u64()
+                        }
+                        _ => panic!("unexpected {m}"),
+                    }
+                }
+                _ => continue,
+            };
+            assert!(seen.insert(index.unwrap()), "one answer per utterance: {m}");
+        }
+    }
+    assert_eq!(results + unavailable + refused, 200);
+    assert!(results >= 2 && unavailable + refused > 0, "results {results}, unavailable {unavailable}, refused {refused}");
+    let nodes = http_get(server.addr, "/metrics", None).await;
+    assert!(nodes.contains("tolk_nodes_dead_total 0") && nodes.contains("tolk_nodes_live 1"), "{nodes}");
+    // Back to normal: a new utterance is served at once.
+    let (phone, id) = &mut phones[0];
+    let mut utt = fixture("session/utterance.json");
+    utt["session_id"] = json!(id);
+    utt["utterance_index"] = json!(100);
+    send(phone, &utt).await;
+    let m = tokio::time::timeout(Duration::from_secs(5), recv(phone)).await.unwrap();
+    assert_eq!((m["type"].as_str(), m["utterance_index"].as_u64()), (Some("translation_result"), Some(100)), "{m}");
+    drop(phones);
+    server.shutdown().await;
+    let _ = node_task.await;
+}

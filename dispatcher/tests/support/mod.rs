@@ -65,6 +65,17 @@ pub async fn recv(ws: &mut Socket) -> Value {
     }
 }
 
+/// The next JSON frame, or `None` once the connection is closed.
+pub async fn recv_opt(ws: &mut Socket) -> Option<Value> {
+    loop {
+        match ws.next().await? {
+            Ok(Ws::Text(t)) => return serde_json::from_str(t.as_str()).ok(),
+            Ok(Ws::Ping(_) | Ws::Pong(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
 /// Registers the original document's example node (zh → en) plus the ASR and
 /// TTS models it needs; returns (socket, node_id).
 pub async fn example_node(server: &Server) -> (Socket, String) {
