@@ -38,7 +38,8 @@ pub struct CoreConfig {
     /// Jobs waiting for capacity, all sessions together.
     pub max_queued_jobs: usize,
     /// Jobs that may wait per job slot of the nodes able to run them (a
-    /// queue of about half a job's time): beyond it, and beyond a session's
+    /// queue of about a quarter of a job's time; a session with nothing queued may
+    /// overfill it to twice that): beyond it, and beyond a session's
     /// share of a saturated fleet, utterances are answered at once with
     /// `retry_after_ms` instead of waiting (extension 10).
     pub queue_per_slot: f64,
@@ -77,7 +78,7 @@ impl Default for CoreConfig {
             max_retained_outcomes: 64,
             max_retained_bytes: 512 * 1024,
             max_queued_jobs: 10_000,
-            queue_per_slot: 0.5,
+            queue_per_slot: 0.25,
             max_sessions: 100_000,
             max_nodes: 10_000,
             pairing_code_ttl_ms: 600_000,

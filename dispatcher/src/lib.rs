@@ -10,13 +10,14 @@
 //! moves bytes, runs timers and serves HTTP.
 //!
 //! # Layout
-//! - [`core`]: the deterministic state machine (sessions, nodes, jobs,
-//!   pairing, ordering), with [`core::order`] (the reorder buffer) and
-//!   [`core::policy`] (scheduling policies).
+//! - [`core`]: the deterministic state machine, split by entity (sessions,
+//!   nodes, jobs, queue classes, eligibility, admission, pairing, timers),
+//!   with [`core::order`] (the reorder buffer), [`core::policy`] (scheduling
+//!   policies) and [`core::stats`] (its counters as plain data).
 //! - [`shell`]: axum routes, per-connection tasks, timers, admin API, TLS,
 //!   graceful shutdown.
 //! - [`config`]: every setting and its default.
-//! - [`metrics`]: Prometheus metrics.
+//! - [`metrics`]: Prometheus export of the core's stats and the shell's own measurements.
 
 pub mod config;
 pub mod core;

@@ -228,7 +228,7 @@ impl Dispatcher {
         &self,
         host: PluginHost,
         job_id: String,
-        audio: Frame,
+        audio: Arc<str>,
         format: tolk_protocol::AudioFormat,
         sample_rate: u32,
         features: tolk_protocol::Features,
@@ -358,7 +358,8 @@ impl Dispatcher {
             while let Some(out) = rx.recv().await {
                 let result = match out {
                     Out::Frame(frame, read_at) => {
-                        let sent = sink.send(WsMessage::Text(frame.as_ref().into())).await;
+                        // Serialized here, outside the core's lock (once per frame).
+                        let sent = sink.send(WsMessage::Text(frame.text().into())).await;
                         if let Some(at) = read_at {
                             dispatch_seconds.observe(at.elapsed().as_secs_f64());
                         }

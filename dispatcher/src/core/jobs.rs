@@ -443,6 +443,8 @@ impl Core {
         match give_up {
             Some(err) => {
                 if let Some(job) = self.remove_job(job_id) {
+                    // Why no other node could: the reasons, from the one rule.
+                    let err = if err.code == ErrorCode::NodeUnavailable { self.unavailable(now, &job, err.message) } else { err };
                     self.finish(&job.session, job.index, Outcome::Error(err));
                 }
             }
@@ -507,14 +509,14 @@ impl Core {
     /// Records the outcome of `index` and sends whatever is now in order.
     pub(super) fn finish(&mut self, session: &str, index: u64, outcome: Outcome) {
         let Some(s) = self.sessions.get_mut(session) else { return };
-        let frame: Frame = match outcome {
+        let frame = match outcome {
             Outcome::Result(r) => {
                 self.stats.outcome("result");
-                ServerToClient::TranslationResult(*r).to_json().into()
+                Frame::client(ServerToClient::TranslationResult(*r))
             }
             Outcome::Error(e) => {
                 self.stats.outcome(e.code.as_str());
-                ServerToClient::Error(e).to_json().into()
+                Frame::client(ServerToClient::Error(e))
             }
         };
         if s.order.complete(index, frame) {
@@ -523,4 +525,3 @@ impl Core {
     }
 }
 
-use tolk_protocol::Message as _;

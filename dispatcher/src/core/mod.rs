@@ -25,6 +25,7 @@
 
 mod admission;
 pub mod eligibility;
+mod frame;
 mod jobs;
 mod nodes;
 pub mod order;
@@ -43,7 +44,7 @@ use rand::RngCore;
 use rand::rngs::StdRng;
 use tolk_protocol::common::{ErrorCode, ErrorMessage, Extra, Features};
 use tolk_protocol::node::{NodeCommand, NodeControl};
-use tolk_protocol::{AudioFormat, ClientToServer, Message, NodeToServer, ProtocolError, ServerToClient, ServerToNode};
+use tolk_protocol::{AudioFormat, ClientToServer, NodeToServer, ProtocolError, ServerToClient, ServerToNode};
 
 use crate::config::CoreConfig;
 use jobs::Job;
@@ -59,8 +60,7 @@ use timer::{Timer, Timers};
 pub type Millis = u64;
 /// A connection, numbered by the shell.
 pub type ConnId = u64;
-/// A serialized text frame, shared rather than copied.
-pub type Frame = Arc<str>;
+pub use frame::Frame;
 
 /// Which endpoint a connection came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +95,7 @@ pub enum Action {
     Close { conn: ConnId },
     /// Run the detectors for `features` on this audio, then feed
     /// `Input::Detected` back, whatever happens.
-    Detect { job_id: String, audio: Frame, format: AudioFormat, sample_rate: u32, features: Features },
+    Detect { job_id: String, audio: Arc<str>, format: AudioFormat, sample_rate: u32, features: Features },
 }
 
 /// Admin commands (the shell's HTTP API).
@@ -330,7 +330,7 @@ impl Core {
             self.node_epoch += 1;
         }
         let msg = ServerToNode::NodeControl(NodeControl { command, reason: Some("operator request".into()) });
-        self.send(conn, &msg);
+        self.send_node(conn, msg);
         let _ = now;
         Ok(())
     }
@@ -375,14 +375,18 @@ impl Core {
 
     // ---------------------------------------------------------------- output
 
-    fn send(&mut self, conn: ConnId, msg: &impl Message) {
-        self.out.push(Action::Send { conn, frame: msg.to_json().into() });
+    fn send_client(&mut self, conn: ConnId, msg: ServerToClient) {
+        self.out.push(Action::Send { conn, frame: Frame::client(msg) });
+    }
+
+    fn send_node(&mut self, conn: ConnId, msg: ServerToNode) {
+        self.out.push(Action::Send { conn, frame: Frame::node(msg) });
     }
 
     fn send_error(&mut self, conn: ConnId, err: ErrorMessage) {
-        let frame: Frame = match self.conns.get(&conn).map(|c| c.endpoint) {
-            Some(Endpoint::Node) => ServerToNode::Error(err).to_json().into(),
-            _ => ServerToClient::Error(err).to_json().into(),
+        let frame = match self.conns.get(&conn).map(|c| c.endpoint) {
+            Some(Endpoint::Node) => Frame::node(ServerToNode::Error(err)),
+            _ => Frame::client(ServerToClient::Error(err)),
         };
         self.out.push(Action::Send { conn, frame });
     }

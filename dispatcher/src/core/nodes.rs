@@ -180,7 +180,7 @@ impl Core {
         }
         self.timers.arm(now + self.cfg.node_heartbeat_timeout_ms, Timer::Node(node_id.clone()));
         let ack = NodeRegisterAck { node_id: node_id.clone(), message: "registered".into(), node_token: Some(token) };
-        self.send(conn, &ServerToNode::NodeRegisterAck(ack));
+        self.send_node(conn, ServerToNode::NodeRegisterAck(ack));
         self.pump_node(now, &node_id);
     }
 
@@ -213,7 +213,7 @@ impl Core {
                 ErrorMessage { code: ErrorCode::InternalError, message: "no pairing code available; try again".into(), details: None };
             return self.send_error(conn, err);
         };
-        self.send(conn, &ServerToNode::PairingCode(PairingCode { node_id: node_id.to_owned(), code, expires_at }));
+        self.send_node(conn, ServerToNode::PairingCode(PairingCode { node_id: node_id.to_owned(), code, expires_at }));
     }
 
     pub(super) fn on_node_timer(&mut self, now: Millis, id: &str) {

@@ -8,7 +8,7 @@ use rand::RngCore;
 use tolk_protocol::common::{ErrorCode, ErrorMessage, Features};
 use tolk_protocol::node::{JobAssign, Pipeline};
 use tolk_protocol::session::{ClientHeartbeat, ServerHeartbeat, SessionCloseAck, SessionInit, SessionInitAck, Utterance};
-use tolk_protocol::{AudioFormat, ClientToServer, Message, ProtocolError, ServerToClient, ServerToNode};
+use tolk_protocol::{AudioFormat, ClientToServer, ProtocolError, ServerToClient, ServerToNode};
 
 use super::admission;
 use super::eligibility::Requirements;
@@ -61,7 +61,7 @@ impl Core {
             ClientToServer::Utterance(u) => self.on_utterance(now, conn, &id, u),
             ClientToServer::ClientHeartbeat(h) => self.on_client_heartbeat(now, conn, &id, h),
             ClientToServer::SessionClose(_) => {
-                self.send(conn, &ServerToClient::SessionCloseAck(SessionCloseAck { session_id: id.clone() }));
+                self.send_client(conn, ServerToClient::SessionCloseAck(SessionCloseAck { session_id: id.clone() }));
                 self.drop_session(&id, "closed");
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.session = None;
@@ -138,7 +138,7 @@ impl Core {
         let message = if paired_node.is_some() { "session created, paired" } else { "session created" };
         let ack =
             SessionInitAck { session_id: id, assigned_node_id: paired_node, message: message.into(), resume_token: Some(resume_token) };
-        self.send(conn, &ServerToClient::SessionInitAck(ack));
+        self.send_client(conn, ServerToClient::SessionInitAck(ack));
     }
 
     /// `UNSUPPORTED_FEATURE` when a requested feature is offered by no
@@ -200,7 +200,7 @@ impl Core {
             c.session = Some(id.to_owned());
         }
         self.stats.sessions_resumed += 1;
-        self.send(conn, &ServerToClient::SessionInitAck(ack));
+        self.send_client(conn, ServerToClient::SessionInitAck(ack));
         for (_, frame) in resend {
             self.out.push(Action::Send { conn, frame });
         }
@@ -211,7 +211,7 @@ impl Core {
         if let (Some(last), Some(s)) = (h.last_utterance_index, self.sessions.get_mut(id)) {
             s.order.confirm(last);
         }
-        self.send(conn, &ServerToClient::ServerHeartbeat(ServerHeartbeat { session_id: id.to_owned(), timestamp: now }));
+        self.send_client(conn, ServerToClient::ServerHeartbeat(ServerHeartbeat { session_id: id.to_owned(), timestamp: now }));
     }
 
     /// A refusal: the utterance is not accepted (no outcome follows) and the
@@ -292,7 +292,7 @@ impl Core {
         };
         let class = self.classes.id_for(&req);
         // Only when a detector will read it is the audio copied.
-        let detect_audio: Option<Frame> = (!detect.is_empty()).then(|| u.audio.as_str().into());
+        let detect_audio: Option<std::sync::Arc<str>> = (!detect.is_empty()).then(|| u.audio.as_str().into());
         // The frame is built once, with the client's audio spliced in as its
         // raw JSON text (extension 9); retries resend the same frame.
         let assign = ServerToNode::JobAssign(JobAssign {
@@ -313,7 +313,7 @@ impl Core {
         let job = Job {
             session: id.to_owned(),
             index,
-            frame: assign.to_json().into(),
+            frame: Frame::node(assign),
             class,
             seq: self.next_seq,
             audio_ms,

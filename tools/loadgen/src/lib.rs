@@ -18,6 +18,7 @@
 //!   utterance; field lookups that read a frame without building it.
 //! - [`child`]: the dispatcher and the relay as child processes.
 //! - [`procstat`]: CPU and RSS of a process from `/proc`.
+//! - [`scrape`]: the dispatcher's own figures (lock share, time inside) from `/metrics`.
 //! - [`stats`], [`report`]: percentiles and the printed tables.
 
 pub mod child;
@@ -26,6 +27,7 @@ pub mod idle;
 pub mod procstat;
 pub mod relay;
 pub mod report;
+pub mod scrape;
 pub mod sim;
 pub mod stats;
 

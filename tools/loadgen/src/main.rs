@@ -25,6 +25,20 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Open-loop sweep: offer multiples of capacity to the dispatcher and to
+    /// the relay, one fresh server per run; print delivered, refused, timed
+    /// out, served latency and CPU per offered rate, side by side.
+    Sweep {
+        #[command(flatten)]
+        bench: Bench,
+        /// Offered loads, as multiples of capacity.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![0.8, 1.0, 1.5, 2.0, 4.0])]
+        multiples: Vec<f64>,
+        /// Capacity in utterances/s [default: nodes × max_jobs / node delay;
+        /// with no delay, measured by a closed-loop run of the dispatcher].
+        #[arg(long)]
+        capacity: Option<f64>,
+    },
     /// Serve the bare relay (sessions on /s/{session}/{node}, nodes on /n/{node}).
     Relay {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -125,13 +139,29 @@ async fn run() -> Result<(), Error> {
         .await?;
         return Ok(());
     }
+    if let Some(Cmd::Sweep { bench, multiples, capacity }) = args.command {
+        return sweep(bench, &multiples, capacity).await;
+    }
     let b = args.bench;
     let fds = tolk_loadgen::raise_fd_limit()?;
     let need = (b.idle_sessions + 100).max(b.sessions + b.nodes + 100) as u64;
     if fds < need {
         eprintln!("warning: the open-file limit is {fds}, below the {need} sockets this run needs");
     }
-    let cfg = LoadConfig {
+    let cfg = load_config(&b);
+    let dispatcher_bin = match b.dispatcher_bin.clone().or_else(child::default_dispatcher_binary) {
+        Some(path) => path,
+        None if b.target == Which::Relay && b.idle_sessions == 0 => PathBuf::new(),
+        None => return Err(
+            "tolk-dispatcher not found next to this binary: run `cargo build --release -p tolk-dispatcher` first, or pass --dispatcher-bin"
+                .into(),
+        ),
+    };
+    main_bench(b, cfg, dispatcher_bin).await
+}
+
+fn load_config(b: &Bench) -> LoadConfig {
+    LoadConfig {
         sessions: b.sessions,
         nodes: b.nodes,
         utterance_ms: b.utterance_ms,
@@ -144,15 +174,50 @@ async fn run() -> Result<(), Error> {
         max_jobs: b.max_jobs,
         heartbeat: (b.heartbeat > 0.0).then(|| Duration::from_secs_f64(b.heartbeat)),
         ..LoadConfig::default()
+    }
+}
+
+async fn sweep(b: Bench, multiples: &[f64], capacity: Option<f64>) -> Result<(), Error> {
+    tolk_loadgen::raise_fd_limit()?;
+    let bin = b.dispatcher_bin.clone().or_else(child::default_dispatcher_binary).ok_or("tolk-dispatcher not found: pass --dispatcher-bin")?;
+    let relay = RelayOptions { nodelay: !b.relay_no_nodelay, read_buffer: b.relay_read_buffer };
+    let mut cfg = load_config(&b);
+    let capacity = match capacity {
+        Some(c) => c,
+        None if b.node_delay_ms > 0 => (b.nodes as f64) * f64::from(b.max_jobs) * 1000.0 / b.node_delay_ms as f64,
+        None => {
+            let closed = LoadConfig { rate: 0.0, ..cfg.clone() };
+            let server = Server::dispatcher(&bin, b.max_jobs)?;
+            let r = sim::run(Target::Dispatcher(server.addr), &closed, Some(server.pid())).await?;
+            println!("capacity measured closed-loop: {:.0} utterances/s", r.utterances_per_s());
+            r.utterances_per_s()
+        }
     };
-    let dispatcher_bin = match b.dispatcher_bin.clone().or_else(child::default_dispatcher_binary) {
-        Some(path) => path,
-        None if b.target == Which::Relay && b.idle_sessions == 0 => PathBuf::new(),
-        None => return Err(
-            "tolk-dispatcher not found next to this binary: run `cargo build --release -p tolk-dispatcher` first, or pass --dispatcher-bin"
-                .into(),
-        ),
-    };
+    let mut rows = Vec::new();
+    for &m in multiples {
+        cfg.rate = m * capacity / b.sessions.max(1) as f64;
+        println!("offered {m}× capacity = {:.0}/s: {}", m * capacity, report::describe(&cfg));
+        let mut runs = Vec::new();
+        if matches!(b.target, Which::Both | Which::Dispatcher) {
+            let server = Server::dispatcher(&bin, b.max_jobs)?;
+            runs.push(sim::run(Target::Dispatcher(server.addr), &cfg, Some(server.pid())).await?);
+            drop(server);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        if matches!(b.target, Which::Both | Which::Relay) {
+            let server = Server::relay(relay)?;
+            runs.push(sim::run(Target::Relay(server.addr), &cfg, Some(server.pid())).await?);
+            drop(server);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        println!("{}", report::table(&runs.iter().collect::<Vec<_>>()));
+        rows.push(report::SweepRow { multiple: m, offered_per_s: m * capacity, runs });
+    }
+    println!("{}", report::sweep_table(capacity, &rows, cfg.warmup.as_secs_f64() + cfg.duration.as_secs_f64()));
+    Ok(())
+}
+
+async fn main_bench(b: Bench, cfg: LoadConfig, dispatcher_bin: PathBuf) -> Result<(), Error> {
     let relay = RelayOptions { nodelay: !b.relay_no_nodelay, read_buffer: b.relay_read_buffer };
     println!("load: {}", report::describe(&cfg));
     let mut reports = Vec::new();

@@ -48,6 +48,21 @@ pub fn table(reports: &[&LoadReport]) -> String {
     row(&mut s, "  out p50 / p99", col(&|r| format!("{:.3}/{:.3}", ms(r.out.p50), ms(r.out.p99))));
     row(&mut s, "  back p50 / p99", col(&|r| format!("{:.3}/{:.3}", ms(r.back.p50), ms(r.back.p99))));
     row(&mut s, "latency samples", col(&|r| r.total.count.to_string()));
+    row(&mut s, "served send→result p50/p99", col(&|r| format!("{:.1}/{:.1}", ms(r.served.p50), ms(r.served.p99))));
+    row(&mut s, "timed out (> timeout)", col(&|r| r.timed_out.to_string()));
+    row(
+        &mut s,
+        "inside dispatcher p50/p99",
+        col(&|r| match r.dispatcher {
+            Some(d) => format!("≤{:.0}/≤{:.0} µs", d.dispatch_p50_s.unwrap_or(0.0) * 1e6, d.dispatch_p99_s.unwrap_or(0.0) * 1e6),
+            None => "—".into(),
+        }),
+    );
+    row(
+        &mut s,
+        "CPU under the core's lock",
+        col(&|r| r.dispatcher.and_then(|d| d.lock_share).map_or("—".into(), |l| format!("{:.0} %", l * 100.0))),
+    );
     row(&mut s, "server CPU (% of a core)", col(&|r| r.server_cpu.map_or("n/a".into(), |c| format!("{c:.0} %"))));
     row(&mut s, "server CPU µs / utterance", col(&|r| per_utterance_us(r).map_or("n/a".into(), |u| format!("{u:.0}"))));
     row(
@@ -123,4 +138,50 @@ fn per_utterance_us(r: &LoadReport) -> Option<f64> {
     let cpu = r.server_cpu?;
     let per_s = r.utterances_per_s();
     (per_s > 0.0).then(|| cpu / 100.0 / per_s * 1e6)
+}
+
+/// One offered rate of a sweep: the dispatcher's run and the relay's.
+#[derive(Debug, Clone)]
+pub struct SweepRow {
+    /// Offered load as a multiple of capacity.
+    pub multiple: f64,
+    pub offered_per_s: f64,
+    pub runs: Vec<LoadReport>,
+}
+
+/// Per offered rate: what each target delivered (in time), refused, timed
+/// out, and its served latency and CPU, side by side.
+pub fn sweep_table(capacity: f64, rows: &[SweepRow], run_s: f64) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "capacity {capacity:.0} utterances/s; rates per second of the whole run ({run_s:.0} s), latency and CPU over the measured window");
+    let _ = writeln!(
+        s,
+        "| offered | target | delivered/s | NODE_UNAVAILABLE/s | RATE_LIMITED/s | timed out (> 5 s) | skipped | served p50 / p99 | CPU µs / delivered | lock share | inside p99 |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let peak = rows.iter().flat_map(|r| r.runs.iter().filter(|x| x.target == "dispatcher")).map(LoadReport::utterances_per_s).fold(0.0, f64::max);
+    for row in rows {
+        for r in &row.runs {
+            let per_s = |n: u64| n as f64 / run_s;
+            let lock = r.dispatcher.and_then(|d| d.lock_share).map_or("—".to_owned(), |l| format!("{:.0} %", l * 100.0));
+            let inside = r.dispatcher.and_then(|d| d.dispatch_p99_s).map_or("—".to_owned(), |p| format!("≤ {:.0} µs", p * 1e6));
+            let _ = writeln!(
+                s,
+                "| {:.1}× ({:.0}/s) | {} | {:.0}{} | {:.0} | {:.0} | {} | {} | {:.1} / {:.1} ms | {} | {lock} | {inside} |",
+                row.multiple,
+                row.offered_per_s,
+                r.target,
+                r.utterances_per_s(),
+                if r.target == "dispatcher" && peak > 0.0 { format!(" ({:.0} % of peak)", r.utterances_per_s() / peak * 100.0) } else { String::new() },
+                per_s(r.failed),
+                per_s(r.refused),
+                r.timed_out + r.lost,
+                r.skipped,
+                ms(r.served.p50),
+                ms(r.served.p99),
+                per_utterance_us(r).map_or("n/a".into(), |u| format!("{u:.0}")),
+            );
+        }
+    }
+    s
 }

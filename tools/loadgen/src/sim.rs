@@ -88,6 +88,9 @@ pub struct LoadConfig {
     /// as the SDK does (it lets the dispatcher drop the outcomes it retains for a
     /// resume); `None`: no heartbeats.
     pub heartbeat: Option<Duration>,
+    /// A result later than this after its utterance was sent is useless to a
+    /// speaker: counted as timed out, not as served.
+    pub timeout: Duration,
 }
 
 impl Default for LoadConfig {
@@ -107,6 +110,7 @@ impl Default for LoadConfig {
             max_pending: 64,
             connect_parallel: 128,
             heartbeat: Some(Duration::from_secs(5)),
+            timeout: Duration::from_secs(5),
         }
     }
 }
@@ -131,6 +135,8 @@ pub struct LoadReport {
     pub lost: u64,
     /// Results whose node timestamps were missing (should be 0).
     pub untimed: u64,
+    /// Results in the window that came later than `timeout` (not served).
+    pub timed_out: u64,
     /// Frames the peers did not expect (errors without an index, results for unknown indexes, …).
     pub unexpected: u64,
     /// The first unexpected frame, for the reader.
@@ -147,6 +153,11 @@ pub struct LoadReport {
     pub back: Percentiles,
     /// out + back per utterance.
     pub total: Percentiles,
+    /// Send → result of what was served in the window (queueing and the
+    /// node's delay included): what the speaker waits.
+    pub served: Percentiles,
+    /// The dispatcher's own figures over the window, from its `/metrics`.
+    pub dispatcher: Option<crate::scrape::Window>,
     /// The target process's CPU over the window, % of one core.
     pub server_cpu: Option<f64>,
     /// The target process's memory at the end of the window.
@@ -318,6 +329,7 @@ struct Plan {
     phase: f64,
     max_pending: usize,
     heartbeat: Option<Duration>,
+    timeout: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -333,9 +345,11 @@ struct SessionStats {
     first_unexpected: Option<String>,
     window_answered: u64,
     window_bytes: u64,
+    timed_out: u64,
     out: Vec<u64>,
     back: Vec<u64>,
     total: Vec<u64>,
+    served: Vec<u64>,
 }
 
 impl SessionStats {
@@ -426,8 +440,12 @@ impl SimSession {
         let Some(result_bytes) = result_bytes else { return true };
         self.stats.answered += 1;
         let in_window = t3 >= self.shared.ns_at(self.plan.measure_from) && t3 <= self.shared.ns_at(self.plan.measure_until);
-        if in_window {
+        let waited = t3.saturating_sub(p.t0);
+        if in_window && waited > self.plan.timeout.as_nanos() as u64 {
+            self.stats.timed_out += 1;
+        } else if in_window {
             self.stats.window_answered += 1;
+            self.stats.served.push(waited);
             self.stats.window_bytes += (p.bytes + result_bytes) as u64;
             match stamps {
                 Some([t1, t2]) if t1 != 0 && t2 != 0 => {
@@ -517,6 +535,9 @@ struct SimNode {
     shared: Arc<Shared>,
     frames: ResultFrames,
     delay: Duration,
+    /// Jobs it works on at once (more wait in arrival order, as on a real
+    /// machine; the dispatcher never sends more, the relay does).
+    slots: usize,
     stop: watch::Receiver<bool>,
     stats: NodeStats,
 }
@@ -578,6 +599,8 @@ impl SimNode {
     async fn drive(&mut self, ws: Socket) -> Result<(), Error> {
         let (mut sink, mut stream) = ws.split();
         let mut due: VecDeque<Due> = VecDeque::new();
+        // Jobs beyond `slots`, waiting for one (only the relay sends them).
+        let mut waiting: VecDeque<Due> = VecDeque::new();
         // The dispatcher declares a node dead after 15 s of silence.
         let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -591,8 +614,10 @@ impl SimNode {
                         if self.delay.is_zero() {
                             self.stamp_sent(&d);
                             sink.send(Ws::text(d.frame)).await?;
-                        } else {
+                        } else if due.len() < self.slots {
                             due.push_back(d);
+                        } else {
+                            waiting.push_back(d);
                         }
                     }
                     Some(Ok(Ws::Close(_))) | None => return Ok(()),
@@ -605,12 +630,16 @@ impl SimNode {
                         let Some(d) = due.pop_front() else { break };
                         self.stamp_sent(&d);
                         sink.feed(Ws::text(d.frame)).await?;
+                        if let Some(mut next) = waiting.pop_front() {
+                            next.at = now + self.delay;
+                            due.push_back(next);
+                        }
                     }
                     sink.flush().await?;
                 }
                 _ = heartbeat.tick(), if !self.relay => {
                     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-                    sink.send(Ws::text(frames::node_heartbeat(&self.node_id, ms, due.len() as u32))).await?;
+                    sink.send(Ws::text(frames::node_heartbeat(&self.node_id, ms, due.len().min(self.slots) as u32))).await?;
                 }
                 _ = self.stop.changed() => {
                     let _ = sink.close().await;
@@ -652,6 +681,7 @@ pub async fn run(target: Target, cfg: &LoadConfig, pid: Option<Pid>) -> Result<L
             shared: shared.clone(),
             frames,
             delay: cfg.node_delay,
+            slots: cfg.max_jobs.max(1) as usize,
             stop: stop_rx.clone(),
             stats: NodeStats::default(),
         };
@@ -675,6 +705,7 @@ pub async fn run(target: Target, cfg: &LoadConfig, pid: Option<Pid>) -> Result<L
             phase: (f64::from(number) * 0.618_033_988_75).fract(),
             max_pending: cfg.max_pending.clamp(1, RING / 2),
             heartbeat: cfg.heartbeat,
+            timeout: cfg.timeout,
         };
         let session = SimSession {
             ws,
@@ -692,20 +723,34 @@ pub async fn run(target: Target, cfg: &LoadConfig, pid: Option<Pid>) -> Result<L
     }
 
     let me = Pid(std::process::id());
+    let metrics_at = match target {
+        Target::Dispatcher(addr) => Some(addr),
+        Target::Relay(_) => None,
+    };
     let probe = tokio::spawn(async move {
         tokio::time::sleep_until(measure_from).await;
         let before = (pid.and_then(|p| p.cpu().ok()), me.cpu().ok());
+        let scrape_before = match metrics_at {
+            Some(addr) => crate::scrape::metrics(addr).await.ok(),
+            None => None,
+        };
         tokio::time::sleep_until(measure_until).await;
         let after = (pid.and_then(|p| p.cpu().ok()), me.cpu().ok());
+        let scrape_after = match metrics_at {
+            Some(addr) => crate::scrape::metrics(addr).await.ok(),
+            None => None,
+        };
         let memory = pid.and_then(|p| p.memory().ok());
+        let cpu_s = before.0.zip(after.0).map(|(a, b)| a.seconds_until(b));
         let server = before.0.zip(after.0).map(|(a, b)| a.percent_until(b));
         let loadgen = before.1.zip(after.1).map(|(a, b)| a.percent_until(b));
-        (server, loadgen, memory, crate::procstat::load_average())
+        let window = scrape_before.zip(scrape_after).map(|(a, b)| crate::scrape::Window::between(&a, &b, cpu_s));
+        (server, loadgen, memory, crate::procstat::load_average(), window)
     });
 
     let mut report =
         LoadReport { target: target.name(), sessions: cfg.sessions, nodes: cfg.nodes, window: cfg.duration, ..Default::default() };
-    let (mut out, mut back, mut total) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut out, mut back, mut total, mut served) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for task in session_tasks {
         let s = task.await?;
         report.sent += s.sent;
@@ -717,6 +762,8 @@ pub async fn run(target: Target, cfg: &LoadConfig, pid: Option<Pid>) -> Result<L
         report.untimed += s.untimed;
         report.unexpected += s.unexpected;
         report.window_answered += s.window_answered;
+        report.timed_out += s.timed_out;
+        served.extend(s.served);
         report.window_bytes += s.window_bytes;
         if report.first_unexpected.is_none() {
             report.first_unexpected = s.first_unexpected;
@@ -734,7 +781,8 @@ pub async fn run(target: Target, cfg: &LoadConfig, pid: Option<Pid>) -> Result<L
             report.first_unexpected = n.first_unexpected;
         }
     }
-    (report.server_cpu, report.loadgen_cpu, report.server_memory, report.load_average) = probe.await?;
+    (report.server_cpu, report.loadgen_cpu, report.server_memory, report.load_average, report.dispatcher) = probe.await?;
+    report.served = Percentiles::of(served);
     report.out = Percentiles::of(out);
     report.back = Percentiles::of(back);
     report.total = Percentiles::of(total);
