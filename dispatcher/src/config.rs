@@ -43,6 +43,9 @@ pub struct CoreConfig {
     /// share of a saturated fleet, utterances are answered at once with
     /// `retry_after_ms` instead of waiting (extension 10).
     pub queue_per_slot: f64,
+    /// ...but every class may queue at least this many (a small fleet, such
+    /// as one's own node, still absorbs a burst).
+    pub queue_min: usize,
     pub max_sessions: usize,
     pub max_nodes: usize,
     /// Lifetime of a pairing code.
@@ -79,6 +82,7 @@ impl Default for CoreConfig {
             max_retained_bytes: 512 * 1024,
             max_queued_jobs: 10_000,
             queue_per_slot: 0.25,
+            queue_min: 8,
             max_sessions: 100_000,
             max_nodes: 10_000,
             pairing_code_ttl_ms: 600_000,

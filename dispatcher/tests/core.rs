@@ -431,7 +431,7 @@ fn results_from_a_node_that_does_not_hold_the_job_are_refused_and_counted() {
 
 #[test]
 fn capacity_is_capped_the_excess_refused_at_once_and_the_wait_bounded() {
-    let mut sim = Sim::new(CoreConfig { max_jobs_per_node: 1, admission_wait_ms: 3_000, ..cfg() });
+    let mut sim = Sim::new(CoreConfig { max_jobs_per_node: 1, admission_wait_ms: 3_000, queue_min: 1, ..cfg() });
     let (node, node_id, _) = sim.register_node(&[("en", "es")], true);
     let (client, sid, _) = sim.open_session("en", "es");
     for i in 0..3 {

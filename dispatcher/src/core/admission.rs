@@ -67,6 +67,9 @@ pub(super) enum Admit {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct Limits {
     pub queue_per_slot: f64,
+    /// The queue of any class may hold at least this many (a small fleet,
+    /// such as a user's own node, still absorbs a burst).
+    pub queue_min: usize,
     /// When nothing drains yet, the wait to suggest.
     pub fallback_retry_ms: u64,
 }
@@ -82,7 +85,7 @@ pub(super) fn retry_after_ms(ahead: usize, drain_per_s: f64, fallback_ms: u64) -
 
 /// The queue cap of a class with `slots` slots.
 pub(super) fn queue_cap(slots: u32, limits: &Limits) -> usize {
-    ((f64::from(slots) * limits.queue_per_slot).ceil() as usize).max(1)
+    ((f64::from(slots) * limits.queue_per_slot).ceil() as usize).max(limits.queue_min).max(1)
 }
 
 pub(super) fn admit(load: &ClassLoad, limits: &Limits) -> Admit {
@@ -110,7 +113,7 @@ pub(super) fn admit(load: &ClassLoad, limits: &Limits) -> Admit {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits { queue_per_slot: 0.5, fallback_retry_ms: 1_000 };
+    const LIMITS: Limits = Limits { queue_per_slot: 0.5, queue_min: 1, fallback_retry_ms: 1_000 };
 
     fn load(slots: u32, queued: usize, session_jobs: u32, sessions: usize) -> ClassLoad {
         ClassLoad { slots, queued, session_jobs, sessions, drain_per_s: 100.0 }
@@ -146,6 +149,16 @@ mod tests {
         assert!(matches!(admit(&load(32, 0, 12, 4), &LIMITS), Admit::OverShare { .. }));
         // Alone, a session may use everything.
         assert_eq!(admit(&load(32, 0, 40, 1), &LIMITS), Admit::Queue);
+    }
+
+    #[test]
+    fn a_small_fleet_still_queues_a_burst() {
+        let limits = Limits { queue_min: 8, ..LIMITS };
+        assert_eq!(queue_cap(4, &limits), 8);
+        assert_eq!(queue_cap(64, &limits), 32);
+        // One session alone on a 4-slot node: 4 running + 8 queued.
+        assert_eq!(admit(&load(4, 7, 11, 1), &limits), Admit::Queue);
+        assert!(matches!(admit(&load(4, 8, 12, 1), &limits), Admit::OverShare { .. }));
     }
 
     #[test]

@@ -87,7 +87,11 @@ const REASONS_TTL_MS: Millis = 100;
 
 impl Core {
     fn limits(&self) -> Limits {
-        Limits { queue_per_slot: self.cfg.queue_per_slot, fallback_retry_ms: self.cfg.admission_wait_ms.min(5_000) }
+        Limits {
+            queue_per_slot: self.cfg.queue_per_slot,
+            queue_min: self.cfg.queue_min,
+            fallback_retry_ms: self.cfg.admission_wait_ms.min(5_000),
+        }
     }
 
     /// Places a job just accepted: on a free node now, else in its class's
