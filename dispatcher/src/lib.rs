@@ -14,7 +14,8 @@
 //!   pairing, ordering), with [`core::order`] (the reorder buffer) and
 //!   [`core::policy`] (scheduling policies).
 //! - [`shell`]: axum routes, per-connection tasks, timers, admin API, TLS,
-//!   graceful shutdown.
+//!   graceful shutdown; [`shell::web`] serves the web client (`/app/`) and
+//!   the dashboard (`/dashboard`).
 //! - [`config`]: every setting and its default.
 //! - [`metrics`]: Prometheus metrics.
 

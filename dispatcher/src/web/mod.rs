@@ -104,6 +104,8 @@ pub(crate) fn router(d: Dispatcher) -> Router {
         .route("/dashboard/", get(|| async { Redirect::permanent("/dashboard") }))
         .route("/dashboard/snapshot", get(dashboard_snapshot))
         .route("/dashboard/feed", get(dashboard_feed))
+        // Browsers ask for it on every page; nothing to show, nothing to log.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .with_state(web)
 }
 

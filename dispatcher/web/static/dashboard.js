@@ -36,9 +36,12 @@ function setLive(state, text) {
   dash.online = state === 'live';
 }
 
+let offlineSince = null;
 function offline(why) {
-  if (dash.last) setLive('offline', `offline: ${why}`);
-  else setLive('offline', `cannot reach the dispatcher: ${why}`);
+  if (!offlineSince) offlineSince = new Date();
+  setLive('offline', `offline: ${why}`);
+  const last = dash.last ? `the figures below are the last ones received, at ${new Date(dash.last.time_ms).toLocaleTimeString()}` : 'nothing received yet';
+  $('banner').textContent = `Dispatcher unreachable since ${offlineSince.toLocaleTimeString()} — ${last}. Retrying…`;
 }
 
 /** Reads the SSE stream; resolves when it ends. */
@@ -67,6 +70,7 @@ async function follow() {
       if (!data) continue; // keep-alive comment
       lastData = Date.now();
       retryMs = 1000;
+      offlineSince = null;
       setLive('live', 'live');
       render(JSON.parse(data));
     }
@@ -151,7 +155,7 @@ function renderNodes(s) {
   const body = $('nodes').tBodies[0];
   const listed = new Set(s.nodes.map((n) => n.node_id));
   // A node the dispatcher has forgotten stays on the page, marked gone.
-  for (const tr of [...body.rows]) if (!listed.has(tr.dataset.node)) dash.gone.add(tr.dataset.node);
+  for (const tr of [...body.rows]) if (tr.dataset.node && !listed.has(tr.dataset.node)) dash.gone.add(tr.dataset.node);
   const rows = [];
   for (const n of s.nodes) {
     const tr = document.createElement('tr');
