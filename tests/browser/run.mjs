@@ -81,7 +81,7 @@ try {
   await shot(dash, 'dashboard-1-empty.png');
 
   // ---- a node registers: it appears without a reload
-  const nodeId = await step('start-node');
+  const [nodeId, pairingCode] = (await step('start-node')).split(' ');
   await until(dash, 'the dashboard shows the node connected', (id) => !!document.querySelector(`tr[data-node="${id}"][data-state="connected"]`), nodeId, 30_000);
   const before = await dash.evaluate(() => ({ results: window.dash.last.outcomes.result || 0, utterances: window.dash.last.counters.tolk_utterances_total || 0, snapshots: window.dash.snapshots }));
 
@@ -98,8 +98,13 @@ try {
   await until(app, 'the client loads and lists en → es', () => window.tolk.ready && [...document.querySelectorAll('#src option')].some((o) => o.value === 'en'), null, 30_000);
   await app.selectOption('#src', 'en');
   await app.selectOption('#tgt', 'es');
+  await app.fill('#pairing', pairingCode);
   await app.click('#start');
   await until(app, 'the session connects', () => window.tolk.states.some((s) => s.state === 'connected'), null, 30_000);
+  // The pairing code bound the session to the node that printed it.
+  const bound = await app.evaluate(() => window.tolk.states.find((s) => s.state === 'connected').assigned_node_id);
+  check(bound === nodeId, `the session is bound to the paired node: ${bound} vs ${nodeId}`);
+  await until(dash, 'the dashboard lists the session, paired', (id) => [...document.querySelectorAll('#sessions tr')].some((tr) => tr.textContent.includes(id)), nodeId, 15_000);
 
   // A dropped connection mid-session: the client resumes with its token.
   await until(app, 'a first result', () => window.tolk.results.length >= 1, null, 120_000);
@@ -144,7 +149,12 @@ try {
   check(utt.every((u) => u.audio_format === 'pcm16' && u.sample_rate === 16000), 'utterances go as 16 kHz pcm16');
   const firstSend = [...new Set(utt.map((u) => u.utterance_index))];
   check(JSON.stringify(firstSend) === JSON.stringify([...firstSend].sort((a, b) => a - b)), `indexes increase: ${firstSend}`);
+  check(inits[0].pairing_code === pairingCode, 'the pairing code goes in session_init');
+  // Heartbeats (every 5 s) carry the highest index with an outcome.
+  const deadline = Date.now() + 15_000;
+  while (!sent.some((f) => f.type === 'client_heartbeat' && f.last_utterance_index === EXPECT - 1) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
   const beats = sent.filter((f) => f.type === 'client_heartbeat');
+  check(beats.some((f) => f.last_utterance_index === EXPECT - 1), `a heartbeat reports last_utterance_index ${EXPECT - 1}: ${JSON.stringify(beats)}`);
   note(`${utt.length} utterance frames, ${beats.length} heartbeats, ${inits.length} session_init`);
 
   // ---- the dashboard's counters moved while the session spoke

@@ -115,13 +115,15 @@ async fn web_client_and_dashboard_in_headless_chromium() {
         println!("browser: {line}");
         let reply = match line.as_str() {
             "STEP start-node" => {
-                let mut n = NodeProcess::start(&dir, "node", &dispatcher.ws_base(), &NodeSetup::new(Engines::Real), false);
+                // `--pair`: the page binds its session to this node with the code.
+                let mut n = NodeProcess::start(&dir, "node", &dispatcher.ws_base(), &NodeSetup::new(Engines::Real), true);
                 let id = n.registered(1).await;
+                let code = n.pairing_code().await;
                 node = Some(n);
                 let (_, body) = wire::http(addr, "GET", "/app/languages", None).await;
                 let pairs = serde_json::from_str::<serde_json::Value>(&body).unwrap()["pairs"].clone();
                 assert_eq!(pairs, serde_json::json!([{"src_lang": "en", "tgt_lang": "es"}]), "{body}");
-                format!("GO {id}")
+                format!("GO {id} {code}")
             }
             "STEP kill-node" => {
                 node.as_mut().expect("a node runs").kill();
@@ -157,7 +159,14 @@ async fn web_client_and_dashboard_in_headless_chromium() {
         println!("said {text:?}, heard {heard:?} ({errors} word errors), translated {:?}", r["text_translated"]);
         assert!(errors * 2 <= speech::words(text).len(), "the node heard the sentence: {text:?} → {heard:?}");
     }
-    for shot in ["app.png", "dashboard-1-empty.png", "dashboard-2-live.png", "dashboard-3-after-session.png", "dashboard-4-node-gone.png", "dashboard-5-offline.png"] {
+    for shot in [
+        "app.png",
+        "dashboard-1-empty.png",
+        "dashboard-2-live.png",
+        "dashboard-3-after-session.png",
+        "dashboard-4-node-gone.png",
+        "dashboard-5-offline.png",
+    ] {
         assert!(shots.join(shot).exists(), "screenshot {shot}");
     }
     println!("screenshots in {}", shots.display());

@@ -24,9 +24,10 @@ enum Op {
 
 /// As the wasm glue describes an utterance (`client-wasm/src/lib.rs`).
 fn describe(u: &Utterance) -> Value {
-    let fnv = u.samples.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, s| {
-        s.to_le_bytes().iter().fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
-    });
+    let fnv = u
+        .samples
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, s| s.to_le_bytes().iter().fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)));
     json!({
         "start_ms": u.start_ms, "speech_start_ms": u.speech_start_ms, "speech_end_ms": u.speech_end_ms,
         "end_ms": u.end_ms, "manual_cut": u.manual_cut, "forced": u.forced,

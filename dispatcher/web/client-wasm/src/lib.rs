@@ -182,9 +182,10 @@ pub extern "C" fn tolk_drop(h: i32) {
 
 fn utterance_json(u: &Utterance) -> Value {
     // FNV-1a over the samples: lets a test compare audio without moving it.
-    let fnv = u.samples.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, s| {
-        s.to_le_bytes().iter().fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
-    });
+    let fnv = u
+        .samples
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, s| s.to_le_bytes().iter().fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)));
     json!({
         "start_ms": u.start_ms, "speech_start_ms": u.speech_start_ms, "speech_end_ms": u.speech_end_ms,
         "end_ms": u.end_ms, "manual_cut": u.manual_cut, "forced": u.forced,
@@ -267,7 +268,9 @@ fn state_json(s: &ConnectionState) -> Value {
         ConnectionState::Connected { session_id, resumed, assigned_node_id } => {
             json!({"state": "connected", "session_id": session_id, "resumed": resumed, "assigned_node_id": assigned_node_id})
         }
-        ConnectionState::Disconnected { reason, retry_in_ms } => json!({"state": "disconnected", "reason": reason, "retry_in_ms": retry_in_ms}),
+        ConnectionState::Disconnected { reason, retry_in_ms } => {
+            json!({"state": "disconnected", "reason": reason, "retry_in_ms": retry_in_ms})
+        }
         ConnectionState::Closed { reason } => json!({"state": "closed", "reason": reason}),
     }
 }
