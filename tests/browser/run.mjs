@@ -6,7 +6,7 @@
 // "FAIL reason" and exits non-zero. Every wait is bounded.
 //
 // Environment: TOLK_BASE (http://127.0.0.1:PORT), TOLK_WAV (the microphone's
-// sound), TOLK_TOKEN (admin token), TOLK_EXPECT (utterances in the WAV),
+// sound), TOLK_PTT_WAV (one long sentence, for push-to-talk), TOLK_TOKEN (admin token), TOLK_EXPECT (utterances in the WAV),
 // TOLK_SHOTS (folder for screenshots).
 
 import { chromium } from 'playwright-core';
@@ -18,6 +18,7 @@ import { createInterface } from 'node:readline';
 
 const BASE = process.env.TOLK_BASE;
 const WAV = process.env.TOLK_WAV;
+const PTT_WAV = process.env.TOLK_PTT_WAV;
 const TOKEN = process.env.TOLK_TOKEN;
 const EXPECT = Number(process.env.TOLK_EXPECT || '0');
 const SHOTS = process.env.TOLK_SHOTS;
@@ -54,10 +55,12 @@ async function until(page, what, fn, arg, ms = 60_000) {
 }
 const shot = (page, name) => page.screenshot({ path: join(SHOTS, name), fullPage: true });
 
-const profile = mkdtempSync(join(tmpdir(), 'tolk-chromium-'));
-let context;
-try {
-  context = await chromium.launchPersistentContext(profile, {
+const profiles = [];
+/** Debian's Chromium, headless, a fresh profile, its microphone playing `wav` once. */
+async function launch(wav) {
+  const profile = mkdtempSync(join(tmpdir(), 'tolk-chromium-'));
+  profiles.push(profile);
+  const c = await chromium.launchPersistentContext(profile, {
     executablePath: '/usr/bin/chromium',
     headless: true,
     viewport: { width: 1280, height: 900 },
@@ -66,11 +69,18 @@ try {
       '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
       '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
-      `--use-file-for-fake-audio-capture=${WAV}%noloop`,
+      `--use-file-for-fake-audio-capture=${wav}%noloop`,
       '--autoplay-policy=no-user-gesture-required',
     ],
   });
-  await context.grantPermissions(['microphone'], { origin: BASE });
+  await c.grantPermissions(['microphone'], { origin: BASE });
+  return c;
+}
+const cleanup = () => profiles.forEach((p) => rmSync(p, { recursive: true, force: true }));
+
+let context;
+try {
+  context = await launch(WAV);
 
   // ---- the dashboard, before any node
   const dash = await context.newPage();
@@ -157,6 +167,36 @@ try {
   check(beats.some((f) => f.last_utterance_index === EXPECT - 1), `a heartbeat reports last_utterance_index ${EXPECT - 1}: ${JSON.stringify(beats)}`);
   note(`${utt.length} utterance frames, ${beats.length} heartbeats, ${inits.length} session_init`);
 
+  // ---- push-to-talk: only what is said while the button is held is heard,
+  // and releasing it mid-sentence cuts the utterance there (manual_cut).
+  const ptt = await launch(PTT_WAV);
+  const talk = await ptt.newPage();
+  const pttSent = [];
+  talk.on('websocket', (ws) => ws.on('framesent', (f) => pttSent.push(JSON.parse(f.payload))));
+  await talk.goto(`${BASE}/app/`);
+  await until(talk, 'the client loads', () => window.tolk.ready && document.querySelectorAll('#src option').length > 0, null, 30_000);
+  await talk.selectOption('#src', 'en');
+  await talk.selectOption('#tgt', 'es');
+  await talk.check('#ptt');
+  check((await talk.textContent('#talk')) === 'Hold to talk', 'the button says hold to talk');
+  await talk.click('#start');
+  await until(talk, 'the talk button is ready', () => !document.getElementById('talk').disabled, null, 30_000);
+  await talk.hover('#talk');
+  await talk.mouse.down();
+  await until(talk, 'speech is heard while the button is held', () => document.getElementById('speech').textContent === 'speech', null, 30_000);
+  await talk.waitForTimeout(900); // into the sentence, then let go
+  await talk.mouse.up();
+  await until(talk, 'the cut utterance is translated', () => window.tolk.results.length + window.tolk.failed.length >= 1, null, 60_000);
+  await talk.waitForTimeout(3000); // the rest of the sentence plays into a released button
+  const p = await talk.evaluate(() => ({ queued: window.tolk.queued, results: window.tolk.results, failed: window.tolk.failed }));
+  await shot(talk, 'app-push-to-talk.png');
+  check(p.queued.length === 1 && p.queued[0].manual_cut, `one utterance, cut by the release: ${JSON.stringify(p.queued)}`);
+  check(p.failed.length === 0 && p.results.length === 1, `it was translated: ${JSON.stringify(p)}`);
+  const pttUtt = pttSent.filter((f) => f.type === 'utterance');
+  check(pttUtt.length === 1 && pttUtt[0].manual_cut === true && pttUtt[0].utterance_index === 0, 'the utterance goes with manual_cut');
+  note(`push-to-talk heard ${JSON.stringify(p.results[0].text_asr)}`);
+  await ptt.close();
+
   // ---- the dashboard's counters moved while the session spoke
   await until(dash, 'the dashboard counts the results', (n) => (window.dash.last.outcomes.result || 0) >= n, before.results + EXPECT, 15_000);
   const after = await dash.evaluate(() => ({ results: window.dash.last.outcomes.result, utterances: window.dash.last.counters.tolk_utterances_total, jobs: window.dash.last.histograms.tolk_job_seconds.count, snapshots: window.dash.snapshots, shown: document.getElementById('k-results').textContent }));
@@ -178,10 +218,10 @@ try {
   await until(app, 'the client shows it is disconnected', () => document.getElementById('conn').dataset.state !== 'connected', null, 30_000);
   await shot(app, 'app-offline.png');
 
-  say(`RESULT ${JSON.stringify({ node_id: nodeId, results: t.results, played: t.played.map((p) => ({ index: p.index, sha256: p.sha256, duration_s: p.duration_s })), utterance_frames: utt.length, heartbeats: beats.length })}`);
+  say(`RESULT ${JSON.stringify({ node_id: nodeId, ptt_heard: p.results[0].text_asr, results: t.results, played: t.played.map((p) => ({ index: p.index, sha256: p.sha256, duration_s: p.duration_s })), utterance_frames: utt.length, heartbeats: beats.length })}`);
   say('PASS');
   await context.close();
-  rmSync(profile, { recursive: true, force: true });
+  cleanup();
   process.exit(0);
 } catch (e) {
   say(`FAIL ${e.message.replace(/\n/g, ' ')}`);
@@ -189,6 +229,6 @@ try {
     for (const [i, p] of (context ? context.pages() : []).entries()) await shot(p, `failure-${i}.png`);
   } catch {}
   if (context) await context.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
+  cleanup();
   process.exit(1);
 }

@@ -48,6 +48,9 @@ async fn web_client_and_dashboard_in_headless_chromium() {
     let clips = speech::clips(&dir.join("speech"), texts);
     let wav = dir.join("microphone.wav");
     write_wav(&wav, &clips);
+    let long = speech::clips(&dir.join("speech"), &["thank you very much for your help"]);
+    let ptt_wav = dir.join("push-to-talk.wav");
+    write_wav(&ptt_wav, &long);
     let shots = root.join("target/browser-screenshots");
     let _ = std::fs::remove_dir_all(&shots);
 
@@ -72,6 +75,7 @@ async fn web_client_and_dashboard_in_headless_chromium() {
         .arg(&script)
         .env("TOLK_BASE", format!("http://{}", dispatcher.addr))
         .env("TOLK_WAV", &wav)
+        .env("TOLK_PTT_WAV", &ptt_wav)
         .env("TOLK_TOKEN", ADMIN_TOKEN)
         .env("TOLK_EXPECT", texts.len().to_string())
         .env("TOLK_SHOTS", &shots)

@@ -305,6 +305,7 @@ function onEvent(e) {
     case 'queued': {
       tolk.queued.push(e);
       const li = resultItem(e.index);
+      if (e.manual_cut) li.dataset.cut = 'manual';
       li.querySelector('.asr').textContent = `… ${((e.end_ms - e.start_ms) / 1000).toFixed(1)} s of speech${e.manual_cut ? ' (cut)' : ''}`;
       updateCounts();
       return;
