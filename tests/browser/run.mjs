@@ -114,7 +114,7 @@ try {
   // The pairing code bound the session to the node that printed it.
   const bound = await app.evaluate(() => window.tolk.states.find((s) => s.state === 'connected').assigned_node_id);
   check(bound === nodeId, `the session is bound to the paired node: ${bound} vs ${nodeId}`);
-  await until(dash, 'the dashboard lists the session, paired', (id) => [...document.querySelectorAll('#sessions tr')].some((tr) => tr.textContent.includes(id)), nodeId, 15_000);
+  await until(dash, 'the dashboard lists the session, paired', (id) => !!document.querySelector(`#sessions tr[data-paired="${id}"]`), nodeId, 15_000);
 
   // A dropped connection mid-session: the client resumes with its token.
   await until(app, 'a first result', () => window.tolk.results.length >= 1, null, 120_000);

@@ -61,7 +61,15 @@ class Shell {
 
   op(code, bytes) {
     if (this.h < 0) return;
-    const len = bytes ? this.w.write(bytes) : 0;
+    let len = 0;
+    try {
+      len = bytes ? this.w.write(bytes) : 0;
+    } catch (e) {
+      // Too large for the client's buffer (8 MiB): dropped here, so the
+      // session's outcome timeout ends the wait for it.
+      logLine(`dropped: ${e.message}`);
+      return;
+    }
     const out = this.w.x.tolk_client_op(this.h, code, len, performance.now());
     for (const a of this.w.read(out) || []) this.run(a);
     this.arm();

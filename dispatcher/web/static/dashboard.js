@@ -117,6 +117,8 @@ function cell(tr, text, cls) {
   return td;
 }
 
+/** Ids are 34 characters: the start tells them apart on a screen; the title has all. */
+const short = (id) => (id.length > 14 ? `${id.slice(0, 12)}…` : id);
 const fmt = (v, d = 0) => (v === null || v === undefined ? '–' : Number(v).toFixed(d));
 
 function render(s) {
@@ -196,10 +198,11 @@ function renderSessions(s) {
   const rows = s.sessions.map((x) => {
     const tr = document.createElement('tr');
     tr.dataset.session = x.session_id;
-    cell(tr, x.session_id);
+    if (x.paired_node_id) tr.dataset.paired = x.paired_node_id;
+    cell(tr, short(x.session_id)).title = x.session_id;
     cell(tr, x.connected ? 'connected' : 'awaiting resume');
     cell(tr, `${x.src_lang} → ${x.tgt_lang}`);
-    cell(tr, x.paired_node_id || '–');
+    cell(tr, x.paired_node_id ? short(x.paired_node_id) : '–').title = x.paired_node_id || '';
     cell(tr, String(x.pending), 'num');
     return tr;
   });
