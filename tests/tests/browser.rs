@@ -48,9 +48,11 @@ async fn web_client_and_dashboard_in_headless_chromium() {
     let clips = speech::clips(&dir.join("speech"), texts);
     let wav = dir.join("microphone.wav");
     write_wav(&wav, &clips);
-    let long = speech::clips(&dir.join("speech"), &["thank you very much for your help"]);
+    // Two sentences back to back: more than 4 s without a pause the VAD
+    // would end on, so the release always falls inside the speech.
+    let long = speech::clips(&dir.join("speech"), &["thank you very much for your help", "my brother lives in a small house"]).concat();
     let ptt_wav = dir.join("push-to-talk.wav");
-    write_wav(&ptt_wav, &long);
+    write_wav(&ptt_wav, &[long]);
     let shots = root.join("target/browser-screenshots");
     let _ = std::fs::remove_dir_all(&shots);
 

@@ -165,7 +165,7 @@ function renderNodes(s) {
     const state = !n.connected ? 'gone' : n.draining ? 'draining' : 'connected';
     tr.dataset.state = state;
     if (state === 'gone') tr.className = 'gone';
-    cell(tr, n.node_id);
+    cell(tr, n.node_id, 'id');
     cell(tr, state === 'gone' ? 'gone (disconnected)' : state);
     cell(tr, n.models.join(', '));
     cell(tr, String(n.running_jobs), 'num');
@@ -224,6 +224,8 @@ function renderPolicy(s) {
   const lines = [];
   lines.push(active ? `scheduler: ${active.name} ${active.version} (${active.file}), ${active.calls} decisions, ${active.failures} fell back` : 'scheduler: built-in least-loaded');
   if (s.scheduler_setting) lines.push(`configured: ${s.scheduler_setting}`);
+  const standby = s.plugins.filter((p) => p.kind === 'scheduler' && !p.active).map((p) => p.name);
+  if (standby.length) lines.push(`also loaded (not in effect): ${standby.join(', ')}`);
   lines.push(`fallbacks to the built-in policy: ${fmt(s.counters.tolk_policy_fallbacks_total)}`);
   for (const p of s.plugins.filter((p) => p.kind === 'detector')) lines.push(`detector: ${p.name} ${p.version}, ${p.calls} calls, ${p.failures} failures`);
   $('policy').replaceChildren(...lines.map((l) => Object.assign(document.createElement('div'), { textContent: l })));
