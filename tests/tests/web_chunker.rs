@@ -3,8 +3,9 @@
 //! the same pieces, cut at the same moments, gives exactly the utterances of
 //! `tolk_sdk::Chunker` — positions, flags and samples (by hash).
 //!
-//! It fails when `sdk/src/chunker.rs` changed and the wasm was not rebuilt:
-//! run `dispatcher/web/client-wasm/build.sh`.
+//! It fails when `sdk/src/chunker.rs`, `session.rs` or `error.rs` (or the
+//! glue) changed and the wasm was not rebuilt: the module carries a hash of
+//! the sources it was built from. Run `dispatcher/web/client-wasm/build.sh`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
@@ -138,4 +139,25 @@ fn the_wasm_chunker_cuts_exactly_as_the_rust_one() {
     let mut plan = uneven(long.len());
     plan.push(Op::Flush);
     check(&dir, "forced", &long, &plan);
+}
+
+#[test]
+fn the_served_wasm_is_built_from_the_current_sdk_sources() {
+    let root = workspace_root();
+    // As `dispatcher/web/client-wasm/build.rs` hashes them.
+    let mut h = 0xcbf2_9ce4_8422_2325_u64;
+    for path in ["sdk/src/chunker.rs", "sdk/src/session.rs", "sdk/src/error.rs", "dispatcher/web/client-wasm/src/lib.rs"] {
+        for b in std::fs::read(root.join(path)).unwrap() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    let out = Command::new("node")
+        .arg(root.join("tests/browser/chunker.mjs"))
+        .arg(root.join("dispatcher/web/static/tolk_client.wasm"))
+        .arg("--sources")
+        .output()
+        .expect("run node (Node.js)");
+    assert!(out.status.success(), "chunker.mjs failed: {}", String::from_utf8_lossy(&out.stderr));
+    let built: String = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(built, format!("{h:016x}"), "tolk_client.wasm is stale: run dispatcher/web/client-wasm/build.sh");
 }

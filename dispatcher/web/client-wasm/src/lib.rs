@@ -113,6 +113,13 @@ pub extern "C" fn tolk_in_buf(len: usize) -> *mut u8 {
     })
 }
 
+/// Leaves the hash of the sources this module was built from (see
+/// `build.rs`) as the output and returns its length.
+#[unsafe(no_mangle)]
+pub extern "C" fn tolk_sources() -> usize {
+    output(&json!(env!("TOLK_WEB_SOURCES_FNV")))
+}
+
 /// Where the last output is.
 #[unsafe(no_mangle)]
 pub extern "C" fn tolk_out_ptr() -> *const u8 {
