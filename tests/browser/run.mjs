@@ -195,6 +195,18 @@ try {
   const pttUtt = pttSent.filter((f) => f.type === 'utterance');
   check(pttUtt.length === 1 && pttUtt[0].manual_cut === true && pttUtt[0].utterance_index === 0, 'the utterance goes with manual_cut');
   note(`push-to-talk heard ${JSON.stringify(p.results[0].text_asr)}`);
+
+  // ---- a wrong pairing code: refused, said so, and the page is ready again
+  const wrong = await ptt.newPage();
+  await wrong.goto(`${BASE}/app/`);
+  await until(wrong, 'the client loads', () => window.tolk.ready && document.querySelectorAll('#src option').length > 0, null, 30_000);
+  await wrong.fill('#pairing', pairingCode === '123456' ? '654321' : '123456');
+  await wrong.click('#start');
+  await until(wrong, 'the refusal is shown', () => window.tolk.errors.some((e) => e.includes('INVALID_PAIRING_CODE')) && window.tolk.states.some((s) => s.state === 'closed'), null, 30_000);
+  await until(wrong, 'Start works again', () => !document.getElementById('start').disabled, null, 10_000);
+  check((await wrong.textContent('#log')).includes('INVALID_PAIRING_CODE'), 'the log says why');
+  check(await wrong.evaluate(() => document.getElementById('stop').disabled && document.getElementById('speech').textContent === 'idle'), 'the microphone is off again');
+  await shot(wrong, 'app-wrong-pairing-code.png');
   await ptt.close();
 
   // ---- the dashboard's counters moved while the session spoke

@@ -356,11 +356,13 @@ async function start() {
     ctx = new AudioContext({ sampleRate: 16000 });
     await ctx.resume();
     player = new Player(ctx);
+    // The microphone first: if it is refused, no session is opened. Its
+    // samples are dropped until the session exists (onPcm).
+    mic = new Microphone();
+    await mic.start(ctx, onPcm);
     const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws/session`;
     session = new Shell(wasm, url, { src_lang: $('src').value, tgt_lang: $('tgt').value, pairing_code: code, sample_rate: ctx.sampleRate }, onEvent);
     tolk.dropConnection = () => session && session.ws && session.ws.close(4000, 'dropped on purpose');
-    mic = new Microphone();
-    await mic.start(ctx, onPcm);
     $('stop').disabled = false;
     $('talk').disabled = false;
     setBadge($('speech'), 'listening', false);
@@ -397,6 +399,8 @@ function stop() {
 function finish() {
   if (mic) mic.stop();
   mic = null;
+  setBadge($('speech'), 'idle', false);
+  $('level').style.width = '0';
   if (session) session.release();
   session = null;
   $('stop').disabled = true;
