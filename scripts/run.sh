@@ -37,8 +37,8 @@ trap cleanup EXIT INT TERM
 # The dashboard needs an admin token: a fresh one per run unless one is given.
 ADMIN_TOKEN=${TOLK_ADMIN_TOKEN:-$(head -c 18 /dev/urandom | base64 | tr -d '/+=')}
 # The web client's language pickers: what the local node serves from speech
-# (English ASR only, so en -> es; the
-# dispatcher cannot read model languages from its node listing yet).
+# (English ASR only, so en -> es). Declared, because the dispatcher cannot
+# read model languages from its node listing yet.
 TOLK_PLUGIN_DIR="$PWD/target/plugins" TOLK_SCHEDULER=least-loaded \
   TOLK_ADMIN_TOKEN="$ADMIN_TOKEN" TOLK_WEB_LANGUAGES="${TOLK_WEB_LANGUAGES:-en-es}" \
   "$OUT/tolk-dispatcher" --listen "$LISTEN" &
