@@ -195,6 +195,11 @@ try {
   const pttUtt = pttSent.filter((f) => f.type === 'utterance');
   check(pttUtt.length === 1 && pttUtt[0].manual_cut === true && pttUtt[0].utterance_index === 0, 'the utterance goes with manual_cut');
   note(`push-to-talk heard ${JSON.stringify(p.results[0].text_asr)}`);
+  // Stop: the session closes cleanly (session_close, its ack, Closed).
+  await talk.click('#stop');
+  await until(talk, 'the session closes', () => window.tolk.states.some((s) => s.state === 'closed' && s.reason === 'closed by the app'), null, 30_000);
+  check(pttSent.some((f) => f.type === 'session_close'), 'session_close was sent');
+  check(await talk.evaluate(() => !document.getElementById('start').disabled), 'Start works again after Stop');
 
   // ---- a wrong pairing code: refused, said so, and the page is ready again
   const wrong = await ptt.newPage();
