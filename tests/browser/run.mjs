@@ -235,7 +235,9 @@ try {
   await until(app, 'the client shows it is disconnected', () => document.getElementById('conn').dataset.state !== 'connected', null, 30_000);
   await shot(app, 'app-offline.png');
 
-  say(`RESULT ${JSON.stringify({ node_id: nodeId, ptt_heard: p.results[0].text_asr, results: t.results, played: t.played.map((p) => ({ index: p.index, sha256: p.sha256, duration_s: p.duration_s })), utterance_frames: utt.length, heartbeats: beats.length })}`);
+  // Utterance cut (queued) → its translation on the page, per utterance.
+  const latency_ms = t.results.map((r) => Math.round(r.at_ms - t.queued.find((q) => q.index === r.index).at_ms));
+  say(`RESULT ${JSON.stringify({ latency_ms, node_id: nodeId, ptt_heard: p.results[0].text_asr, results: t.results, played: t.played.map((p) => ({ index: p.index, sha256: p.sha256, duration_s: p.duration_s })), utterance_frames: utt.length, heartbeats: beats.length })}`);
   say('PASS');
   await context.close();
   cleanup();

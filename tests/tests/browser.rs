@@ -165,8 +165,15 @@ async fn web_client_and_dashboard_in_headless_chromium() {
         println!("said {text:?}, heard {heard:?} ({errors} word errors), translated {:?}", r["text_translated"]);
         assert!(errors * 2 <= speech::words(text).len(), "the node heard the sentence: {text:?} → {heard:?}");
     }
+    // Measured, not asserted: from the end of an utterance to its translation on the page.
+    println!("utterance cut → translation shown (ms): {}", result["latency_ms"]);
+    // Push-to-talk, released mid-sentence: the node heard its beginning.
+    println!("push-to-talk, released mid-sentence: heard {}", result["ptt_heard"]);
     for shot in [
         "app.png",
+        "app-push-to-talk.png",
+        "app-wrong-pairing-code.png",
+        "app-offline.png",
         "dashboard-1-empty.png",
         "dashboard-2-live.png",
         "dashboard-3-after-session.png",

@@ -311,7 +311,7 @@ function onEvent(e) {
       return;
     }
     case 'queued': {
-      tolk.queued.push(e);
+      tolk.queued.push({ ...e, at_ms: performance.now() });
       const li = resultItem(e.index);
       if (e.manual_cut) li.dataset.cut = 'manual';
       li.querySelector('.asr').textContent = `… ${((e.end_ms - e.start_ms) / 1000).toFixed(1)} s of speech${e.manual_cut ? ' (cut)' : ''}`;
@@ -319,7 +319,7 @@ function onEvent(e) {
       return;
     }
     case 'result': {
-      tolk.results.push({ index: e.index, job_id: e.job_id, text_asr: e.text_asr, text_translated: e.text_translated, tts_format: e.tts_format });
+      tolk.results.push({ index: e.index, job_id: e.job_id, text_asr: e.text_asr, text_translated: e.text_translated, tts_format: e.tts_format, at_ms: performance.now() });
       const li = resultItem(e.index);
       li.className = 'done';
       li.dataset.job = e.job_id;
