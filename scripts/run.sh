@@ -34,7 +34,13 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# The dashboard needs an admin token: a fresh one per run unless one is given.
+ADMIN_TOKEN=${TOLK_ADMIN_TOKEN:-$(head -c 18 /dev/urandom | base64 | tr -d '/+=')}
+# The web client's language pickers: what the local node serves from speech
+# (English ASR only, so en -> es). Declared, because the dispatcher cannot
+# read model languages from its node listing yet.
 TOLK_PLUGIN_DIR="$PWD/target/plugins" TOLK_SCHEDULER=least-loaded \
+  TOLK_ADMIN_TOKEN="$ADMIN_TOKEN" TOLK_WEB_LANGUAGES="${TOLK_WEB_LANGUAGES:-en-es}" \
   "$OUT/tolk-dispatcher" --listen "$LISTEN" &
 pids+=($!)
 
@@ -53,6 +59,8 @@ Tolk is running.
   sessions:  ws://$LISTEN/ws/session   (languages: en -> es, es -> en)
   nodes:     ws://$LISTEN/ws/node      (one local node with the shipped engines)
   metrics:   http://$LISTEN/metrics
+  web app:   http://$LISTEN/app/            (allow the microphone; speak English, hear Spanish)
+  dashboard: http://$LISTEN/dashboard#token=$ADMIN_TOKEN
 Ctrl-C stops it.
 MSG
 wait -n "${pids[@]}"

@@ -62,3 +62,17 @@ installed_targets=$(rustup target list --installed)
 for target in wasm32-wasip2 wasm32-unknown-unknown; do
   grep -qx "$target" <<<"$installed_targets" || rustup target add "$target"
 done
+
+# --- web: the browser tests (tests/tests/browser.rs, added by the web client) ---
+# Debian's Chromium and ChromeDriver, never a browser downloaded by a test
+# tool; playwright-core (which downloads nothing) pinned by
+# tests/browser/package-lock.json, installed with `npm ci` through a cache
+# under ~/.cache. A stamp of the lockfile's hash makes a second run a no-op.
+apt_need chromium chromium-driver
+web_lock_sha=$(sha256sum tests/browser/package-lock.json | cut -d' ' -f1)
+if [ "$(cat tests/browser/node_modules/.tolk-lock-sha256 2>/dev/null)" != "$web_lock_sha" ]; then
+  echo "setup: installing the browser tests' npm packages (tests/browser/package-lock.json)"
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix tests/browser --no-audit --no-fund --silent \
+    --cache "$HOME/.cache/tolk-npm" >/dev/null
+  echo "$web_lock_sha" > tests/browser/node_modules/.tolk-lock-sha256
+fi

@@ -15,7 +15,8 @@
 //!   with [`core::order`] (the reorder buffer), [`core::policy`] (scheduling
 //!   policies) and [`core::stats`] (its counters as plain data).
 //! - [`shell`]: axum routes, per-connection tasks, timers, admin API, TLS,
-//!   graceful shutdown.
+//!   graceful shutdown; [`shell::web`] serves the web client (`/app/`) and
+//!   the dashboard (`/dashboard`).
 //! - [`config`]: every setting and its default.
 //! - [`metrics`]: Prometheus export of the core's stats and the shell's own measurements.
 

@@ -36,6 +36,10 @@ use crate::core::{Action, AdminCommand, ConnId, Core, Endpoint, Frame, Input, Mi
 use crate::metrics::{ShellMetrics, StatsSlot};
 use crate::plugins::PluginHost;
 
+/// `/app/` and `/dashboard` (dispatcher/src/web/): a child module so it reads this state without it being exported.
+#[path = "web/mod.rs"]
+pub mod web;
+
 /// What a connection's send task is told.
 #[derive(Debug)]
 enum Out {
@@ -272,6 +276,7 @@ impl Dispatcher {
             .route("/admin/plugins", get(admin_plugins))
             .route("/admin/nodes/{node_id}/{command}", post(admin_node_command))
             .with_state(self.clone())
+            .merge(web::router(self.clone()))
     }
 
     /// Serves on `listener` until `shutdown` completes, then stops accepting,
