@@ -89,7 +89,10 @@ fn family<'a>(
 
 fn histogram(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, h: &CoreHistogram) -> Result<(), std::fmt::Error> {
     let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
-    m.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.cumulative(), None)
+    // The encoder cumulates: it wants the count of each bucket alone.
+    let buckets: Vec<(f64, u64)> =
+        h.counts.iter().enumerate().map(|(i, c)| (h.bounds.get(i).copied().unwrap_or(f64::INFINITY), *c)).collect();
+    m.encode_histogram::<NoLabelSet>(h.sum, h.count, &buckets, None)
 }
 
 impl Collector for CoreCollector {

@@ -160,6 +160,11 @@ impl Dispatcher {
         self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Makes `stats` what the registry's core collector reports.
+    fn store_stats(&self, stats: crate::core::CoreStats) {
+        *self.shared.stats.lock().unwrap_or_else(|p| p.into_inner()) = stats;
+    }
+
     /// Runs `f` on the core, then carries out the actions it queued.
     pub fn with_core<R>(&self, f: impl FnOnce(&mut Core, Millis) -> R) -> R {
         self.with_core_from(None, f)
@@ -464,7 +469,7 @@ async fn readyz(State(d): State<Dispatcher>) -> impl IntoResponse {
 
 async fn metrics(State(d): State<Dispatcher>) -> impl IntoResponse {
     let stats = d.lock().core.stats();
-    *d.shared.stats.lock().unwrap_or_else(|p| p.into_inner()) = stats;
+    d.store_stats(stats);
     let mut body = String::new();
     if prometheus_client::encoding::text::encode(&mut body, &d.shared.registry).is_err() {
         return (StatusCode::INTERNAL_SERVER_ERROR, HeaderMap::new(), String::new());

@@ -405,3 +405,38 @@ async fn overload_is_answered_at_once_and_nothing_is_lost() {
     server.shutdown().await;
     let _ = node_task.await;
 }
+
+/// The core's histograms reach `/metrics` with cumulative buckets ending in
+/// the total count, as Prometheus expects.
+#[tokio::test]
+async fn metrics_histograms_are_cumulative() {
+    let server = start(Config::default()).await;
+    let (mut node, node_id) = example_node(&server).await;
+    let mut phone = server.connect("/ws/session").await;
+    send(&mut phone, &fixture("session/session_init.json")).await;
+    let session_id = recv(&mut phone).await["session_id"].as_str().unwrap().to_owned();
+    for i in 0..3 {
+        let mut utt = fixture("session/utterance.json");
+        utt["session_id"] = json!(session_id);
+        utt["utterance_index"] = json!(i);
+        send(&mut phone, &utt).await;
+        let job = recv(&mut node).await;
+        let mut r = fixture("node/job_result_success.json");
+        for k in ["job_id", "session_id", "utterance_index"] {
+            r[k] = job[k].clone();
+        }
+        r["node_id"] = json!(node_id);
+        send(&mut node, &r).await;
+        assert_eq!(recv(&mut phone).await["type"], "translation_result");
+    }
+    let metrics = http_get(server.addr, "/metrics", None).await;
+    let buckets: Vec<u64> = metrics
+        .lines()
+        .filter(|l| l.starts_with("tolk_job_seconds_bucket"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "cumulative: {buckets:?}");
+    assert_eq!(buckets.last(), Some(&3), "+Inf holds every observation: {metrics}");
+    assert!(metrics.contains("tolk_job_seconds_count 3"), "{metrics}");
+    server.shutdown().await;
+}

@@ -228,6 +228,8 @@ pub(crate) fn snapshot(d: &Dispatcher, declared: &[LanguagePair]) -> DashboardSn
     let (nodes, mut sessions, queue_depth, running_jobs) = {
         let state = d.lock();
         let core = &state.core;
+        // The core's counters reach the registry through this snapshot.
+        d.store_stats(core.stats());
         (core.list_nodes(), core.list_sessions(), core.sizes().queue, core.running_jobs())
     };
     let mut text = String::new();
@@ -255,10 +257,9 @@ pub(crate) fn snapshot(d: &Dispatcher, declared: &[LanguagePair]) -> DashboardSn
         languages,
         languages_source: "declared by the operator (TOLK_WEB_LANGUAGES), offered while a node with models is connected",
         missing: vec![
-            "real-time factor per node (the core keeps ms_per_audio_s but does not list it)",
             "node trust (not modelled yet)",
             "per-stage latency (nodes report one processing_time_ms per job; the histograms are per job and per utterance)",
-            "recent not-dispatched reasons (sent to sessions in NODE_UNAVAILABLE details, not kept; see outcomes by code)",
+            "recent not-dispatched reasons one by one (counted: tolk_unavailable_total by main reason, tolk_refusals_total by code)",
             "per-model languages (the node listing has model ids only)",
         ],
     }

@@ -168,7 +168,9 @@ function renderNodes(s) {
     cell(tr, n.node_id, 'id');
     cell(tr, state === 'gone' ? 'gone (disconnected)' : state);
     cell(tr, n.models.join(', '));
-    cell(tr, String(n.running_jobs), 'num');
+    cell(tr, `${n.running_jobs} / ${n.max_jobs}`, 'num');
+    // Real-time factor: processing time per second of audio (smoothed).
+    cell(tr, n.ms_per_audio_s == null ? '–' : (n.ms_per_audio_s / 1000).toFixed(2), 'num');
     cell(tr, fmt(n.cpu_percent), 'num');
     cell(tr, fmt(n.mem_percent), 'num');
     cell(tr, n.accept_public_jobs ? 'yes' : 'paired only');
@@ -229,10 +231,18 @@ function renderPolicy(s) {
   lines.push(`fallbacks to the built-in policy: ${fmt(s.counters.tolk_policy_fallbacks_total)}`);
   for (const p of s.plugins.filter((p) => p.kind === 'detector')) lines.push(`detector: ${p.name} ${p.version}, ${p.calls} calls, ${p.failures} failures`);
   $('policy').replaceChildren(...lines.map((l) => Object.assign(document.createElement('div'), { textContent: l })));
-  // What the dispatcher knows of refusals today: outcomes by error code.
-  const refusals = Object.entries(s.outcomes).filter(([k]) => k !== 'result');
-  const reasons = refusals.length ? refusals.map(([k, v]) => `${k}: ${v}`) : ['every utterance so far was dispatched'];
-  reasons.push('(reasons per node — no_model, busy, draining… — go to the client in NODE_UNAVAILABLE details and are not kept by the dispatcher yet)');
+  // Why utterances were not dispatched: NODE_UNAVAILABLE outcomes by the
+  // reason most nodes had (extension 11), refusals by code (extension 10),
+  // and every error outcome by code.
+  const labelled = (prefix) => Object.entries(s.counters)
+    .filter(([k]) => k.startsWith(prefix))
+    .map(([k, v]) => [k.slice(prefix.length).replace(/"\}$/, ''), v]);
+  const reasons = [];
+  for (const [reason, v] of labelled('tolk_unavailable_total{reason="')) reasons.push(`NODE_UNAVAILABLE, most nodes ${reason}: ${v}`);
+  for (const [code, v] of labelled('tolk_refusals_total{code="')) reasons.push(`refused (${code}, sent again later): ${v}`);
+  for (const [code, v] of Object.entries(s.outcomes).filter(([k]) => k !== 'result')) reasons.push(`outcome ${code}: ${v}`);
+  if (!reasons.length) reasons.push('every utterance so far was dispatched');
+  reasons.push('(each NODE_UNAVAILABLE tells its client the count of nodes per reason: no_model, busy, draining, not_paired, …)');
   $('reasons').replaceChildren(...reasons.map((l) => Object.assign(document.createElement('div'), { textContent: l, className: l.startsWith('(') ? 'note' : '' })));
 }
 
