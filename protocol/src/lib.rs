@@ -81,8 +81,25 @@ pub trait Message: Sized + serde::Serialize + Validate {
     }
 }
 
+/// The `"type"` when it is the object's first key, as in every frame we
+/// write (serde puts the tag first) and in the documents' examples: read
+/// without scanning the rest of the frame (tens of kB of audio). The full
+/// parse that follows still checks the whole frame.
+fn leading_type(text: &str) -> Option<&str> {
+    let ws = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r');
+    let s = text.trim_start_matches(ws).strip_prefix('{')?.trim_start_matches(ws);
+    let s = s.strip_prefix("\"type\"")?.trim_start_matches(ws).strip_prefix(':')?.trim_start_matches(ws);
+    let s = s.strip_prefix('"')?;
+    let end = s.find(['"', '\\'])?;
+    // An escape in the value: leave it to the full reader.
+    (s.as_bytes().get(end) == Some(&b'"')).then(|| &s[..end])
+}
+
 /// Reads only the `"type"` of a frame (the rest is skipped, not built).
 fn message_type(text: &str) -> Result<Cow<'_, str>, ProtocolError> {
+    if let Some(ty) = leading_type(text) {
+        return Ok(Cow::Borrowed(ty));
+    }
     #[derive(Deserialize)]
     struct Tag<'a> {
         #[serde(rename = "type", borrow, default)]
@@ -105,6 +122,10 @@ fn message_type(text: &str) -> Result<Cow<'_, str>, ProtocolError> {
 pub fn deserialize_with_path<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ProtocolError> {
     let mut de = serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        if err.inner().is_syntax() || err.inner().is_eof() {
+            // Not JSON at all: no field to name (as when the type is read first).
+            return ProtocolError::invalid_frame(format!("not valid JSON: {}", strip_position(&err.inner().to_string())));
+        }
         let path = err.path().to_string();
         let message = strip_position(&err.inner().to_string()).to_owned();
         let parent = (path != ".").then_some(path);
@@ -119,6 +140,29 @@ pub fn deserialize_with_path<T: serde::de::DeserializeOwned>(text: &str) -> Resu
         };
         ProtocolError { code: ErrorCode::InvalidMessage, field, message }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leading_type_is_read_without_the_rest() {
+        assert_eq!(leading_type(r#"{"type":"utterance","audio":"AAAA"}"#), Some("utterance"));
+        assert_eq!(leading_type(" {\n\t\"type\" :  \"x\" , "), Some("x"), "whitespace anywhere JSON allows it");
+        assert_eq!(leading_type(r#"{"audio":"A","type":"utterance"}"#), None, "not first: the full reader finds it");
+        assert_eq!(leading_type(r#"{"type":"a\"b"}"#), None, "escapes go to the full reader");
+        assert_eq!(leading_type(r#"{"type":5}"#), None);
+        assert_eq!(leading_type(r#"["type"]"#), None);
+        assert_eq!(leading_type(r#"{"type":"unterminated"#), None);
+        // Whichever path reads it, the message parses the same.
+        let first = r#"{"type":"client_heartbeat","session_id":"s-1","timestamp":1}"#;
+        let later = r#"{"session_id":"s-1","timestamp":1,"type":"client_heartbeat"}"#;
+        assert_eq!(ClientToServer::parse(first).ok(), ClientToServer::parse(later).ok());
+        assert!(ClientToServer::parse(first).is_ok());
+        // A leading type does not make a broken frame pass.
+        assert!(ClientToServer::parse(r#"{"type":"client_heartbeat","session_id":"s-1","timestamp":1"#).is_err());
+    }
 }
 
 fn strip_position(message: &str) -> &str {
