@@ -109,7 +109,13 @@ impl Collector for CoreCollector {
         counter(&mut e, "node_errors", "node_error messages received", s.node_errors)?;
         counter(&mut e, "utterances", "Utterances accepted", s.utterances)?;
         counter(&mut e, "duplicate_utterances", "Re-sent utterances ignored", s.duplicates)?;
-        family(&mut e, "outcomes", "Utterance outcomes by result or error code", "outcome", s.outcomes.iter().map(|(k, v)| (k.as_str(), *v)))?;
+        family(
+            &mut e,
+            "outcomes",
+            "Utterance outcomes by result or error code",
+            "outcome",
+            s.outcomes.iter().map(|(k, v)| (k.as_str(), *v)),
+        )?;
         family(
             &mut e,
             "refusals",
@@ -133,12 +139,7 @@ impl Collector for CoreCollector {
         counter(&mut e, "pairing_failures", "Wrong or expired pairing codes", s.pairing_failures)?;
         counter(&mut e, "pairing_rate_limited", "Pairing attempts refused for too many failures", s.pairing_rate_limited)?;
         family(&mut e, "bad_frames", "Frames refused as invalid, by endpoint", "endpoint", s.bad_frames.iter().map(|(k, v)| (*k, *v)))?;
-        counter(
-            &mut e,
-            "detection_timeouts",
-            "Results sent without detector features because detection was late",
-            s.detection_timeouts,
-        )?;
+        counter(&mut e, "detection_timeouts", "Results sent without detector features because detection was late", s.detection_timeouts)?;
         histogram(&mut e, "job_seconds", "Time from job assignment to its result", &s.job_seconds)?;
         histogram(&mut e, "utterance_seconds", "Time from utterance accepted to its outcome", &s.utterance_seconds)?;
         Ok(())

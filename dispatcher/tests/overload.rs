@@ -63,7 +63,14 @@ impl Load {
             })
             .collect();
         let n = sessions.len();
-        Self { sim, running: vec![VecDeque::new(); NODES], nodes, sessions, tally: (0..n).map(|_| Tally::default()).collect(), next_index: vec![0; n] }
+        Self {
+            sim,
+            running: vec![VecDeque::new(); NODES],
+            nodes,
+            sessions,
+            tally: (0..n).map(|_| Tally::default()).collect(),
+            next_index: vec![0; n],
+        }
     }
 
     fn send(&mut self, s: usize) {
@@ -136,7 +143,7 @@ impl Load {
         let start = self.sim.now;
         for t in 0..ms {
             for (s, p) in period.iter().enumerate() {
-                if *p > 0 && (t + s as u64 * 7) % p == 0 {
+                if *p > 0 && (t + s as u64 * 7).is_multiple_of(*p) {
                     self.send(s);
                 }
             }

@@ -30,8 +30,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use tolk_protocol::node::{
-    Hardware, InstalledModel, JobAssign, JobError, JobResult, NodeCommand, NodeError, NodeHeartbeat, NodePlatform, NodeRegister,
-    ModelUpdate, PairingCodeRequest, ResourceUsage,
+    Hardware, InstalledModel, JobAssign, JobError, JobResult, ModelUpdate, NodeCommand, NodeError, NodeHeartbeat, NodePlatform,
+    NodeRegister, PairingCodeRequest, ResourceUsage,
 };
 use tolk_protocol::{AudioFormat, ErrorCode, Features, JobErrorCode, NodeToServer, ServerToNode, audio};
 
@@ -455,11 +455,8 @@ impl NodeCore {
     /// `enabled: false` for each reported model that is gone (extension 7:
     /// heartbeat entries are updates, so a missing one would stay).
     fn model_updates(&mut self) -> Vec<ModelUpdate> {
-        let mut updates: Vec<ModelUpdate> = self
-            .models
-            .iter()
-            .map(|m| ModelUpdate { enabled: Some(m.enabled.unwrap_or(true)), ..m.clone().into() })
-            .collect();
+        let mut updates: Vec<ModelUpdate> =
+            self.models.iter().map(|m| ModelUpdate { enabled: Some(m.enabled.unwrap_or(true)), ..m.clone().into() }).collect();
         for id in &self.reported_models {
             if !self.models.iter().any(|m| &m.model_id == id) {
                 updates.push(ModelUpdate::disable(id.clone()));

@@ -7,8 +7,9 @@ use tolk_node::core::{Action, CoreConfig, Event, NodeCore};
 use tolk_node::identity::Identity;
 use tolk_node::machine::Load;
 use tolk_node::pipeline::{Failure, Outcome, Output, Timings};
-use tolk_protocol::node::{ModelUpdate, 
-    Hardware, InstalledModel, JobAssign, JobResult, NodeCommand, NodeControl, NodePlatform, NodeRegisterAck, PairingCode, Pipeline,
+use tolk_protocol::node::{
+    Hardware, InstalledModel, JobAssign, JobResult, ModelUpdate, NodeCommand, NodeControl, NodePlatform, NodeRegisterAck, PairingCode,
+    Pipeline,
 };
 use tolk_protocol::{AudioFormat, ErrorCode, ErrorMessage, Features, JobErrorCode, ModelKind, NodeToServer, ServerToNode};
 
@@ -326,11 +327,8 @@ fn reload_config_reports_the_new_models_in_the_next_heartbeat_and_failures_as_no
     let [NodeToServer::NodeHeartbeat(b)] = sent(&hb)[..] else { panic!("{hb:?}") };
     // Updates matched by model_id (extension 7): the new list in full, and the
     // models that are gone switched off (else the dispatcher would keep them).
-    let expected = vec![
-        ModelUpdate { enabled: Some(true), ..new[0].clone().into() },
-        ModelUpdate::disable("nmt-en"),
-        ModelUpdate::disable("tts-es"),
-    ];
+    let expected =
+        vec![ModelUpdate { enabled: Some(true), ..new[0].clone().into() }, ModelUpdate::disable("nmt-en"), ModelUpdate::disable("tts-es")];
     assert_eq!(b.installed_models.as_ref(), Some(&expected));
     let hb = h.tick(5_001);
     let [NodeToServer::NodeHeartbeat(b)] = sent(&hb)[..] else { panic!("{hb:?}") };

@@ -38,8 +38,8 @@ use serde::Deserialize;
 
 pub use common::{AudioFormat, ErrorCode, ErrorMessage, Extra, Features, JobErrorCode, ModelKind};
 pub use error::ProtocolError;
-pub use raw::Base64Audio;
 pub use node::{NodeToServer, ServerToNode};
+pub use raw::Base64Audio;
 pub use session::{ClientToServer, ServerToClient};
 pub use validate::Validate;
 
@@ -142,29 +142,6 @@ pub fn deserialize_with_path<T: serde::de::DeserializeOwned>(text: &str) -> Resu
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_leading_type_is_read_without_the_rest() {
-        assert_eq!(leading_type(r#"{"type":"utterance","audio":"AAAA"}"#), Some("utterance"));
-        assert_eq!(leading_type(" {\n\t\"type\" :  \"x\" , "), Some("x"), "whitespace anywhere JSON allows it");
-        assert_eq!(leading_type(r#"{"audio":"A","type":"utterance"}"#), None, "not first: the full reader finds it");
-        assert_eq!(leading_type(r#"{"type":"a\"b"}"#), None, "escapes go to the full reader");
-        assert_eq!(leading_type(r#"{"type":5}"#), None);
-        assert_eq!(leading_type(r#"["type"]"#), None);
-        assert_eq!(leading_type(r#"{"type":"unterminated"#), None);
-        // Whichever path reads it, the message parses the same.
-        let first = r#"{"type":"client_heartbeat","session_id":"s-1","timestamp":1}"#;
-        let later = r#"{"session_id":"s-1","timestamp":1,"type":"client_heartbeat"}"#;
-        assert_eq!(ClientToServer::parse(first).ok(), ClientToServer::parse(later).ok());
-        assert!(ClientToServer::parse(first).is_ok());
-        // A leading type does not make a broken frame pass.
-        assert!(ClientToServer::parse(r#"{"type":"client_heartbeat","session_id":"s-1","timestamp":1"#).is_err());
-    }
-}
-
 fn strip_position(message: &str) -> &str {
     message.find(" at line ").map_or(message, |i| &message[..i])
 }
@@ -218,4 +195,27 @@ macro_rules! direction_enum {
     };
     (@ty $variant:ident $ty:ty) => { $ty };
     (@ty $variant:ident) => { $variant };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leading_type_is_read_without_the_rest() {
+        assert_eq!(leading_type(r#"{"type":"utterance","audio":"AAAA"}"#), Some("utterance"));
+        assert_eq!(leading_type(" {\n\t\"type\" :  \"x\" , "), Some("x"), "whitespace anywhere JSON allows it");
+        assert_eq!(leading_type(r#"{"audio":"A","type":"utterance"}"#), None, "not first: the full reader finds it");
+        assert_eq!(leading_type(r#"{"type":"a\"b"}"#), None, "escapes go to the full reader");
+        assert_eq!(leading_type(r#"{"type":5}"#), None);
+        assert_eq!(leading_type(r#"["type"]"#), None);
+        assert_eq!(leading_type(r#"{"type":"unterminated"#), None);
+        // Whichever path reads it, the message parses the same.
+        let first = r#"{"type":"client_heartbeat","session_id":"s-1","timestamp":1}"#;
+        let later = r#"{"session_id":"s-1","timestamp":1,"type":"client_heartbeat"}"#;
+        assert_eq!(ClientToServer::parse(first).ok(), ClientToServer::parse(later).ok());
+        assert!(ClientToServer::parse(first).is_ok());
+        // A leading type does not make a broken frame pass.
+        assert!(ClientToServer::parse(r#"{"type":"client_heartbeat","session_id":"s-1","timestamp":1"#).is_err());
+    }
 }

@@ -52,9 +52,8 @@ pub fn serves(m: &InstalledModel, kind: &ModelKind, lang: &str, tgt: Option<&str
 
 /// The first stage of `need` that no model in `models` serves, if any.
 pub fn missing_stage(models: &[InstalledModel], need: &Need<'_>) -> Option<MissingStage> {
-    let has = |kind: ModelKind, lang: &str, tgt: Option<&str>, dialect: Option<&str>| {
-        models.iter().any(|m| serves(m, &kind, lang, tgt, dialect))
-    };
+    let has =
+        |kind: ModelKind, lang: &str, tgt: Option<&str>, dialect: Option<&str>| models.iter().any(|m| serves(m, &kind, lang, tgt, dialect));
     let p = need.pipeline;
     if p.use_asr && !has(ModelKind::Asr, need.src_lang, None, need.dialect) {
         return Some(MissingStage::Asr { lang: need.src_lang.into(), dialect: need.dialect.map(Into::into) });

@@ -3,8 +3,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::ProtocolError;
 use crate::Base64Audio;
+use crate::ProtocolError;
 use crate::common::{AudioFormat, ErrorMessage, Extra, Features, JobErrorCode, ModelKind};
 use crate::validate::{self as v, Validate};
 
@@ -166,15 +166,7 @@ impl From<InstalledModel> for ModelUpdate {
 impl ModelUpdate {
     /// Only `enabled: false`: the model is switched off.
     pub fn disable(model_id: impl Into<String>) -> Self {
-        Self {
-            model_id: model_id.into(),
-            kind: None,
-            src_lang: None,
-            tgt_lang: None,
-            dialect: None,
-            version: None,
-            enabled: Some(false),
-        }
+        Self { model_id: model_id.into(), kind: None, src_lang: None, tgt_lang: None, dialect: None, version: None, enabled: Some(false) }
     }
 
     /// Applies this update to `models`. An entry naming its `kind` describes
@@ -225,7 +217,6 @@ impl ModelUpdate {
         }
         found
     }
-
 }
 
 /// Which stages a job runs.

@@ -3,8 +3,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::ProtocolError;
 use crate::Base64Audio;
+use crate::ProtocolError;
 use crate::common::{AudioFormat, ErrorMessage, Extra, Features};
 use crate::validate::{self as v, Validate};
 

@@ -25,7 +25,8 @@ fn model(id: &str, kind: ModelKind, src: &str, tgt: Option<&str>) -> InstalledMo
 
 #[test]
 fn an_entry_with_only_model_id_and_enabled_parses_and_disables_that_model() {
-    let NodeToServer::NodeHeartbeat(h) = NodeToServer::parse(&heartbeat(r#"[{"model_id":"mdl-nmt-zh-en-base-v1","enabled":false}]"#)).unwrap()
+    let NodeToServer::NodeHeartbeat(h) =
+        NodeToServer::parse(&heartbeat(r#"[{"model_id":"mdl-nmt-zh-en-base-v1","enabled":false}]"#)).unwrap()
     else {
         panic!("not a heartbeat")
     };

@@ -58,9 +58,13 @@ pub(super) struct ClassLoad {
 pub(super) enum Admit {
     Queue,
     /// The session holds its share: refuse, re-send after this long.
-    OverShare { retry_after_ms: u64 },
+    OverShare {
+        retry_after_ms: u64,
+    },
     /// The class's queue is full: fail now, try again after this long.
-    Saturated { retry_after_ms: u64 },
+    Saturated {
+        retry_after_ms: u64,
+    },
 }
 
 /// Settings of the rule (from `CoreConfig`).

@@ -106,7 +106,10 @@ mod tests {
         let g = f.clone();
         assert!(f.0.text.get().is_none(), "not serialized by building it");
         assert_eq!(g.text(), r#"{"type":"server_heartbeat","session_id":"s-1","timestamp":5}"#);
-        assert!(f.0.text.get().is_some() && f.0.pending.lock().map(|p| p.is_none()).unwrap_or(false), "the message is dropped once it is text");
+        assert!(
+            f.0.text.get().is_some() && f.0.pending.lock().map(|p| p.is_none()).unwrap_or(false),
+            "the message is dropped once it is text"
+        );
         assert_eq!(f.to_string(), g.text());
         assert_eq!(f.weight(), 512);
     }

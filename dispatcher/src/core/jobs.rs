@@ -79,7 +79,9 @@ pub(super) enum Placed {
     Running,
     Queued,
     /// The session is over its share: refuse the utterance (not accepted).
-    OverShare { retry_after_ms: u64 },
+    OverShare {
+        retry_after_ms: u64,
+    },
 }
 
 /// How long `reasons` are reused for refusals of one class.
@@ -107,13 +109,8 @@ impl Core {
         // The job already entered its class: count it out for the decision.
         let session_jobs = own.saturating_sub(1);
         let sessions = class.per_session.len();
-        let load = ClassLoad {
-            slots: class.slots(),
-            queued: class.queue.len(),
-            session_jobs,
-            sessions,
-            drain_per_s: class.drain.per_s(now),
-        };
+        let load =
+            ClassLoad { slots: class.slots(), queued: class.queue.len(), session_jobs, sessions, drain_per_s: class.drain.per_s(now) };
         match admission::admit(&load, &self.limits()) {
             Admit::Queue => {
                 self.classes.enqueue(class_id, seq, job_id.to_owned());
@@ -125,7 +122,11 @@ impl Core {
             }
             Admit::Saturated { retry_after_ms } => {
                 let Some(job) = self.remove_job(job_id) else { return Placed::Running };
-                let mut err = self.unavailable(now, &job, format!("every node that serves this language pair is busy; try again in {retry_after_ms} ms"));
+                let mut err = self.unavailable(
+                    now,
+                    &job,
+                    format!("every node that serves this language pair is busy; try again in {retry_after_ms} ms"),
+                );
                 if let Some(serde_json::Value::Object(d)) = &mut err.details {
                     d.insert("retry_after_ms".into(), retry_after_ms.into());
                 }
@@ -257,9 +258,11 @@ impl Core {
                     continue;
                 }
                 // The oldest job that has not failed here; a few looks at most.
-                let head = class.queue.iter().take(32).find(|(_, j)| {
-                    self.jobs.get(j.as_str()).is_some_and(|job| !job.failed_nodes.iter().any(|f| f == node_id))
-                });
+                let head = class
+                    .queue
+                    .iter()
+                    .take(32)
+                    .find(|(_, j)| self.jobs.get(j.as_str()).is_some_and(|job| !job.failed_nodes.iter().any(|f| f == node_id)));
                 if let Some((&seq, job_id)) = head
                     && best.as_ref().is_none_or(|(s, _)| seq < *s)
                 {
@@ -528,4 +531,3 @@ impl Core {
         }
     }
 }
-

@@ -435,7 +435,8 @@ impl Core {
     fn sweep(&mut self, now: Millis) {
         // Busy back-offs end with time, not with an event.
         if self.classes.queued() > 0 {
-            let free: Vec<String> = self.nodes.iter().filter(|(_, n)| n.conn.is_some() && n.has_room(now)).map(|(id, _)| id.clone()).collect();
+            let free: Vec<String> =
+                self.nodes.iter().filter(|(_, n)| n.conn.is_some() && n.has_room(now)).map(|(id, _)| id.clone()).collect();
             for id in free {
                 self.pump_node(now, &id);
             }

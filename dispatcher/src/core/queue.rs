@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use tolk_protocol::Features;
 
+use super::Millis;
 use super::admission::DrainMeter;
 use super::eligibility::{self, Reasons, Requirements};
 use super::nodes::Node;
-use super::Millis;
 
 pub(super) type ClassId = u32;
 

@@ -179,7 +179,8 @@ fn load_config(b: &Bench) -> LoadConfig {
 
 async fn sweep(b: Bench, multiples: &[f64], capacity: Option<f64>) -> Result<(), Error> {
     tolk_loadgen::raise_fd_limit()?;
-    let bin = b.dispatcher_bin.clone().or_else(child::default_dispatcher_binary).ok_or("tolk-dispatcher not found: pass --dispatcher-bin")?;
+    let bin =
+        b.dispatcher_bin.clone().or_else(child::default_dispatcher_binary).ok_or("tolk-dispatcher not found: pass --dispatcher-bin")?;
     let relay = RelayOptions { nodelay: !b.relay_no_nodelay, read_buffer: b.relay_read_buffer };
     let mut cfg = load_config(&b);
     let capacity = match capacity {

@@ -153,13 +153,17 @@ pub struct SweepRow {
 /// out, and its served latency and CPU, side by side.
 pub fn sweep_table(capacity: f64, rows: &[SweepRow], run_s: f64) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "capacity {capacity:.0} utterances/s; rates per second of the whole run ({run_s:.0} s), latency and CPU over the measured window");
+    let _ = writeln!(
+        s,
+        "capacity {capacity:.0} utterances/s; rates per second of the whole run ({run_s:.0} s), latency and CPU over the measured window"
+    );
     let _ = writeln!(
         s,
         "| offered | target | delivered/s | NODE_UNAVAILABLE/s | RATE_LIMITED/s | timed out (> 5 s) | skipped | served p50 / p99 | CPU µs / delivered | lock share | inside p99 |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
-    let peak = rows.iter().flat_map(|r| r.runs.iter().filter(|x| x.target == "dispatcher")).map(LoadReport::utterances_per_s).fold(0.0, f64::max);
+    let peak =
+        rows.iter().flat_map(|r| r.runs.iter().filter(|x| x.target == "dispatcher")).map(LoadReport::utterances_per_s).fold(0.0, f64::max);
     for row in rows {
         for r in &row.runs {
             let per_s = |n: u64| n as f64 / run_s;
@@ -172,7 +176,11 @@ pub fn sweep_table(capacity: f64, rows: &[SweepRow], run_s: f64) -> String {
                 row.offered_per_s,
                 r.target,
                 r.utterances_per_s(),
-                if r.target == "dispatcher" && peak > 0.0 { format!(" ({:.0} % of peak)", r.utterances_per_s() / peak * 100.0) } else { String::new() },
+                if r.target == "dispatcher" && peak > 0.0 {
+                    format!(" ({:.0} % of peak)", r.utterances_per_s() / peak * 100.0)
+                } else {
+                    String::new()
+                },
                 per_s(r.failed),
                 per_s(r.refused),
                 r.timed_out + r.lost,

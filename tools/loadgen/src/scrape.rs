@@ -85,8 +85,12 @@ mod tests {
 
     #[test]
     fn two_scrapes_give_the_window_figures() {
-        let a = parse("tolk_core_lock_held_seconds_total 1.0\ntolk_dispatch_seconds_bucket{le=\"0.0001\"} 10\ntolk_dispatch_seconds_bucket{le=\"0.001\"} 10\ntolk_dispatch_seconds_bucket{le=\"+Inf\"} 10\n");
-        let b = parse("tolk_core_lock_held_seconds_total 1.5\ntolk_dispatch_seconds_bucket{le=\"0.0001\"} 108\ntolk_dispatch_seconds_bucket{le=\"0.001\"} 110\ntolk_dispatch_seconds_bucket{le=\"+Inf\"} 110\n");
+        let a = parse(
+            "tolk_core_lock_held_seconds_total 1.0\ntolk_dispatch_seconds_bucket{le=\"0.0001\"} 10\ntolk_dispatch_seconds_bucket{le=\"0.001\"} 10\ntolk_dispatch_seconds_bucket{le=\"+Inf\"} 10\n",
+        );
+        let b = parse(
+            "tolk_core_lock_held_seconds_total 1.5\ntolk_dispatch_seconds_bucket{le=\"0.0001\"} 108\ntolk_dispatch_seconds_bucket{le=\"0.001\"} 110\ntolk_dispatch_seconds_bucket{le=\"+Inf\"} 110\n",
+        );
         let w = Window::between(&a, &b, Some(2.0));
         assert_eq!(w.dispatch_frames, 100);
         assert_eq!((w.dispatch_p50_s, w.dispatch_p99_s), (Some(0.0001), Some(0.001)));
