@@ -358,7 +358,7 @@ impl Dispatcher {
 
     async fn serve_socket(self, socket: WebSocket, endpoint: Endpoint, addr: IpAddr, _permit: tokio::sync::OwnedSemaphorePermit) {
         let conn = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = mpsc::channel::<Out>(self.shared.config.outbound_queue.max(1));
+        let (tx, mut rx) = mpsc::channel::<Out>(self.outbound_capacity(endpoint));
         let (kill, killed) = tokio::sync::oneshot::channel::<()>();
         self.lock().peers.insert(conn, Peer { tx, _kill: kill });
         self.with_core(|core, now| core.handle(now, Input::Opened { conn, endpoint, addr }));
@@ -420,6 +420,20 @@ impl Dispatcher {
         send_task.abort();
         self.lock().peers.remove(&conn);
         self.with_core(|core, now| core.handle(now, Input::Closed { conn }));
+    }
+
+    /// Frames queued to one peer before it counts as not reading. Never
+    /// below what the core may legitimately send at once: a node is sent at
+    /// most `max_jobs_per_node` jobs, a session at most its unanswered and
+    /// retained outcomes (a resume re-sends those), each plus control frames.
+    /// So a busy but healthy peer is never cut off for what we sent it.
+    fn outbound_capacity(&self, endpoint: Endpoint) -> usize {
+        let c = &self.shared.config;
+        let needed = match endpoint {
+            Endpoint::Node => 2 * c.core.max_jobs_per_node as usize + 64,
+            Endpoint::Session => c.core.max_pending_per_session + c.core.max_retained_outcomes + 64,
+        };
+        c.outbound_queue.max(needed).max(1)
     }
 
     fn upgrade(&self, ws: WebSocketUpgrade, endpoint: Endpoint, addr: SocketAddr) -> Response {

@@ -66,6 +66,13 @@ pub trait Message: Sized + serde::Serialize + Validate {
     /// Parses one text frame, checking types but not value ranges. For peers
     /// that must accept what an older or newer party sends.
     fn parse_unvalidated(text: &str) -> Result<Self, ProtocolError> {
+        if let Some(ty) = leading_type(text).filter(|ty| Self::TYPES.contains(ty)) {
+            return Self::deserialize_typed(ty, text).map_err(|typed| {
+                // Report as the full reader would: a frame that is not JSON
+                // at all says so rather than naming a field.
+                message_type(text).err().unwrap_or(typed)
+            });
+        }
         let ty = message_type(text)?;
         if !Self::TYPES.contains(&ty.as_ref()) {
             return Err(ProtocolError::invalid_field("type", format!("unknown message type {:?}", truncate(&ty, 64))));
@@ -97,9 +104,6 @@ fn leading_type(text: &str) -> Option<&str> {
 
 /// Reads only the `"type"` of a frame (the rest is skipped, not built).
 fn message_type(text: &str) -> Result<Cow<'_, str>, ProtocolError> {
-    if let Some(ty) = leading_type(text) {
-        return Ok(Cow::Borrowed(ty));
-    }
     #[derive(Deserialize)]
     struct Tag<'a> {
         #[serde(rename = "type", borrow, default)]
@@ -122,10 +126,6 @@ fn message_type(text: &str) -> Result<Cow<'_, str>, ProtocolError> {
 pub fn deserialize_with_path<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ProtocolError> {
     let mut de = serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        if err.inner().is_syntax() || err.inner().is_eof() {
-            // Not JSON at all: no field to name (as when the type is read first).
-            return ProtocolError::invalid_frame(format!("not valid JSON: {}", strip_position(&err.inner().to_string())));
-        }
         let path = err.path().to_string();
         let message = strip_position(&err.inner().to_string()).to_owned();
         let parent = (path != ".").then_some(path);
