@@ -36,11 +36,9 @@ trap cleanup EXIT INT TERM
 
 # The dashboard needs an admin token: a fresh one per run unless one is given.
 ADMIN_TOKEN=${TOLK_ADMIN_TOKEN:-$(head -c 18 /dev/urandom | base64 | tr -d '/+=')}
-# The web client's language pickers: what the local node serves from speech
-# (English ASR only, so en -> es). Declared, because the dispatcher cannot
-# read model languages from its node listing yet.
+# The web client's language pickers offer what the connected nodes serve.
 TOLK_PLUGIN_DIR="$PWD/target/plugins" TOLK_SCHEDULER=least-loaded \
-  TOLK_ADMIN_TOKEN="$ADMIN_TOKEN" TOLK_WEB_LANGUAGES="${TOLK_WEB_LANGUAGES:-en-es}" \
+  TOLK_ADMIN_TOKEN="$ADMIN_TOKEN" \
   "$OUT/tolk-dispatcher" --listen "$LISTEN" &
 pids+=($!)
 

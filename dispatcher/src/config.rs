@@ -105,8 +105,8 @@ pub struct Config {
     /// Largest text frame accepted, in bytes (30 s of 48 kHz pcm16 in base64 fits).
     pub max_frame_bytes: usize,
     /// Frames queued to one peer; a peer that does not read is disconnected
-    /// past this (raised to what the core may send at once: twice a node's
-    /// job cap, or a session's unanswered plus retained outcomes, plus 64).
+    /// past this (for nodes raised to what the core may send one at once:
+    /// twice the job cap plus 64).
     pub outbound_queue: usize,
     /// Read buffer of each WebSocket (resident per connection; larger frames
     /// are read in several steps).

@@ -422,18 +422,17 @@ impl Dispatcher {
         self.with_core(|core, now| core.handle(now, Input::Closed { conn }));
     }
 
-    /// Frames queued to one peer before it counts as not reading. Never
-    /// below what the core may legitimately send at once: a node is sent at
-    /// most `max_jobs_per_node` jobs, a session at most its unanswered and
-    /// retained outcomes (a resume re-sends those), each plus control frames.
-    /// So a busy but healthy peer is never cut off for what we sent it.
+    /// Frames queued to one peer before it counts as not reading. For a
+    /// node never below what the core may legitimately send it at once
+    /// (`max_jobs_per_node` jobs, plus control frames), so a busy but healthy
+    /// node with many slots is not cut off for what we sent it. A session's
+    /// bound stays `outbound_queue`: a phone that does not read is cut off.
     fn outbound_capacity(&self, endpoint: Endpoint) -> usize {
         let c = &self.shared.config;
-        let needed = match endpoint {
-            Endpoint::Node => 2 * c.core.max_jobs_per_node as usize + 64,
-            Endpoint::Session => c.core.max_pending_per_session + c.core.max_retained_outcomes + 64,
-        };
-        c.outbound_queue.max(needed).max(1)
+        match endpoint {
+            Endpoint::Node => c.outbound_queue.max(2 * c.core.max_jobs_per_node as usize + 64),
+            Endpoint::Session => c.outbound_queue.max(1),
+        }
     }
 
     fn upgrade(&self, ws: WebSocketUpgrade, endpoint: Endpoint, addr: SocketAddr) -> Response {

@@ -774,3 +774,20 @@ fn a_node_reporting_itself_full_gets_no_job_until_it_has_room() {
     sim.utterance(c, &sid, 2);
     assert_eq!(sim.jobs(node).len(), 2);
 }
+
+#[test]
+fn served_pairs_are_those_one_node_serves_whole() {
+    let mut sim = Sim::new(cfg());
+    let (_, _, _) = sim.register_node(&[("en", "es")], true);
+    // A node with an nmt model whose target no one speaks is not listed.
+    let n = sim.open(Endpoint::Node);
+    let NodeToServer::NodeRegister(mut reg) = register(None, None, &[("de", "fr")], true) else { unreachable!() };
+    reg.installed_models.retain(|m| m.kind != tolk_protocol::ModelKind::Tts);
+    sim.node(n, NodeToServer::NodeRegister(reg));
+    assert_eq!(sim.core.served_pairs(), vec![("en".to_owned(), "es".to_owned())]);
+    sim.disconnect(n);
+    let (b, _, _) = sim.register_node(&[("zh", "en")], true);
+    assert_eq!(sim.core.served_pairs().len(), 2);
+    sim.disconnect(b);
+    assert_eq!(sim.core.served_pairs(), vec![("en".to_owned(), "es".to_owned())], "only connected nodes count");
+}

@@ -78,7 +78,7 @@ async fn the_feed_follows_the_fleet_behind_the_admin_token() {
     assert_eq!(first["nodes"], serde_json::json!([]), "{first}");
     assert!(first["histograms"]["tolk_job_seconds"]["buckets"].as_array().is_some_and(|b| !b.is_empty()), "{first}");
     assert!(first["counters"]["tolk_utterances_total"].is_number(), "{first}");
-    // Without TOLK_WEB_LANGUAGES nothing is offered, node or not.
+    // No node: no language pair is offered (none is declared either).
     assert_eq!(first["languages"], serde_json::json!([]));
 
     let mut node = NodeProcess::start(&dir, "node", &dispatcher.ws_base(), &NodeSetup::new(Engines::Quick), false);
@@ -86,6 +86,8 @@ async fn the_feed_follows_the_fleet_behind_the_admin_token() {
     let seen = feed.until("the node appears", |s| node_state(s, &id) == Some(true)).await;
     let listed = seen["nodes"].as_array().unwrap().iter().find(|n| n["node_id"] == id.as_str()).unwrap().clone();
     assert_eq!(listed["models"].as_array().unwrap().len(), 3, "{listed}");
+    // ...and the pair it serves whole is offered to the web client.
+    assert!(seen["languages"].as_array().is_some_and(|l| !l.is_empty()), "{seen}");
     node.kill();
     feed.until("the node is shown disconnected", |s| node_state(s, &id) == Some(false)).await;
 

@@ -355,6 +355,26 @@ impl Core {
             .collect()
     }
 
+    /// The language pairs some connected, non-draining node serves whole
+    /// (ASR of the source, translation, TTS of the target), sorted: what a
+    /// client can ask for now. Pairing is not considered.
+    pub fn served_pairs(&self) -> Vec<(String, String)> {
+        use tolk_protocol::ModelKind;
+        use tolk_protocol::models::serves;
+        let mut pairs = std::collections::BTreeSet::new();
+        for n in self.nodes.values().filter(|n| n.conn.is_some() && !n.draining) {
+            for m in n.models.iter().filter(|m| m.kind == ModelKind::Nmt && m.enabled != Some(false)) {
+                let (Some(src), Some(tgt)) = (m.src_lang.as_deref(), m.tgt_lang.as_deref()) else { continue };
+                let asr = n.models.iter().any(|a| serves(a, &ModelKind::Asr, src, None, None));
+                let tts = n.models.iter().any(|t| serves(t, &ModelKind::Tts, tgt, None, None));
+                if asr && tts {
+                    pairs.insert((src.to_owned(), tgt.to_owned()));
+                }
+            }
+        }
+        pairs.into_iter().collect()
+    }
+
     /// Every session, for the admin API.
     pub fn list_sessions(&self) -> Vec<SessionView> {
         let mut v: Vec<SessionView> = self

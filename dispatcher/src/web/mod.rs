@@ -225,12 +225,12 @@ pub struct DashboardSnapshot {
 /// pairs here as "a connected, non-draining node has asr(src), nmt(src→tgt),
 /// tts(tgt)".
 pub(crate) fn snapshot(d: &Dispatcher, declared: &[LanguagePair]) -> DashboardSnapshot {
-    let (nodes, mut sessions, queue_depth, running_jobs) = {
+    let (nodes, mut sessions, queue_depth, running_jobs, served) = {
         let state = d.lock();
         let core = &state.core;
         // The core's counters reach the registry through this snapshot.
         d.store_stats(core.stats());
-        (core.list_nodes(), core.list_sessions(), core.sizes().queue, core.running_jobs())
+        (core.list_nodes(), core.list_sessions(), core.sizes().queue, core.running_jobs(), core.served_pairs())
     };
     let mut text = String::new();
     // Encoding into a String cannot fail; an empty text just shows no metrics.
@@ -239,7 +239,13 @@ pub(crate) fn snapshot(d: &Dispatcher, declared: &[LanguagePair]) -> DashboardSn
     let (outcomes, counters, histograms) = split_metrics(&samples);
 
     let serving = nodes.iter().any(|n| n.connected && !n.draining && !n.models.is_empty());
-    let languages = if serving { declared.to_vec() } else { Vec::new() };
+    // What the fleet serves, unless the operator declared the list.
+    let from_fleet = declared.is_empty();
+    let languages = if !from_fleet {
+        if serving { declared.to_vec() } else { Vec::new() }
+    } else {
+        served.into_iter().map(|(src_lang, tgt_lang)| LanguagePair { src_lang, tgt_lang }).collect()
+    };
     let session_count = sessions.len();
     sessions.truncate(MAX_LISTED_SESSIONS);
     DashboardSnapshot {
@@ -255,12 +261,15 @@ pub(crate) fn snapshot(d: &Dispatcher, declared: &[LanguagePair]) -> DashboardSn
         scheduler_setting: d.shared.config.plugins.scheduler.clone(),
         plugins: d.shared.plugins.as_ref().map(PluginHost::list).unwrap_or_default(),
         languages,
-        languages_source: "declared by the operator (TOLK_WEB_LANGUAGES), offered while a node with models is connected",
+        languages_source: if from_fleet {
+            "what the connected nodes serve (ASR + translation + TTS on one node)"
+        } else {
+            "declared by the operator (TOLK_WEB_LANGUAGES), offered while a node with models is connected"
+        },
         missing: vec![
             "node trust (not modelled yet)",
             "per-stage latency (nodes report one processing_time_ms per job; the histograms are per job and per utterance)",
             "recent not-dispatched reasons one by one (counted: tolk_unavailable_total by main reason, tolk_refusals_total by code)",
-            "per-model languages (the node listing has model ids only)",
         ],
     }
 }
