@@ -178,7 +178,9 @@ fn shipped_policies_behave_as_documented() {
     let c = [cand("a", 0, false, None), cand("b", 0, false, None), cand("c", 0, false, None)];
     let first = st.pick(&job("s1"), &c);
     assert!((0..20).all(|_| st.pick(&job("s1"), &c) == first), "a session maps to one node");
-    let spread: std::collections::HashSet<_> = (0..60).map(|i| st.pick(&job(&format!("session-{i}")), &c)).collect();
+    // A call over its time budget (a loaded machine) answers None, which the
+    // core turns into a fallback: count the nodes chosen.
+    let spread: std::collections::HashSet<_> = (0..60).filter_map(|i| st.pick(&job(&format!("session-{i}")), &c)).collect();
     assert_eq!(spread.len(), 3, "sessions spread over the nodes");
 }
 
