@@ -109,8 +109,14 @@ impl Core {
         // The job already entered its class: count it out for the decision.
         let session_jobs = own.saturating_sub(1);
         let sessions = class.per_session.len();
-        let load =
-            ClassLoad { slots: class.slots(), queued: class.queue.len(), session_jobs, sessions, drain_per_s: class.drain.per_s(now) };
+        let load = ClassLoad {
+            slots: class.slots(),
+            queued: class.queue.len(),
+            session_jobs,
+            sessions,
+            // Before anything has drained, assume a job a second per slot.
+            drain_per_s: Some(class.drain.per_s(now)).filter(|&d| d >= 0.1).unwrap_or(f64::from(class.slots())),
+        };
         match admission::admit(&load, &self.limits()) {
             Admit::Queue => {
                 self.classes.enqueue(class_id, seq, job_id.to_owned());
