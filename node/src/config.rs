@@ -235,6 +235,14 @@ mod tests {
     }
 
     #[test]
+    fn the_neural_example_parses() {
+        let c = Config::parse(include_str!("../tolk-node.neural.toml")).unwrap();
+        let nmt: Vec<String> =
+            c.engines.iter().filter(|e| e.stage.kind() == ModelKind::Nmt).flat_map(|e| e.models("1")).map(|m| m.model_id).collect();
+        assert!(nmt.contains(&"whisper-base-translate-zh".to_owned()) && nmt.contains(&"apertium-eng-spa".to_owned()), "{nmt:?}");
+    }
+
+    #[test]
     fn bad_files_are_refused_with_a_reason() {
         let check = |text: &str, needle: &str| {
             let e = Config::parse(text).unwrap_err();
