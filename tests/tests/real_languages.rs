@@ -24,6 +24,11 @@ use tolk_e2e::speech::{self, word_errors, words};
 use tolk_e2e::{App, DispatcherProcess, NodeProcess, NodeSetup, app, scratch};
 use tolk_sdk::Translation;
 
+/// The three tests run one at a time: each node loads two whisper models,
+/// Kokoro and piper, and each test keeps both cores busy on its own.
+/// (tokio's Mutex: each test has its own runtime, and a failed test poisons nothing.)
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Dispatcher settings for slow engines on 2 cores: jobs may wait and run long.
 const DISPATCHER: &str = "[core]\nadmission_wait_ms = 300000\njob_timeout_base_ms = 300000\n";
 
@@ -89,6 +94,7 @@ fn english_speech_matches(results: &[Translation]) -> (usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chinese_speech_comes_back_as_english_text_and_speech() {
+    let _one_at_a_time = SERIAL.lock().await;
     // (spoken, expected English content words of whisper's translation)
     let sentences: [(&str, &[&str]); 5] = [
         ("今天天气很好。", &["weather", "today"]),
@@ -121,6 +127,7 @@ async fn chinese_speech_comes_back_as_english_text_and_speech() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn espeak_english_is_recognised_translated_by_apertium_and_spoken_by_kokoro() {
+    let _one_at_a_time = SERIAL.lock().await;
     let dir = scratch("en-es-speech");
     let texts = [
         "I would like to buy a train ticket to Madrid. Where is the station?",
@@ -148,6 +155,7 @@ async fn espeak_english_is_recognised_translated_by_apertium_and_spoken_by_kokor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spanish_speech_comes_back_as_english_through_whisper_translate_and_piper() {
+    let _one_at_a_time = SERIAL.lock().await;
     let sentences: [(&str, &[&str]); 4] = [
         ("¿Dónde está la estación de tren?", &["where", "station"]),
         ("Quiero un vaso de agua, por favor.", &["glass", "water"]),
