@@ -32,7 +32,9 @@ if [ -z "$WAV" ]; then
       cargo run --locked --release -q -p tolk-engine-onnx-tts --example speak -- "target/sample-$SRC" "$SRC" \
         model="$M/kokoro/kokoro-v1.0.int8.onnx" vocab="$M/kokoro/vocab.json" voices="$M/kokoro/voices.npz" \
         onnxruntime="$M/onnxruntime/libonnxruntime.so.1.31.1" -- "$TEXT" >/dev/null
-      WAV="target/sample-$SRC-0.wav" ;;
+      # Kokoro speaks at 24 kHz; the SDK's VAD takes 8/16/32/48 kHz.
+      WAV="target/sample-$SRC.wav"
+      sox "target/sample-$SRC-0.wav" -r 16000 "$WAV" ;;
     *)
       WAV=target/sample-en.wav
       flite -voice slt -t "The weather is nice today. Please send me the report before the meeting." -o "$WAV" ;;
