@@ -67,6 +67,12 @@ fn specs(ids: &[String]) -> Result<Vec<&'static store::ModelSpec>, tolk_node::Er
         .collect()
 }
 
+/// A line on stdout; a closed pipe (`| head`) is not an error.
+fn say(line: String) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
 fn models(dir: Option<PathBuf>, action: ModelsAction) -> Result<(), tolk_node::Error> {
     let store = store::Store::new(dir.unwrap_or_else(store::default_dir));
     match action {
@@ -74,21 +80,21 @@ fn models(dir: Option<PathBuf>, action: ModelsAction) -> Result<(), tolk_node::E
             for spec in specs(&ids)? {
                 let done = store.install(spec)?;
                 let how = if done == store::Installed::Already { "already installed" } else { "installed" };
-                println!("{} {how}: {}", spec.id, store.model_dir(spec.id).display());
+                say(format!("{} {how}: {}", spec.id, store.model_dir(spec.id).display()));
             }
         }
         ModelsAction::List => {
-            println!("models folder: {}", store.dir().display());
+            say(format!("models folder: {}", store.dir().display()));
             for spec in store::CATALOGUE {
                 let state = if store.is_installed(spec) { "installed" } else { "-" };
-                println!("{:<16} {:<10} {} [{}]", spec.id, state, spec.description, spec.licence);
+                say(format!("{:<16} {:<10} {} [{}]", spec.id, state, spec.description, spec.licence));
             }
         }
         ModelsAction::Verify { ids } => {
             let chosen = if ids.is_empty() { store::CATALOGUE.iter().filter(|s| store.is_installed(s)).collect() } else { specs(&ids)? };
             for spec in chosen {
                 store.verify(spec)?;
-                println!("{} ok", spec.id);
+                say(format!("{} ok", spec.id));
             }
         }
         ModelsAction::Path { id } => {
@@ -96,7 +102,7 @@ fn models(dir: Option<PathBuf>, action: ModelsAction) -> Result<(), tolk_node::E
             if !store.is_installed(spec) {
                 return Err(tolk_node::Error::Models(format!("{} is not installed (tolk-node models install {})", spec.id, spec.id)));
             }
-            println!("{}", store.model_dir(spec.id).display());
+            say(store.model_dir(spec.id).display().to_string());
         }
     }
     Ok(())
