@@ -68,7 +68,10 @@ fn read_npy(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), String> {
     }
     let major = *bytes.get(6).ok_or_else(|| bad("truncated"))?;
     let (len, start) = match major {
-        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+        1 => {
+            let b = bytes.get(8..10).ok_or_else(|| bad("truncated"))?;
+            (usize::from(u16::from_le_bytes([b[0], b[1]])), 10)
+        }
         _ => {
             let b = bytes.get(8..12).ok_or_else(|| bad("truncated"))?;
             (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize, 12)
@@ -166,7 +169,9 @@ impl OnnxTts {
         if tokens.is_empty() {
             return Ok(Speech { samples: Vec::new(), sample_rate: KOKORO_RATE });
         }
-        let row = style.get(tokens.len().min(style.len()) - 1).ok_or_else(|| Error::backend("voice has no style rows"))?;
+        // The style row for this many tokens (the last row for longer inputs).
+        let row = tokens.len().min(style.len()).checked_sub(1).and_then(|i| style.get(i));
+        let row = row.ok_or_else(|| Error::backend("voice has no style rows"))?;
         let n = tokens.len() + 2;
         let mut padded = Vec::with_capacity(n);
         padded.push(0);
@@ -282,7 +287,9 @@ mod tests {
             b.extend(v.to_le_bytes());
         }
         assert_eq!(read_npy(&b).unwrap(), (vec![2, 1, 2], vec![1.0, 2.0, 3.0, 4.0]));
-        assert!(read_npy(&b[..b.len() - 1]).is_err());
+        for cut in 0..b.len() {
+            assert!(read_npy(&b[..cut]).is_err(), "cut at {cut}");
+        }
         assert!(read_npy(b"not npy").is_err());
     }
 
