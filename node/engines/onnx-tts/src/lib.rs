@@ -42,6 +42,9 @@ fn environment(options: &Options) -> Result<ort::environment::Environment, Error
         let path = options.get("onnxruntime").map(str::to_owned).or_else(|| std::env::var("ORT_DYLIB_PATH").ok());
         let path = path.ok_or("option onnxruntime (or ORT_DYLIB_PATH) is required: tolk-node models install onnxruntime")?;
         let builder = ort::init_from(&path).map_err(|e| format!("cannot load ONNX Runtime from {path}: {e}"))?;
+        // The `cuda` feature: the CUDA execution provider first (CPU stays the fallback).
+        #[cfg(feature = "cuda")]
+        let builder = builder.with_execution_providers([ort::ep::CUDA::default().build()]);
         builder.with_name("tolk").build().map_err(|e| format!("ONNX Runtime: {e}"))
     })
     .clone()
