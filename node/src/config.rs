@@ -206,8 +206,10 @@ impl Config {
         if config.heartbeat_ms == 0 || config.reconnect_min_ms == 0 || config.reconnect_max_ms < config.reconnect_min_ms {
             return Err("heartbeat_ms and reconnect_min_ms must be positive, reconnect_max_ms ≥ reconnect_min_ms".into());
         }
-        if config.engines.len() > tolk_protocol::validate::MAX_MODELS {
-            return Err(format!("at most {} engines", tolk_protocol::validate::MAX_MODELS));
+        // What the node reports: one model per engine, or one per language of `src_langs`.
+        let models: usize = config.engines.iter().map(|e| e.src_langs.len().max(1)).sum();
+        if models > tolk_protocol::validate::MAX_MODELS {
+            return Err(format!("at most {} models (engines × languages)", tolk_protocol::validate::MAX_MODELS));
         }
         for e in &config.engines {
             e.check()?;
@@ -257,6 +259,9 @@ mod tests {
         check(&engine("tgt_lang = \"es\"\n[engine.options]\nx = [1]"), "only strings");
         check(&engine("tgt_lang = \"es\"\n[engine.options]\nx = \"a\\nb\""), "newlines");
         check(&engine("tgt_lang = \"es\"\nsrc_langs = [\"de\"]"), "either src_lang or src_langs");
+        let langs: Vec<String> = (0..257).map(|i| format!("\"x{i}\"")).collect();
+        let many = format!("[[engine]]\nstage = \"asr\"\nlibrary = \"w.so\"\nmodel_id = \"w\"\nsrc_langs = [{}]\n", langs.join(", "));
+        check(&many, "at most 256 models");
         let ok = Config::parse(&engine("tgt_lang = \"es\"\n[engine.options]\nmode = \"eng-spa\"\nn = 3\nb = true")).unwrap();
         let o = ok.engines[0].engine_options().unwrap();
         assert_eq!((o.get("mode"), o.get("n"), o.get("b")), (Some("eng-spa"), Some("3"), Some("true")));
