@@ -37,6 +37,15 @@ mkdir -p "$STATE"
 sed -e "s#\.\./target/release/#$PWD/$OUT/#" -e "s#@LIB@#$PWD/$OUT#g" -e "s#@MODELS@#$MODELS#g" \
   "${TOLK_NODE_CONFIG:-node/tolk-node.neural.toml}" > "$STATE/tolk-node.toml"
 
+# Whisper on a CPU takes seconds per utterance (two passes for X -> en): give
+# jobs more time than the dispatcher's defaults (15 s + 2 s per second of audio).
+cat > "$STATE/dispatcher.toml" <<'TOML'
+[core]
+job_timeout_base_ms = 60000
+job_timeout_per_audio_s_ms = 5000
+admission_wait_ms = 30000
+TOML
+
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -45,7 +54,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 TOLK_PLUGIN_DIR="$PWD/target/plugins" TOLK_SCHEDULER=least-loaded \
-  "$OUT/tolk-dispatcher" --listen "$LISTEN" &
+  "$OUT/tolk-dispatcher" --listen "$LISTEN" --config "$STATE/dispatcher.toml" &
 pids+=($!)
 
 host=${LISTEN%:*}; port=${LISTEN##*:}
