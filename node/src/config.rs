@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use tolk_engine_sdk::Options;
 use tolk_protocol::ModelKind;
+use tolk_protocol::node::InstalledModel;
 use tolk_protocol::validate::is_language_tag;
 
 use crate::Error;
@@ -60,13 +61,18 @@ pub enum StageName {
     Asr,
     Nmt,
     Tts,
+    /// Speech translation (an ABI 2 engine reading the job's audio, e.g.
+    /// whisper's translate task). Reported as an ordinary `nmt` model
+    /// (`src_lang` → `tgt_lang`), so the dispatcher's matching needs nothing new.
+    #[serde(rename = "speech_translation")]
+    SpeechTranslation,
 }
 
 impl StageName {
     pub fn kind(self) -> ModelKind {
         match self {
             Self::Asr => ModelKind::Asr,
-            Self::Nmt => ModelKind::Nmt,
+            Self::Nmt | Self::SpeechTranslation => ModelKind::Nmt,
             Self::Tts => ModelKind::Tts,
         }
     }
@@ -82,7 +88,12 @@ pub struct EngineConfig {
     /// The model id reported to the dispatcher.
     pub model_id: String,
     /// ASR: language heard; NMT: source; TTS: language spoken.
-    pub src_lang: String,
+    #[serde(default)]
+    pub src_lang: Option<String>,
+    /// Instead of `src_lang`: several languages served by the one engine (a
+    /// multilingual model), reported as one model each, `<model_id>-<lang>`.
+    #[serde(default)]
+    pub src_langs: Vec<String>,
     /// NMT only: target language.
     #[serde(default)]
     pub tgt_lang: Option<String>,
@@ -124,13 +135,33 @@ impl EngineConfig {
         Ok(Options::from_pairs(pairs))
     }
 
+    /// The models this engine reports: one, or one per `src_langs` entry.
+    pub fn models(&self, version: &str) -> Vec<InstalledModel> {
+        let model = |model_id: String, lang: &str| InstalledModel {
+            model_id,
+            kind: self.stage.kind(),
+            src_lang: Some(lang.to_owned()),
+            tgt_lang: self.tgt_lang.clone(),
+            dialect: self.dialect.clone(),
+            version: version.to_owned(),
+            enabled: None,
+        };
+        match &self.src_lang {
+            Some(lang) => vec![model(self.model_id.clone(), lang)],
+            None => self.src_langs.iter().map(|l| model(format!("{}-{l}", self.model_id), l)).collect(),
+        }
+    }
+
     fn check(&self) -> Result<(), String> {
         let who = &self.model_id;
         if who.is_empty() || who.len() > tolk_protocol::validate::MAX_TEXT_LEN {
             return Err("model_id must be 1–4096 bytes".into());
         }
-        for (field, lang) in [("src_lang", Some(&self.src_lang)), ("tgt_lang", self.tgt_lang.as_ref()), ("dialect", self.dialect.as_ref())]
-        {
+        if self.src_lang.is_some() != self.src_langs.is_empty() {
+            return Err(format!("{who}: give either src_lang or src_langs (a non-empty list)"));
+        }
+        let langs = self.src_lang.iter().chain(&self.src_langs).map(|l| ("src_lang", Some(l)));
+        for (field, lang) in langs.chain([("tgt_lang", self.tgt_lang.as_ref()), ("dialect", self.dialect.as_ref())]) {
             if let Some(l) = lang
                 && !is_language_tag(l)
             {
@@ -141,7 +172,7 @@ impl EngineConfig {
             return Err(format!("{who}: instances must be 1–16"));
         }
         match (self.stage, &self.tgt_lang) {
-            (StageName::Nmt, None) => Err(format!("{who}: an nmt engine needs tgt_lang")),
+            (StageName::Nmt | StageName::SpeechTranslation, None) => Err(format!("{who}: an nmt engine needs tgt_lang")),
             (StageName::Asr | StageName::Tts, Some(_)) => Err(format!("{who}: only nmt engines have tgt_lang")),
             _ => self.engine_options().map(drop).map_err(|e| format!("{who}: {e}")),
         }
@@ -175,8 +206,10 @@ impl Config {
         if config.heartbeat_ms == 0 || config.reconnect_min_ms == 0 || config.reconnect_max_ms < config.reconnect_min_ms {
             return Err("heartbeat_ms and reconnect_min_ms must be positive, reconnect_max_ms ≥ reconnect_min_ms".into());
         }
-        if config.engines.len() > tolk_protocol::validate::MAX_MODELS {
-            return Err(format!("at most {} engines", tolk_protocol::validate::MAX_MODELS));
+        // What the node reports: one model per engine, or one per language of `src_langs`.
+        let models: usize = config.engines.iter().map(|e| e.src_langs.len().max(1)).sum();
+        if models > tolk_protocol::validate::MAX_MODELS {
+            return Err(format!("at most {} models (engines × languages)", tolk_protocol::validate::MAX_MODELS));
         }
         for e in &config.engines {
             e.check()?;
@@ -204,6 +237,14 @@ mod tests {
     }
 
     #[test]
+    fn the_neural_example_parses() {
+        let c = Config::parse(include_str!("../tolk-node.neural.toml")).unwrap();
+        let nmt: Vec<String> =
+            c.engines.iter().filter(|e| e.stage.kind() == ModelKind::Nmt).flat_map(|e| e.models("1")).map(|m| m.model_id).collect();
+        assert!(nmt.contains(&"whisper-base-translate-zh".to_owned()) && nmt.contains(&"apertium-eng-spa".to_owned()), "{nmt:?}");
+    }
+
+    #[test]
     fn bad_files_are_refused_with_a_reason() {
         let check = |text: &str, needle: &str| {
             let e = Config::parse(text).unwrap_err();
@@ -217,8 +258,29 @@ mod tests {
         check(&engine("tgt_lang = \"e s\""), "not a language tag");
         check(&engine("tgt_lang = \"es\"\n[engine.options]\nx = [1]"), "only strings");
         check(&engine("tgt_lang = \"es\"\n[engine.options]\nx = \"a\\nb\""), "newlines");
+        check(&engine("tgt_lang = \"es\"\nsrc_langs = [\"de\"]"), "either src_lang or src_langs");
+        let langs: Vec<String> = (0..257).map(|i| format!("\"x{i}\"")).collect();
+        let many = format!("[[engine]]\nstage = \"asr\"\nlibrary = \"w.so\"\nmodel_id = \"w\"\nsrc_langs = [{}]\n", langs.join(", "));
+        check(&many, "at most 256 models");
         let ok = Config::parse(&engine("tgt_lang = \"es\"\n[engine.options]\nmode = \"eng-spa\"\nn = 3\nb = true")).unwrap();
         let o = ok.engines[0].engine_options().unwrap();
         assert_eq!((o.get("mode"), o.get("n"), o.get("b")), (Some("eng-spa"), Some("3"), Some("true")));
+    }
+
+    #[test]
+    fn one_multilingual_engine_reports_a_model_per_language_and_speech_translation_is_nmt() {
+        let text = "[[engine]]\nstage = \"asr\"\nlibrary = \"w.so\"\nmodel_id = \"whisper-base\"\nsrc_langs = [\"zh\", \"en\"]\n\n\
+                    [[engine]]\nstage = \"speech_translation\"\nlibrary = \"w.so\"\nmodel_id = \"whisper-base-translate\"\nsrc_langs = [\"zh\", \"es\"]\ntgt_lang = \"en\"\n";
+        let c = Config::parse(text).unwrap();
+        let asr = c.engines[0].models("1");
+        assert_eq!(
+            asr.iter().map(|m| (m.model_id.as_str(), m.src_lang.as_deref())).collect::<Vec<_>>(),
+            [("whisper-base-zh", Some("zh")), ("whisper-base-en", Some("en"))]
+        );
+        let st = c.engines[1].models("1");
+        assert!(st.iter().all(|m| m.kind == ModelKind::Nmt && m.tgt_lang.as_deref() == Some("en")));
+        assert_eq!(st[1].model_id, "whisper-base-translate-es");
+        let no_tgt = text.replace("tgt_lang = \"en\"\n", "");
+        assert!(Config::parse(&no_tgt).unwrap_err().contains("needs tgt_lang"));
     }
 }

@@ -17,6 +17,9 @@ pub enum Error {
     /// A command-line or URL problem.
     #[error("{0}")]
     Usage(String),
+    /// Installing, listing or verifying models (`tolk-node models`).
+    #[error("models: {0}")]
+    Models(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -19,6 +19,8 @@
 //! - [`config`]: the TOML configuration; [`identity`]: `node_id`/`node_token` on disk.
 //! - [`machine`]: cores, memory, GPUs, measured load.
 //! - [`shell`]: tokio + tokio-tungstenite around the core.
+//! - [`store`]: models installed from pinned registry packages
+//!   (`tolk-node models`), with the CTranslate2 → ggml converter.
 
 pub mod config;
 pub mod core;
@@ -29,5 +31,6 @@ pub mod machine;
 pub mod models;
 pub mod pipeline;
 pub mod shell;
+pub mod store;
 
 pub use error::Error;

@@ -1,5 +1,8 @@
 //! One job, start to end, in plain synchronous code: decode the audio, then
-//! ASR → NMT → TTS through the [`EngineSet`], timing each stage. Runs on a
+//! ASR → NMT → TTS through the [`EngineSet`], timing each stage. An `nmt`
+//! model whose engine reads speech (speech translation, e.g. whisper's
+//! translate task) is given the job's audio instead of the recognised text;
+//! it runs only when the recognised text is not empty, like any NMT. Runs on a
 //! blocking thread; checks `cancel` between stages so an abandoned job stops
 //! at the next boundary (an engine call itself cannot be interrupted).
 
@@ -80,11 +83,13 @@ pub fn run(engines: &EngineSet, job: &JobAssign, cancel: &AtomicBool) -> Outcome
 fn stages(engines: &EngineSet, job: &JobAssign, cancel: &AtomicBool, t: &mut Timings) -> Result<Output, Failure> {
     let p = job.pipeline;
     let mut out = Output::default();
+    let mut pcm = None;
     if p.use_asr {
         let started = Instant::now();
-        let pcm = audio::decode_base64(&job.audio, job.audio_format, job.sample_rate)
+        let decoded = audio::decode_base64(&job.audio, job.audio_format, job.sample_rate)
             .map_err(|e| Failure::new(JobErrorCode::InvalidAudio, e.message))?;
         t.decode_ms = ms(started);
+        let pcm = pcm.insert(decoded);
         let asr = engines
             .find(&ModelKind::Asr, &job.src_lang, None, job.dialect.as_deref())
             .ok_or_else(|| Failure::new(JobErrorCode::ModelNotAvailable, format!("no asr model for {}", job.src_lang)))?;
@@ -107,7 +112,19 @@ fn stages(engines: &EngineSet, job: &JobAssign, cancel: &AtomicBool, t: &mut Tim
             String::new()
         } else {
             let started = Instant::now();
-            let request = Request::Nmt { text: &source, src_lang: &job.src_lang, tgt_lang: &job.tgt_lang };
+            let request = match (&pcm, nmt.speech_input) {
+                (Some(pcm), true) => Request::SpeechTranslation {
+                    samples: &pcm.samples,
+                    sample_rate: pcm.sample_rate,
+                    src_lang: &job.src_lang,
+                    tgt_lang: &job.tgt_lang,
+                },
+                (None, true) => {
+                    let message = format!("{} translates speech and this job has none", nmt.model.model_id);
+                    return Err(Failure::new(JobErrorCode::ModelNotAvailable, message));
+                }
+                (_, false) => Request::Nmt { text: &source, src_lang: &job.src_lang, tgt_lang: &job.tgt_lang },
+            };
             let text = match nmt.engine.process(request).map_err(|e| engine_failure("nmt", &nmt.model.model_id, e))? {
                 Response::Text(text) => text,
                 Response::Speech { .. } => return Err(Failure::new(JobErrorCode::InferenceBackendError, "nmt engine returned audio")),

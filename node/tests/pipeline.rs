@@ -26,6 +26,10 @@ impl Engine for Fake {
         match (&self.answer, request) {
             // NMT echoes its input so the test sees what reached it.
             (Ok(Response::Text(t)), Request::Nmt { text, .. }) if t == "echo" => Ok(Response::Text(format!("<{text}>"))),
+            // Speech translation shows what audio reached it.
+            (Ok(Response::Text(t)), Request::SpeechTranslation { samples, sample_rate, src_lang, tgt_lang }) if t == "echo" => {
+                Ok(Response::Text(format!("<{} samples at {sample_rate} {src_lang}→{tgt_lang}>", samples.len())))
+            }
             (answer, _) => answer.clone(),
         }
     }
@@ -41,7 +45,7 @@ fn loaded(kind: ModelKind, src: &str, tgt: Option<&str>, answer: Result<Response
         version: "1".into(),
         enabled: None,
     };
-    LoadedEngine { model, engine: Arc::new(Fake { answer, cancel_after: None }) }
+    LoadedEngine { model, engine: Arc::new(Fake { answer, cancel_after: None }), speech_input: false }
 }
 
 fn text(t: &str) -> Result<Response, EngineError> {
@@ -92,6 +96,25 @@ fn the_stages_run_in_order_and_speech_comes_back_as_wav() {
     let wav = out.tts_wav.unwrap();
     let pcm = audio::decode_bytes(&wav, AudioFormat::Wav, 22_050).unwrap();
     assert_eq!(pcm.samples, [100, -100, 100]);
+}
+
+#[test]
+fn a_speech_translation_model_gets_the_audio_not_the_text() {
+    let st = LoadedEngine { speech_input: true, ..loaded(ModelKind::Nmt, "zh", Some("en"), text("echo")) };
+    let set =
+        EngineSet::new(vec![loaded(ModelKind::Asr, "zh", None, text("今天天气不错")), st, loaded(ModelKind::Tts, "en", None, speech())]);
+    let zh_en = JobAssign { src_lang: "zh".into(), tgt_lang: "en".into(), ..job() };
+    let out = go(&set, &zh_en).unwrap();
+    assert_eq!(out.text_asr.as_deref(), Some("今天天气不错"));
+    assert_eq!(out.text_translated.as_deref(), Some("<4 samples at 16000 zh→en>"));
+    assert!(out.tts_wav.is_some());
+    // Nothing recognised: nothing translated, as with text NMT.
+    let quiet = EngineSet::new(vec![
+        loaded(ModelKind::Asr, "zh", None, text("")),
+        LoadedEngine { speech_input: true, ..loaded(ModelKind::Nmt, "zh", Some("en"), text("echo")) },
+    ]);
+    let out = go(&quiet, &JobAssign { pipeline: Pipeline { use_tts: false, ..Pipeline::default() }, ..zh_en }).unwrap();
+    assert_eq!(out.text_translated.as_deref(), Some(""));
 }
 
 #[test]

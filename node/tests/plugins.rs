@@ -35,8 +35,24 @@ fn a_good_engine_loads_and_translates() {
 fn a_wrong_abi_version_is_refused_before_anything_else_is_read() {
     let path = support::plugin("tolk-test-engine-bad-abi");
     let err = Library::open(&path).unwrap_err();
-    assert_eq!(err, LoadError::AbiVersion { path: path.clone(), found: 999, expected: 1 });
-    assert!(err.to_string().contains("engine ABI version 999, this node speaks version 1"), "{err}");
+    assert_eq!(err, LoadError::AbiVersion { path: path.clone(), found: 999, expected: 2 });
+    assert!(err.to_string().contains("engine ABI version 999, this node speaks version 2 (and 1)"), "{err}");
+}
+
+#[test]
+fn a_version_1_engine_still_loads_and_runs_and_sdk_engines_are_version_2() {
+    let lib = Library::open(&support::plugin("tolk-test-engine-abi-v1")).unwrap();
+    assert_eq!((lib.abi_version(), lib.stage(), lib.name()), (1, Stage::Nmt, "abi-v1"));
+    assert!(lib.serves(Stage::Nmt) && !lib.serves(Stage::SpeechTranslation));
+    let engine = PluginEngine::create(lib, &Options::default()).unwrap();
+    assert_eq!(translate(&engine, "hi").unwrap(), Response::Text("v1:hi".into()));
+    let echo = Library::open(&support::plugin("tolk-test-engine-echo")).unwrap();
+    assert_eq!(echo.abi_version(), 2);
+    assert!(echo.serves(Stage::Nmt) && !echo.serves(Stage::Asr));
+    // A stage the library does not serve is refused by the host, not sent.
+    let engine = PluginEngine::create(echo, &Options::default()).unwrap();
+    let request = Request::SpeechTranslation { samples: &[0; 10], sample_rate: 16_000, src_lang: "zh", tgt_lang: "en" };
+    assert!(engine.process(request).unwrap_err().message.contains("asked for SpeechTranslation"));
 }
 
 #[test]

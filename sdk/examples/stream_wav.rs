@@ -133,6 +133,8 @@ fn main() {
     config.session.src_lang = args.src.clone();
     config.session.tgt_lang = args.tgt.clone();
     config.chunker.sample_rate = rate;
+    // Neural engines on a small CPU take seconds per utterance: wait for them.
+    config.session.close_timeout_ms = 120_000;
     let start = Instant::now();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let out = args.out.clone();

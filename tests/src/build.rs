@@ -7,8 +7,15 @@ use std::sync::OnceLock;
 use crate::workspace_root;
 
 /// The engine plugin packages the tests load.
-pub const ENGINES: &[&str] =
-    &["tolk-test-engine-echo", "tolk-engine-pocketsphinx", "tolk-engine-apertium", "tolk-engine-flite", "tolk-engine-espeak"];
+pub const ENGINES: &[&str] = &[
+    "tolk-test-engine-echo",
+    "tolk-engine-pocketsphinx",
+    "tolk-engine-apertium",
+    "tolk-engine-flite",
+    "tolk-engine-espeak",
+    "tolk-engine-whisper",
+    "tolk-engine-onnx-tts",
+];
 
 /// Builds [`ENGINES`] with the cargo that runs the tests into
 /// `target/engine-plugins` (a separate target directory, so the nested build

@@ -20,6 +20,8 @@
 //! # Layout
 //! - [`build`]: engine plugins (nested cargo) and Wasm plugins.
 //! - [`speech`]: English sentences spoken by `flite` at 16 kHz.
+//! - [`neural`]: speech made by Kokoro and eSpeak NG, English transcribed
+//!   back by whisper tiny.en, character error rates (the real-language tests).
 //! - [`dispatcher`]: [`DispatcherProcess`], the dispatcher as a child process
 //!   (start, SIGKILL, SIGTERM, restart on the same address).
 //! - [`node`]: [`NodeProcess`] and [`NodeSetup`], a node as a child process
@@ -34,6 +36,7 @@
 pub mod app;
 pub mod build;
 pub mod dispatcher;
+pub mod neural;
 pub mod node;
 pub mod speech;
 pub mod wire;

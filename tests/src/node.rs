@@ -19,6 +19,46 @@ pub enum Engines {
     /// NG (es): the same recognition and speech, a translation that costs
     /// nothing. For tests where the translated text does not matter.
     Quick,
+    /// The neural engines on the installed models (`tolk-node models`):
+    /// whisper base ASR for zh, en, es; whisper's speech translation zh, es →
+    /// en; Apertium en → es; Kokoro TTS (es, zh) and piper (en).
+    Neural,
+}
+
+/// The models folder, as `tolk-node models` chooses it (`TOLK_MODELS_DIR`,
+/// else `~/.cache/tolk/models`); scripts/setup.sh installs into it.
+pub fn models_dir() -> PathBuf {
+    tolk_node::store::default_dir()
+}
+
+/// The installed file `name` of model `id`; panics with what to run when missing.
+pub fn model_file(id: &str, name: &str) -> String {
+    let path = models_dir().join(id).join(name);
+    assert!(path.is_file(), "{} is missing: run scripts/setup.sh (tolk-node models install {id})", path.display());
+    path.display().to_string()
+}
+
+/// The `[engine.options]` lines of the whisper engine on whisper base.
+pub fn whisper_options() -> String {
+    format!("model = \"{}\"\nthreads = 2", model_file("whisper-base", "ggml-base.bin"))
+}
+
+/// The `[engine.options]` lines of Kokoro (`kind = "kokoro"`) or piper.
+pub fn tts_options(kind: &str) -> String {
+    let ort = model_file("onnxruntime", "libonnxruntime.so.1.31.1");
+    match kind {
+        "piper" => format!(
+            "kind = \"piper\"\nonnxruntime = \"{ort}\"\nmodel = \"{}\"\nconfig = \"{}\"",
+            model_file("piper-en-us-joe", "en_US-joe-medium.onnx"),
+            model_file("piper-en-us-joe", "en_US-joe-medium.onnx.json")
+        ),
+        _ => format!(
+            "kind = \"kokoro\"\nonnxruntime = \"{ort}\"\nmodel = \"{}\"\nvocab = \"{}\"\nvoices = \"{}\"",
+            model_file("kokoro", "kokoro-v1.0.int8.onnx"),
+            model_file("kokoro", "vocab.json"),
+            model_file("kokoro", "voices.npz")
+        ),
+    }
 }
 
 /// A node's configuration file.
@@ -58,6 +98,18 @@ impl NodeSetup {
             t += &format!("auth_token = \"{token}\"\n");
         }
         t += "\n";
+        if self.engines == Engines::Neural {
+            let w = whisper_options();
+            t += &Self::engine("asr", "tolk-engine-whisper", "whisper-base", "src_langs = [\"zh\", \"en\", \"es\"]", "", &w);
+            let st = "src_langs = [\"zh\", \"es\"]\ntgt_lang = \"en\"";
+            t += &Self::engine("speech_translation", "tolk-engine-whisper", "whisper-base-translate", st, "", &w);
+            let en_es = "src_lang = \"en\"\ntgt_lang = \"es\"";
+            t += &Self::engine("nmt", "tolk-engine-apertium", "apertium-eng-spa", en_es, "", "mode = \"eng-spa\"");
+            let kokoro = tts_options("kokoro");
+            t += &Self::engine("tts", "tolk-engine-onnx-tts", "kokoro", "src_langs = [\"es\", \"zh\"]", "", &kokoro);
+            t += &Self::engine("tts", "tolk-engine-onnx-tts", "piper-en-us-joe", "src_lang = \"en\"", "", &tts_options("piper"));
+            return t;
+        }
         let instances = format!("instances = {}", self.asr_instances);
         t += &Self::engine("asr", "tolk-engine-pocketsphinx", "pocketsphinx-en-us", "src_lang = \"en\"", &instances, "");
         t += &match self.engines {
@@ -69,7 +121,9 @@ impl NodeSetup {
                 "",
                 "mode = \"eng-spa\"",
             ),
-            Engines::Quick => Self::engine("nmt", "tolk-test-engine-echo", "echo-en-es", "src_lang = \"en\"\ntgt_lang = \"es\"", "", ""),
+            Engines::Quick | Engines::Neural => {
+                Self::engine("nmt", "tolk-test-engine-echo", "echo-en-es", "src_lang = \"en\"\ntgt_lang = \"es\"", "", "")
+            }
         };
         t += &Self::engine("tts", "tolk-engine-espeak", "espeak-ng-es", "src_lang = \"es\"", "", "voice = \"es\"");
         t

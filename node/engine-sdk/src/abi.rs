@@ -1,4 +1,6 @@
-//! The raw C ABI, version 1: the Rust mirror of `include/tolk_engine.h`.
+//! The raw C ABI, version 2: the Rust mirror of `include/tolk_engine.h`.
+//! Version 1 (no `stages` in the descriptor, no `stage` in the input) is
+//! still loaded: [`DescriptorV1`] is its layout.
 //! The node's loader reads these types; engines written with this crate never
 //! touch them (the export macros do).
 
@@ -8,8 +10,10 @@
 
 use std::ffi::{c_char, c_void};
 
-/// The ABI version this crate speaks; a library with another is refused.
-pub const ABI_VERSION: u32 = 1;
+/// The ABI version this crate speaks and its engines declare.
+pub const ABI_VERSION: u32 = 2;
+/// The first version, which the node still loads.
+pub const ABI_VERSION_1: u32 = 1;
 
 /// The symbol every engine library exports (NUL-terminated for `dlsym`).
 pub const DESCRIPTOR_SYMBOL: &[u8] = b"tolk_engine_descriptor\0";
@@ -20,6 +24,16 @@ pub const STAGE_ASR: u32 = 1;
 pub const STAGE_NMT: u32 = 2;
 /// `tolk_stage`: speech synthesis.
 pub const STAGE_TTS: u32 = 3;
+/// `tolk_stage` (ABI 2): speech translation, audio in `src_lang` → text in `tgt_lang`.
+pub const STAGE_SPEECH_TRANSLATION: u32 = 4;
+
+/// The `stages` bit of `stage`.
+pub const fn stage_bit(stage: u32) -> u32 {
+    if stage < 32 { 1 << stage } else { 0 }
+}
+
+/// Every stage bit this ABI defines.
+pub const KNOWN_STAGES: u32 = stage_bit(STAGE_ASR) | stage_bit(STAGE_NMT) | stage_bit(STAGE_TTS) | stage_bit(STAGE_SPEECH_TRANSLATION);
 
 /// `tolk_status` values.
 pub const OK: i32 = 0;
@@ -56,6 +70,9 @@ pub struct Input {
     pub text: Str,
     pub src_lang: Str,
     pub tgt_lang: Str,
+    /// ABI 2: the stage of this call (one of the descriptor's `stages`). A
+    /// version 1 engine reads the fields above only.
+    pub stage: u32,
 }
 
 /// `tolk_output`.
@@ -81,11 +98,29 @@ pub type ProcessFn =
     unsafe extern "C" fn(engine: *mut c_void, input: *const Input, output: *mut Output, err: *mut c_char, err_cap: usize) -> i32;
 pub type FreeOutputFn = unsafe extern "C" fn(engine: *mut c_void, output: *mut Output);
 
-/// `tolk_engine_descriptor`. Function pointers are `Option` so that a NULL
-/// from a C engine is a value the loader can refuse, not undefined behaviour.
+/// `tolk_engine_descriptor`, version 2. Function pointers are `Option` so
+/// that a NULL from a C engine is a value the loader can refuse, not
+/// undefined behaviour.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct Descriptor {
+    pub abi_version: u32,
+    /// The engine's main stage (what a version 1 host would read).
+    pub stage: u32,
+    pub name: *const c_char,
+    pub version: *const c_char,
+    pub create: Option<CreateFn>,
+    pub destroy: Option<DestroyFn>,
+    pub process: Option<ProcessFn>,
+    pub free_output: Option<FreeOutputFn>,
+    /// Every stage the engine serves, as [`stage_bit`]s (`stage` included).
+    pub stages: u32,
+}
+
+/// `tolk_engine_descriptor`, version 1: the same without `stages`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct DescriptorV1 {
     pub abi_version: u32,
     pub stage: u32,
     pub name: *const c_char,
@@ -96,9 +131,10 @@ pub struct Descriptor {
     pub free_output: Option<FreeOutputFn>,
 }
 
-// SAFETY: a descriptor is immutable after construction and holds only
+// SAFETY (both): a descriptor is immutable after construction and holds only
 // pointers to static C strings and to functions, all valid from any thread.
 unsafe impl Sync for Descriptor {}
+unsafe impl Sync for DescriptorV1 {}
 
 /// `tolk_engine_descriptor_fn`: the exported symbol's type.
 pub type DescriptorFn = unsafe extern "C" fn() -> *const Descriptor;

@@ -13,7 +13,7 @@ use std::any::Any;
 use std::ffi::{c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use crate::{Asr, Error, Nmt, Options, Speech, Tts, abi};
+use crate::{Asr, Error, Nmt, Options, Speech, SpeechTranslation, Tts, abi};
 
 /// What one call of an engine reads, borrowed from the host.
 #[derive(Debug)]
@@ -23,6 +23,8 @@ pub struct InputView<'a> {
     pub text: &'a str,
     pub src_lang: &'a str,
     pub tgt_lang: &'a str,
+    /// The stage the host asks for (ABI 2).
+    pub stage: u32,
 }
 
 /// What one call produces.
@@ -44,6 +46,9 @@ pub struct AsrAdapter<T>(T);
 pub struct NmtAdapter<T>(T);
 #[derive(Debug)]
 pub struct TtsAdapter<T>(T);
+/// Speech recognition and speech translation from one engine type.
+#[derive(Debug)]
+pub struct AsrSpeechTranslationAdapter<T>(T);
 
 impl<T: Asr> Adapter for AsrAdapter<T> {
     fn create(options: &Options) -> Result<Self, Error> {
@@ -69,6 +74,19 @@ impl<T: Tts> Adapter for TtsAdapter<T> {
     }
     fn process(&mut self, i: &InputView<'_>) -> Result<Produced, Error> {
         self.0.synthesize(i.text, i.src_lang).map(Produced::Speech)
+    }
+}
+
+impl<T: Asr + SpeechTranslation> Adapter for AsrSpeechTranslationAdapter<T> {
+    fn create(options: &Options) -> Result<Self, Error> {
+        <T as Asr>::create(options).map(Self)
+    }
+    fn process(&mut self, i: &InputView<'_>) -> Result<Produced, Error> {
+        match i.stage {
+            abi::STAGE_ASR => self.0.transcribe(i.samples, i.sample_rate, i.src_lang).map(Produced::Text),
+            abi::STAGE_SPEECH_TRANSLATION => self.0.translate_speech(i.samples, i.sample_rate, i.src_lang, i.tgt_lang).map(Produced::Text),
+            other => Err(Error::unsupported(format!("stage {other} is not served by this engine"))),
+        }
     }
 }
 
@@ -202,6 +220,7 @@ pub unsafe extern "C" fn process<A: Adapter>(
             text: unsafe { str_arg(input.text, "text") }?,
             src_lang: unsafe { str_arg(input.src_lang, "src_lang") }?,
             tgt_lang: unsafe { str_arg(input.tgt_lang, "tgt_lang") }?,
+            stage: input.stage,
         };
         let produced = engine.process(&view)?;
         let mut out = abi::Output::default();

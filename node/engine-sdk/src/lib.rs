@@ -6,7 +6,8 @@
 //! `include/tolk_engine.h` and [`abi`]). This crate is both sides' view of
 //! that ABI: the node's loader reads [`abi`]; an engine author implements one
 //! of [`Asr`], [`Nmt`], [`Tts`] and exports it with [`export_asr!`],
-//! [`export_nmt!`] or [`export_tts!`]:
+//! [`export_nmt!`] or [`export_tts!`] (or [`Asr`] + [`SpeechTranslation`]
+//! with [`export_asr_and_speech_translation!`]):
 //!
 //! ```
 //! struct Upper;
@@ -24,7 +25,7 @@
 //! engine's failure reaches the node as a status and a message.
 //!
 //! # Layout
-//! - [`abi`]: the raw `#[repr(C)]` types and constants of ABI version 1.
+//! - [`abi`]: the raw `#[repr(C)]` types and constants of ABI version 2 (and 1's descriptor).
 //! - this file: the stage traits, [`Options`], [`Error`], the export macros.
 //! - `export`: the `extern "C"` functions the macros instantiate (hidden).
 
@@ -158,11 +159,34 @@ pub trait Tts: Sized + Send + 'static {
     fn synthesize(&mut self, text: &str, lang: &str) -> Result<Speech, Error>;
 }
 
+/// Speech translation (ABI 2): speech in one language to text in another,
+/// without a text stage in between (whisper's `translate` task). On the wire
+/// such an engine is an ordinary `nmt` model; the node gives it the audio.
+pub trait SpeechTranslation: Sized + Send + 'static {
+    /// The text, in `tgt_lang`, of what is said in `samples` in `src_lang`.
+    fn translate_speech(&mut self, samples: &[i16], sample_rate: u32, src_lang: &str, tgt_lang: &str) -> Result<String, Error>;
+}
+
 /// Exports an [`Asr`] type as this library's engine: `export_asr!(Type, "name", "version");`
 #[macro_export]
 macro_rules! export_asr {
     ($ty:ty, $name:expr, $version:expr $(,)?) => {
-        $crate::__export_engine!($crate::export::AsrAdapter<$ty>, $crate::abi::STAGE_ASR, $name, $version);
+        $crate::__export_engine!($crate::export::AsrAdapter<$ty>, $crate::abi::STAGE_ASR, 0, $name, $version);
+    };
+}
+
+/// Exports a type that is both [`Asr`] and [`SpeechTranslation`]: one library
+/// serving both stages (`export_asr_and_speech_translation!(Type, "name", "version");`).
+#[macro_export]
+macro_rules! export_asr_and_speech_translation {
+    ($ty:ty, $name:expr, $version:expr $(,)?) => {
+        $crate::__export_engine!(
+            $crate::export::AsrSpeechTranslationAdapter<$ty>,
+            $crate::abi::STAGE_ASR,
+            $crate::abi::stage_bit($crate::abi::STAGE_SPEECH_TRANSLATION),
+            $name,
+            $version
+        );
     };
 }
 
@@ -170,7 +194,7 @@ macro_rules! export_asr {
 #[macro_export]
 macro_rules! export_nmt {
     ($ty:ty, $name:expr, $version:expr $(,)?) => {
-        $crate::__export_engine!($crate::export::NmtAdapter<$ty>, $crate::abi::STAGE_NMT, $name, $version);
+        $crate::__export_engine!($crate::export::NmtAdapter<$ty>, $crate::abi::STAGE_NMT, 0, $name, $version);
     };
 }
 
@@ -178,14 +202,14 @@ macro_rules! export_nmt {
 #[macro_export]
 macro_rules! export_tts {
     ($ty:ty, $name:expr, $version:expr $(,)?) => {
-        $crate::__export_engine!($crate::export::TtsAdapter<$ty>, $crate::abi::STAGE_TTS, $name, $version);
+        $crate::__export_engine!($crate::export::TtsAdapter<$ty>, $crate::abi::STAGE_TTS, 0, $name, $version);
     };
 }
 
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __export_engine {
-    ($adapter:ty, $stage:expr, $name:expr, $version:expr) => {
+    ($adapter:ty, $stage:expr, $more_stages:expr, $name:expr, $version:expr) => {
         /// The engine's descriptor: the one symbol a Tolk node looks up.
         // `no_mangle` is what makes the symbol findable by name; the function
         // itself is safe (it returns a pointer to a static).
@@ -201,6 +225,7 @@ macro_rules! __export_engine {
                 destroy: Some($crate::export::destroy::<$adapter>),
                 process: Some($crate::export::process::<$adapter>),
                 free_output: Some($crate::export::free_output::<$adapter>),
+                stages: $crate::abi::stage_bit($stage) | $more_stages,
             };
             &DESCRIPTOR
         }

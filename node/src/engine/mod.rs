@@ -17,9 +17,28 @@ use crate::models;
 /// One call of an engine.
 #[derive(Debug, Clone, Copy)]
 pub enum Request<'a> {
-    Asr { samples: &'a [i16], sample_rate: u32, lang: &'a str },
-    Nmt { text: &'a str, src_lang: &'a str, tgt_lang: &'a str },
-    Tts { text: &'a str, lang: &'a str },
+    Asr {
+        samples: &'a [i16],
+        sample_rate: u32,
+        lang: &'a str,
+    },
+    Nmt {
+        text: &'a str,
+        src_lang: &'a str,
+        tgt_lang: &'a str,
+    },
+    Tts {
+        text: &'a str,
+        lang: &'a str,
+    },
+    /// Speech in `src_lang` → text in `tgt_lang` (ABI 2), for an `nmt` model
+    /// whose engine reads audio.
+    SpeechTranslation {
+        samples: &'a [i16],
+        sample_rate: u32,
+        src_lang: &'a str,
+        tgt_lang: &'a str,
+    },
 }
 
 /// What an engine call produced.
@@ -67,6 +86,9 @@ pub trait Engine: Send + Sync + fmt::Debug {
 pub struct LoadedEngine {
     pub model: InstalledModel,
     pub engine: Arc<dyn Engine>,
+    /// An `nmt` model served from the job's audio ([`Request::SpeechTranslation`]),
+    /// not from the recognised text.
+    pub speech_input: bool,
 }
 
 /// The engines of one configuration.
@@ -95,7 +117,7 @@ impl EngineSet {
         let mut failures = Vec::new();
         for e in &config.engines {
             match load_one(e) {
-                Ok(loaded) => engines.push(loaded),
+                Ok(loaded) => engines.extend(loaded),
                 Err(message) => {
                     tracing::error!(model = %e.model_id, library = %e.library.display(), %message, "engine could not start");
                     failures.push(StartFailure { model_id: e.model_id.clone(), message });
@@ -116,15 +138,17 @@ impl EngineSet {
     }
 }
 
-fn load_one(e: &EngineConfig) -> Result<LoadedEngine, String> {
+/// One engine of the configuration: one instance pool, one model per language of `src_langs`.
+fn load_one(e: &EngineConfig) -> Result<Vec<LoadedEngine>, String> {
     let options = e.engine_options()?;
     let library = plugin::Library::open(&e.library).map_err(|err| err.to_string())?;
     let expected = match e.stage {
         StageName::Asr => plugin::Stage::Asr,
         StageName::Nmt => plugin::Stage::Nmt,
         StageName::Tts => plugin::Stage::Tts,
+        StageName::SpeechTranslation => plugin::Stage::SpeechTranslation,
     };
-    if library.stage() != expected {
+    if !library.serves(expected) {
         return Err(format!("{} is a {:?} engine, configured as {:?}", display(&e.library), library.stage(), expected));
     }
     let version = e.version.clone().unwrap_or_else(|| library.version().to_owned());
@@ -133,16 +157,8 @@ fn load_one(e: &EngineConfig) -> Result<LoadedEngine, String> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| err.to_string())?;
     let engine: Arc<dyn Engine> = Arc::new(plugin::EnginePool::new(instances).ok_or("instances must be at least 1")?);
-    let model = InstalledModel {
-        model_id: e.model_id.clone(),
-        kind: e.stage.kind(),
-        src_lang: Some(e.src_lang.clone()),
-        tgt_lang: e.tgt_lang.clone(),
-        dialect: e.dialect.clone(),
-        version,
-        enabled: None,
-    };
-    Ok(LoadedEngine { model, engine })
+    let speech_input = e.stage == StageName::SpeechTranslation;
+    Ok(e.models(&version).into_iter().map(|model| LoadedEngine { model, engine: engine.clone(), speech_input }).collect())
 }
 
 fn display(p: &Path) -> String {

@@ -1,11 +1,14 @@
 //! The plugin loader: engines as shared libraries with the Tolk engine C ABI
-//! (`node/engine-sdk/include/tolk_engine.h`, version [`abi::ABI_VERSION`]).
+//! (`node/engine-sdk/include/tolk_engine.h`, version [`abi::ABI_VERSION`];
+//! version 1 engines still load).
 //!
 //! Loading checks, in order: the file opens as a shared library; it exports
-//! `tolk_engine_descriptor`; the descriptor's first field, `abi_version`,
-//! equals ours (read before anything else, so a future layout is never
-//! misread); the stage is known; every function pointer is non-NULL. Each
-//! refusal is a [`LoadError`] naming the file and the reason.
+//! `tolk_engine_descriptor`; the descriptor's first field, `abi_version`, is
+//! 1 or 2 (read before anything else, so a future layout is never misread;
+//! the rest is then read with that version's layout); the stage is known and
+//! (version 2) `stages` holds it and only known stages; every function
+//! pointer is non-NULL. Each refusal is a [`LoadError`] naming the file and
+//! the reason.
 //!
 //! Libraries are never unloaded: `dlclose` of a library whose threads left
 //! thread-local destructors behind is unsound, and engines are few. A
@@ -38,6 +41,19 @@ pub enum Stage {
     Asr,
     Nmt,
     Tts,
+    /// ABI 2: audio in one language → text in another.
+    SpeechTranslation,
+}
+
+impl Stage {
+    fn code(self) -> u32 {
+        match self {
+            Self::Asr => abi::STAGE_ASR,
+            Self::Nmt => abi::STAGE_NMT,
+            Self::Tts => abi::STAGE_TTS,
+            Self::SpeechTranslation => abi::STAGE_SPEECH_TRANSLATION,
+        }
+    }
 }
 
 /// Why a library was refused.
@@ -47,7 +63,7 @@ pub enum LoadError {
     Open { path: PathBuf, message: String },
     #[error("{path}: not a Tolk engine: it does not export `tolk_engine_descriptor` ({message})")]
     MissingSymbol { path: PathBuf, message: String },
-    #[error("{path}: engine ABI version {found}, this node speaks version {expected}")]
+    #[error("{path}: engine ABI version {found}, this node speaks version {expected} (and 1)")]
     AbiVersion { path: PathBuf, found: u32, expected: u32 },
     #[error("{path}: invalid descriptor: {message}")]
     Descriptor { path: PathBuf, message: String },
@@ -63,6 +79,9 @@ pub struct Library {
     process: abi::ProcessFn,
     free_output: abi::FreeOutputFn,
     stage: Stage,
+    /// Every stage served, as `abi::stage_bit`s.
+    stages: u32,
+    abi_version: u32,
     name: String,
     version: String,
 }
@@ -89,18 +108,32 @@ impl Library {
         // Read the version alone first: every ABI version starts with it.
         // SAFETY: a non-NULL descriptor pointer points to at least its first u32.
         let found = unsafe { std::ptr::read(ptr.cast::<u32>()) };
-        if found != abi::ABI_VERSION {
-            return Err(LoadError::AbiVersion { path: path_buf, found, expected: abi::ABI_VERSION });
-        }
-        // SAFETY: version 1: the pointer is to a whole v1 descriptor, static.
-        let descriptor = unsafe { *ptr };
+        let descriptor = match found {
+            abi::ABI_VERSION => {
+                // SAFETY: version 2: the pointer is to a whole v2 descriptor, static.
+                unsafe { *ptr }
+            }
+            abi::ABI_VERSION_1 => {
+                // SAFETY: version 1: the pointer is to a whole v1 descriptor, static.
+                let v1 = unsafe { *ptr.cast::<abi::DescriptorV1>() };
+                let abi::DescriptorV1 { abi_version, stage, name, version, create, destroy, process, free_output } = v1;
+                let stages = abi::stage_bit(stage);
+                abi::Descriptor { abi_version, stage, name, version, create, destroy, process, free_output, stages }
+            }
+            _ => return Err(LoadError::AbiVersion { path: path_buf, found, expected: abi::ABI_VERSION }),
+        };
         let bad = |message: &str| LoadError::Descriptor { path: path_buf.clone(), message: message.into() };
         let stage = match descriptor.stage {
             abi::STAGE_ASR => Stage::Asr,
             abi::STAGE_NMT => Stage::Nmt,
             abi::STAGE_TTS => Stage::Tts,
+            abi::STAGE_SPEECH_TRANSLATION => Stage::SpeechTranslation,
             other => return Err(bad(&format!("unknown stage {other}"))),
         };
+        let stages = descriptor.stages;
+        if stages & abi::stage_bit(descriptor.stage) == 0 || stages & !abi::KNOWN_STAGES != 0 {
+            return Err(bad(&format!("stages {stages:#x} do not hold stage {} or name unknown stages", descriptor.stage)));
+        }
         let (Some(create), Some(destroy), Some(process), Some(free_output)) =
             (descriptor.create, descriptor.destroy, descriptor.process, descriptor.free_output)
         else {
@@ -108,12 +141,21 @@ impl Library {
         };
         // SAFETY: name and version are NULL or static NUL-terminated strings per the ABI.
         let (name, version) = unsafe { (c_string(descriptor.name), c_string(descriptor.version)) };
-        tracing::info!(path = %path.display(), %name, %version, ?stage, "engine library loaded");
-        Ok(Arc::new(Self { path: path_buf, create, destroy, process, free_output, stage, name, version }))
+        tracing::info!(path = %path.display(), %name, %version, ?stage, stages, abi = found, "engine library loaded");
+        Ok(Arc::new(Self { path: path_buf, create, destroy, process, free_output, stage, stages, abi_version: found, name, version }))
     }
 
+    /// The main stage (the descriptor's `stage`).
     pub fn stage(&self) -> Stage {
         self.stage
+    }
+    /// Whether the library serves `stage` (its main one or, ABI 2, another of its `stages`).
+    pub fn serves(&self, stage: Stage) -> bool {
+        self.stages & abi::stage_bit(stage.code()) != 0
+    }
+    /// The ABI version the library declared.
+    pub fn abi_version(&self) -> u32 {
+        self.abi_version
     }
     pub fn name(&self) -> &str {
         &self.name
@@ -213,8 +255,11 @@ impl PluginEngine {
             Request::Asr { samples, sample_rate, lang } => (samples, sample_rate, "", lang, "", Stage::Asr),
             Request::Nmt { text, src_lang, tgt_lang } => (empty, 0, text, src_lang, tgt_lang, Stage::Nmt),
             Request::Tts { text, lang } => (empty, 0, text, lang, "", Stage::Tts),
+            Request::SpeechTranslation { samples, sample_rate, src_lang, tgt_lang } => {
+                (samples, sample_rate, "", src_lang, tgt_lang, Stage::SpeechTranslation)
+            }
         };
-        if stage != self.library.stage {
+        if !self.library.serves(stage) {
             let message = format!("{} is a {:?} engine, asked for {:?}", self.library.name, self.library.stage, stage);
             return Err(EngineError::new(EngineErrorKind::Backend, message));
         }
@@ -225,6 +270,7 @@ impl PluginEngine {
             text: abi::Str::borrow(text),
             src_lang: abi::Str::borrow(src),
             tgt_lang: abi::Str::borrow(tgt),
+            stage: stage.code(),
         };
         let mut output = abi::Output::default();
         let mut err = [0u8; ERR_CAP];
@@ -237,7 +283,7 @@ impl PluginEngine {
         }
         // Copy what the engine returned, then hand its buffers back.
         let response = match stage {
-            Stage::Asr | Stage::Nmt => {
+            Stage::Asr | Stage::Nmt | Stage::SpeechTranslation => {
                 let bytes = if output.text.is_null() || output.text_len == 0 {
                     Vec::new()
                 } else {

@@ -19,6 +19,7 @@ use std::sync::OnceLock;
 pub const PLUGINS: &[&str] = &[
     "tolk-test-engine-echo",
     "tolk-test-engine-bad-abi",
+    "tolk-test-engine-abi-v1",
     "tolk-test-engine-no-descriptor",
     "tolk-engine-pocketsphinx",
     "tolk-engine-apertium",

@@ -20,6 +20,7 @@ pub extern "C" fn tolk_engine_descriptor() -> *const Descriptor {
         destroy: None,
         process: None,
         free_output: None,
+        stages: 0,
     };
     &D
 }
