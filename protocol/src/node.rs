@@ -382,29 +382,56 @@ crate::direction_enum! {
     }
 }
 
-fn models(field: &str, models: &[InstalledModel]) -> Result<(), ProtocolError> {
-    if models.len() > v::MAX_MODELS {
+/// One model entry's fields: `kind` given means the entry describes the
+/// model whole, so the languages its kind needs must be there.
+struct ModelFields<'a> {
+    model_id: &'a str,
+    version: Option<&'a str>,
+    src_lang: Option<&'a str>,
+    tgt_lang: Option<&'a str>,
+    dialect: Option<&'a str>,
+    kind: Option<&'a ModelKind>,
+}
+
+fn model_list<T>(field: &str, list: &[T], fields: impl Fn(&T) -> ModelFields<'_>) -> Result<(), ProtocolError> {
+    if list.len() > v::MAX_MODELS {
         return Err(ProtocolError::invalid_field(field, format!("at most {} models", v::MAX_MODELS)));
     }
-    for (i, m) in models.iter().enumerate() {
+    for (i, entry) in list.iter().enumerate() {
+        let m = fields(entry);
         let f = |name: &str| format!("{field}[{i}].{name}");
-        v::text(&f("model_id"), &m.model_id)?;
+        v::text(&f("model_id"), m.model_id)?;
         if m.model_id.is_empty() {
             return Err(ProtocolError::invalid_field(f("model_id"), "model_id must not be empty"));
         }
-        v::text(&f("version"), &m.version)?;
-        v::opt_lang(&f("src_lang"), m.src_lang.as_deref())?;
-        v::opt_lang(&f("tgt_lang"), m.tgt_lang.as_deref())?;
-        v::opt_lang(&f("dialect"), m.dialect.as_deref())?;
-        let needs_src = matches!(m.kind, ModelKind::Asr | ModelKind::Tts | ModelKind::Nmt);
-        if needs_src && m.src_lang.is_none() {
-            return Err(ProtocolError::invalid_field(f("src_lang"), format!("a {} model needs src_lang", m.kind)));
+        if let Some(version) = m.version {
+            v::text(&f("version"), version)?;
         }
-        if m.kind == ModelKind::Nmt && m.tgt_lang.is_none() {
-            return Err(ProtocolError::invalid_field(f("tgt_lang"), "an nmt model needs tgt_lang"));
+        v::opt_lang(&f("src_lang"), m.src_lang)?;
+        v::opt_lang(&f("tgt_lang"), m.tgt_lang)?;
+        v::opt_lang(&f("dialect"), m.dialect)?;
+        if let Some(kind) = m.kind {
+            let needs_src = matches!(kind, ModelKind::Asr | ModelKind::Tts | ModelKind::Nmt);
+            if needs_src && m.src_lang.is_none() {
+                return Err(ProtocolError::invalid_field(f("src_lang"), format!("a {kind} model needs src_lang")));
+            }
+            if *kind == ModelKind::Nmt && m.tgt_lang.is_none() {
+                return Err(ProtocolError::invalid_field(f("tgt_lang"), "an nmt model needs tgt_lang"));
+            }
         }
     }
     Ok(())
+}
+
+fn models(field: &str, models: &[InstalledModel]) -> Result<(), ProtocolError> {
+    model_list(field, models, |m| ModelFields {
+        model_id: &m.model_id,
+        version: Some(&m.version),
+        src_lang: m.src_lang.as_deref(),
+        tgt_lang: m.tgt_lang.as_deref(),
+        dialect: m.dialect.as_deref(),
+        kind: Some(&m.kind),
+    })
 }
 
 impl Validate for NodeRegister {
@@ -454,33 +481,15 @@ impl Validate for NodeHeartbeat {
 }
 
 fn model_updates(field: &str, updates: &[ModelUpdate]) -> Result<(), ProtocolError> {
-    if updates.len() > v::MAX_MODELS {
-        return Err(ProtocolError::invalid_field(field, format!("at most {} models", v::MAX_MODELS)));
-    }
-    for (i, m) in updates.iter().enumerate() {
-        let f = |name: &str| format!("{field}[{i}].{name}");
-        v::text(&f("model_id"), &m.model_id)?;
-        if m.model_id.is_empty() {
-            return Err(ProtocolError::invalid_field(f("model_id"), "model_id must not be empty"));
-        }
-        if let Some(version) = &m.version {
-            v::text(&f("version"), version)?;
-        }
-        v::opt_lang(&f("src_lang"), m.src_lang.clone().flatten().as_deref())?;
-        v::opt_lang(&f("tgt_lang"), m.tgt_lang.clone().flatten().as_deref())?;
-        v::opt_lang(&f("dialect"), m.dialect.clone().flatten().as_deref())?;
-        // An entry naming its kind describes the model whole (it may be new).
-        if let Some(kind) = &m.kind {
-            let needs_src = matches!(kind, ModelKind::Asr | ModelKind::Tts | ModelKind::Nmt);
-            if needs_src && m.src_lang.as_ref().is_none_or(Option::is_none) {
-                return Err(ProtocolError::invalid_field(f("src_lang"), format!("a {kind} model needs src_lang")));
-            }
-            if *kind == ModelKind::Nmt && m.tgt_lang.as_ref().is_none_or(Option::is_none) {
-                return Err(ProtocolError::invalid_field(f("tgt_lang"), "an nmt model needs tgt_lang"));
-            }
-        }
-    }
-    Ok(())
+    // An entry naming its kind describes the model whole (it may be new).
+    model_list(field, updates, |m| ModelFields {
+        model_id: &m.model_id,
+        version: m.version.as_deref(),
+        src_lang: m.src_lang.as_ref().and_then(Option::as_deref),
+        tgt_lang: m.tgt_lang.as_ref().and_then(Option::as_deref),
+        dialect: m.dialect.as_ref().and_then(Option::as_deref),
+        kind: m.kind.as_ref(),
+    })
 }
 
 impl Validate for JobAssign {
