@@ -32,6 +32,9 @@ pub struct Config {
     pub reconnect_max_ms: u64,
     /// The dispatcher's registration secret, when it has one (`TOLK_NODE_AUTH_TOKEN`).
     pub auth_token: Option<String>,
+    /// For `wss://`: a PEM file of CA certificates trusted besides the public
+    /// roots (a private or self-signed dispatcher).
+    pub tls_ca_file: Option<PathBuf>,
     /// One entry per model.
     #[serde(rename = "engine")]
     pub engines: Vec<EngineConfig>,
@@ -49,6 +52,7 @@ impl Default for Config {
             reconnect_min_ms: 500,
             reconnect_max_ms: 30_000,
             auth_token: None,
+            tls_ca_file: None,
             engines: Vec::new(),
         }
     }

@@ -18,7 +18,7 @@
 //! - [`models`]: which model serves which request (the dispatcher's rule).
 //! - [`config`]: the TOML configuration; [`identity`]: `node_id`/`node_token` on disk.
 //! - [`machine`]: cores, memory, GPUs, measured load.
-//! - [`shell`]: tokio + tokio-tungstenite around the core.
+//! - [`shell`]: tokio + tokio-tungstenite around the core; [`tls`]: the `wss://` client configuration.
 //! - [`store`]: models installed from pinned registry packages
 //!   (`tolk-node models`), with the CTranslate2 → ggml converter.
 
@@ -32,5 +32,6 @@ pub mod models;
 pub mod pipeline;
 pub mod shell;
 pub mod store;
+pub mod tls;
 
 pub use error::Error;

@@ -82,6 +82,8 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>, mut pair
         .map_err(|e| Error::Usage(format!("engine loading: {e}")))?;
     let mut engines = Arc::new(engines);
     let stored = identity::load(&opts.state_dir)?;
+    // `wss://`: the public roots plus the configured private ones (checked now, not at the first connection).
+    let tls = crate::tls::client_config(config.tls_ca_file.as_deref())?;
     let hardware = machine::detect_hardware();
     let mut sampler = LoadSampler::new(!hardware.gpus.is_empty());
     tracing::info!(cores = hardware.cpu_cores, memory_gb = hardware.memory_gb, gpus = hardware.gpus.len(), models = engines.models().len(), %url, "node starting");
@@ -213,7 +215,9 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>, mut pair
             },
             () = tokio::time::sleep_until(connect_at.unwrap_or(far)), if connect_at.is_some() && ws.is_none() => {
                 connect_at = None;
-                match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url.as_str())).await {
+                let connector = tokio_tungstenite::Connector::Rustls(tls.clone());
+                let connecting = tokio_tungstenite::connect_async_tls_with_config(url.as_str(), None, false, Some(connector));
+                match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
                     Ok(Ok((socket, _))) => {
                         tracing::info!(%url, "connected");
                         ws = Some(socket);

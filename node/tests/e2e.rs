@@ -78,10 +78,14 @@ struct NodeProcess {
 
 impl NodeProcess {
     fn start(dispatcher: SocketAddr, config: &Path, state_dir: &Path, log: PathBuf) -> Self {
+        Self::start_url(&format!("ws://{dispatcher}"), config, state_dir, log)
+    }
+
+    fn start_url(url: &str, config: &Path, state_dir: &Path, log: PathBuf) -> Self {
         let err = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tolk-node"))
             .arg("--dispatcher")
-            .arg(format!("ws://{dispatcher}"))
+            .arg(url)
             .arg("--config")
             .arg(config)
             .arg("--state-dir")
@@ -336,6 +340,47 @@ async fn the_node_keeps_its_identity_and_registers_afresh_when_the_dispatcher_fo
     assert!(node.log().contains("registering afresh"), "{}", node.log());
     let second = node_id_in(&state);
     assert_ne!(first, second);
+    drop(node);
+    dispatcher.stop().await;
+}
+
+/// `wss://`: the node trusts a private certificate given as `tls_ca_file`
+/// and registers with a dispatcher serving TLS; without it the certificate
+/// is refused (and the node keeps trying, never registering).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_speaks_wss_with_a_private_certificate() {
+    let dir = support::temp_dir("wss");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let config = Config { tls_cert: Some(dir.join("cert.pem")), tls_key: Some(dir.join("key.pem")), ..Config::default() };
+    let task = tokio::spawn(tolk_dispatcher::shell::seeded(config, 3).run(listener, async move {
+        let _ = rx.await;
+    }));
+    let dispatcher = Dispatcher { addr, stop: Some(tx), task };
+    let url = format!("wss://localhost:{}", addr.port());
+    let echo = engine_entry("nmt", "tolk-test-engine-echo", "echo", "src_lang = \"en\"\ntgt_lang = \"es\"", "");
+    let base = "reconnect_min_ms = 100\nreconnect_max_ms = 400\n";
+
+    // Without the private certificate: refused, retried, never registered.
+    let untrusting = dir.join("untrusting.toml");
+    std::fs::write(&untrusting, format!("{base}\n{echo}")).unwrap();
+    let mut node = NodeProcess::start_url(&url, &untrusting, &dir.join("state1"), dir.join("node1.log"));
+    node.wait_for("cannot connect", 2).await;
+    assert!(!node.log().contains("registered"), "{}", node.log());
+    assert!(node.log().to_lowercase().contains("certificate"), "says why: {}", node.log());
+    drop(node);
+
+    // With it: connected over TLS and registered.
+    let trusting = dir.join("trusting.toml");
+    let ca = dir.join("cert.pem");
+    std::fs::write(&trusting, format!("{base}tls_ca_file = {:?}\n\n{echo}", ca.display().to_string())).unwrap();
+    let mut node = NodeProcess::start_url(&url, &trusting, &dir.join("state2"), dir.join("node2.log"));
+    node.wait_for("registered", 1).await;
+    assert!(node.log().contains("connected url=wss://"), "{}", node.log());
     drop(node);
     dispatcher.stop().await;
 }
