@@ -155,6 +155,12 @@ pub struct NodeCore {
     /// Model ids the dispatcher has heard of (registered or added since): a
     /// heartbeat's updates disable those that are gone.
     reported_models: Vec<String>,
+    /// For the owner's status view: the live pairing code, jobs answered,
+    /// and the newest errors.
+    pairing: Option<(String, u64)>,
+    jobs_done: u64,
+    jobs_failed: u64,
+    recent_errors: std::collections::VecDeque<String>,
     pending_errors: Vec<NodeError>,
     want_pairing: bool,
     rng: u64,
@@ -179,6 +185,10 @@ impl NodeCore {
             next_heartbeat: None,
             models_changed: false,
             reported_models: Vec::new(),
+            pairing: None,
+            jobs_done: 0,
+            jobs_failed: 0,
+            recent_errors: std::collections::VecDeque::new(),
             pending_errors: Vec::new(),
             want_pairing,
             rng,
@@ -211,6 +221,49 @@ impl NodeCore {
     }
 
     /// Jobs holding a slot (running, plus abandoned ones still computing).
+    /// What the owner's status view shows, as far as the core knows it
+    /// (the shell adds the dispatcher address and connection errors).
+    pub fn status(&self) -> crate::status::NodeStatus {
+        let state = match (&self.link, self.mode) {
+            (_, Mode::ShuttingDown) => "stopping",
+            (Link::Up(_), Mode::Draining) => "draining",
+            (Link::Up(_), Mode::Serving) => "connected",
+            (Link::Registering, _) => "registering",
+            (Link::Down, _) => "connecting",
+        };
+        let models = self
+            .models
+            .iter()
+            .map(|m| {
+                let src = m.src_lang.as_deref().unwrap_or("?");
+                let languages = match m.tgt_lang.as_deref() {
+                    Some(t) => format!("{src} → {t}"),
+                    None => src.to_owned(),
+                };
+                crate::status::ModelStatus {
+                    model_id: m.model_id.clone(),
+                    kind: m.kind.to_string(),
+                    languages,
+                    enabled: m.enabled != Some(false),
+                }
+            })
+            .collect();
+        crate::status::NodeStatus {
+            state: state.to_owned(),
+            connected: matches!(self.link, Link::Up(_)),
+            // While disconnected, the stored identity it will come back as.
+            node_id: self.node_id().or(self.identity.as_ref().map(|i| i.node_id.as_str())).map(str::to_owned),
+            pairing_code: self.pairing.as_ref().map(|p| p.0.clone()),
+            pairing_expires_at: self.pairing.as_ref().map(|p| p.1),
+            models,
+            jobs_running: self.running_jobs(),
+            jobs_done: self.jobs_done,
+            jobs_failed: self.jobs_failed,
+            recent_errors: self.recent_errors.clone(),
+            ..crate::status::NodeStatus::default()
+        }
+    }
+
     pub fn running_jobs(&self) -> usize {
         self.jobs.len() + self.abandoned.len()
     }
@@ -234,6 +287,7 @@ impl NodeCore {
             }
             Event::ReloadFailed(message) => {
                 tracing::error!(%message, "reload_config failed; the old engines stay");
+                crate::status::push_error(&mut self.recent_errors, format!("reload_config failed: {message}"));
                 self.pending_errors.push(self.node_error("CONFIG_ERROR", format!("reload_config failed: {message}")));
                 self.flush_errors();
             }
@@ -358,7 +412,10 @@ impl NodeCore {
                     NodeCommand::ReloadConfig => self.out.push(Action::ReloadConfig),
                 }
             }
-            ServerToNode::PairingCode(p) => self.out.push(Action::ShowPairingCode { code: p.code, expires_at: p.expires_at }),
+            ServerToNode::PairingCode(p) => {
+                self.pairing = Some((p.code.clone(), p.expires_at));
+                self.out.push(Action::ShowPairingCode { code: p.code, expires_at: p.expires_at });
+            }
             ServerToNode::Error(e) => {
                 if e.code == ErrorCode::Unauthorized && self.link == Link::Registering {
                     if self.identity.take().is_some() {
@@ -419,6 +476,7 @@ impl NodeCore {
         let t = outcome.timings;
         let result = match outcome.result {
             Ok(out) => {
+                self.jobs_done += 1;
                 tracing::info!(%job_id, decode_ms = t.decode_ms, asr_ms = t.asr_ms, nmt_ms = t.nmt_ms, tts_ms = t.tts_ms, total_ms = t.total_ms, "job done");
                 let (tts_audio, tts_format) = match out.tts_wav {
                     Some(wav) => (Some(audio::to_base64(&wav).into()), Some(AudioFormat::Wav)),
@@ -442,6 +500,8 @@ impl NodeCore {
             }
             Err(f) => {
                 tracing::warn!(%job_id, code = %f.code, message = %f.message, "job failed");
+                self.jobs_failed += 1;
+                crate::status::push_error(&mut self.recent_errors, format!("job {job_id}: {} {}", f.code, f.message));
                 let error = JobError { code: f.code, message: clip(f.message, tolk_protocol::validate::MAX_TEXT_LEN) };
                 let mut r = JobResult::failure(job_id.clone(), node_id.clone(), job.session_id, job.utterance_index, error);
                 r.processing_time_ms = Some(t.total_ms);
@@ -475,6 +535,8 @@ impl NodeCore {
         for job_id in expired {
             let Some(job) = self.jobs.remove(&job_id) else { continue };
             tracing::warn!(%job_id, "job passed its deadline: abandoned");
+            self.jobs_failed += 1;
+            crate::status::push_error(&mut self.recent_errors, format!("job {job_id}: TIMEOUT at its deadline"));
             self.abandoned.insert(job_id.clone());
             self.out.push(Action::AbandonJob(job_id.clone()));
             if let Link::Up(node_id) = &self.link {
@@ -517,6 +579,7 @@ impl NodeCore {
 
     fn queue_failures(&mut self, failures: Vec<(String, String)>) {
         for (model_id, message) in failures {
+            crate::status::push_error(&mut self.recent_errors, format!("engine {model_id} could not start: {message}"));
             let mut e = self.node_error("INFERENCE_BACKEND_ERROR", format!("engine {model_id} could not start: {message}"));
             e.details = Some(serde_json::json!({ "model_id": model_id }));
             self.pending_errors.push(e);

