@@ -107,6 +107,12 @@ impl Collector for CoreCollector {
         counter(&mut e, "sessions_expired", "Sessions expired (idle or not resumed in time)", s.sessions_expired)?;
         counter(&mut e, "nodes_dead", "Nodes declared dead for missed heartbeats", s.nodes_dead)?;
         counter(&mut e, "node_errors", "node_error messages received", s.node_errors)?;
+        counter(
+            &mut e,
+            "models_disabled_by_errors",
+            "Models taken out of routing because their node reported the engine broken",
+            s.models_disabled_by_errors,
+        )?;
         counter(&mut e, "utterances", "Utterances accepted", s.utterances)?;
         counter(&mut e, "duplicate_utterances", "Re-sent utterances ignored", s.duplicates)?;
         family(

@@ -791,3 +791,34 @@ fn served_pairs_are_those_one_node_serves_whole() {
     sim.disconnect(b);
     assert_eq!(sim.core.served_pairs(), vec![("en".to_owned(), "es".to_owned())], "only connected nodes count");
 }
+
+#[test]
+fn an_engine_reported_broken_takes_no_jobs_until_the_node_reports_it_again() {
+    let mut sim = Sim::new(CoreConfig { admission_wait_ms: 1_000, ..cfg() });
+    let (node, node_id, _) = sim.register_node(&[("en", "es")], true);
+    let nmt = models(&[("en", "es")])[1].clone();
+    let error = tolk_protocol::node::NodeError {
+        node_id: node_id.clone(),
+        code: "INFERENCE_BACKEND_ERROR".into(),
+        message: "engine apertium could not start".into(),
+        details: Some(serde_json::json!({ "model_id": nmt.model_id })),
+    };
+    sim.node(node, NodeToServer::NodeError(error));
+    let (client, sid, _) = sim.open_session("en", "es");
+    sim.utterance(client, &sid, 0);
+    assert!(sim.jobs(node).is_empty(), "no job for a broken stage");
+    sim.advance(1_500);
+    let out = sim.take_client(client);
+    let err = out.iter().find_map(error_of).unwrap();
+    assert_eq!(err.details.as_ref().unwrap()["reasons"], serde_json::json!({ "no_model": 1 }), "{err:?}");
+    assert_eq!(sim.core.stats().models_disabled_by_errors, 1);
+    // A node_error without a model, or of another code, changes no routing.
+    let other =
+        tolk_protocol::node::NodeError { node_id: node_id.clone(), code: "CONFIG_ERROR".into(), message: "x".into(), details: None };
+    sim.node(node, NodeToServer::NodeError(other));
+    assert_eq!(sim.core.stats().models_disabled_by_errors, 1);
+    // The node reports the model again (after a reload): it serves again.
+    sim.heartbeat_updates(node, &node_id, Some(vec![ModelUpdate::from(nmt)]));
+    sim.utterance(client, &sid, 1);
+    assert_eq!(sim.jobs(node).len(), 1, "recovered");
+}

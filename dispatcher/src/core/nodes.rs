@@ -84,10 +84,7 @@ impl Core {
         match msg {
             NodeToServer::NodeHeartbeat(h) => self.on_node_heartbeat(now, &node_id, h),
             NodeToServer::JobResult(r) => self.on_job_result(now, conn, &node_id, r),
-            NodeToServer::NodeError(e) => {
-                self.stats.node_errors += 1;
-                tracing::warn!(node = %node_id, code = %e.code, message = %e.message, "node error");
-            }
+            NodeToServer::NodeError(e) => self.on_node_error(&node_id, &e),
             NodeToServer::PairingCodeRequest(_) => self.issue_pairing_code(now, conn, &node_id),
             NodeToServer::NodeRegister(_) => {}
         }
@@ -204,6 +201,27 @@ impl Core {
         if models_changed || freed {
             self.pump_node(now, node_id);
         }
+    }
+
+    /// A `node_error` naming a model (`details.model_id`) with
+    /// `INFERENCE_BACKEND_ERROR` reports that engine broken: the model is
+    /// switched off for routing, as a heartbeat's `enabled:false` would, so
+    /// no job needing it goes there until the node reports it again (a
+    /// heartbeat update or a registration that lists it enabled). Other
+    /// node errors are counted and logged.
+    fn on_node_error(&mut self, node_id: &str, e: &tolk_protocol::node::NodeError) {
+        self.stats.node_errors += 1;
+        let model = e.details.as_ref().and_then(|d| d.get("model_id")).and_then(|m| m.as_str());
+        let broken = e.code == tolk_protocol::JobErrorCode::InferenceBackendError.as_str();
+        if let (true, Some(model_id), Some(n)) = (broken, model, self.nodes.get_mut(node_id))
+            && tolk_protocol::node::ModelUpdate::disable(model_id).apply(&mut n.models)
+        {
+            self.stats.models_disabled_by_errors += 1;
+            self.node_epoch += 1;
+            tracing::warn!(node = %node_id, model = model_id, message = %e.message, "engine reported broken: its model takes no jobs until the node reports it again");
+            return;
+        }
+        tracing::warn!(node = %node_id, code = %e.code, message = %e.message, "node error");
     }
 
     fn issue_pairing_code(&mut self, now: Millis, conn: ConnId, node_id: &str) {

@@ -59,6 +59,8 @@ pub struct CoreStats {
     pub sessions_expired: u64,
     pub nodes_dead: u64,
     pub node_errors: u64,
+    /// Models switched off because their node reported the engine broken.
+    pub models_disabled_by_errors: u64,
     pub utterances: u64,
     pub duplicates: u64,
     /// Outcomes by `result` or error code.
@@ -96,6 +98,7 @@ impl Default for CoreStats {
             sessions_expired: 0,
             nodes_dead: 0,
             node_errors: 0,
+            models_disabled_by_errors: 0,
             utterances: 0,
             duplicates: 0,
             outcomes: BTreeMap::new(),
