@@ -33,8 +33,8 @@ impl Default for ShellMetrics {
             slow_peers: Counter::default(),
             lock_held_seconds: Counter::default(),
             lock_wait_seconds: Counter::default(),
-            // 10 µs to ~160 ms.
-            dispatch_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 15)),
+            // 10 µs to ~160 ms, √2 apart (a p99 read from buckets is within 41 %).
+            dispatch_seconds: Histogram::new(exponential_buckets(0.000_01, std::f64::consts::SQRT_2, 29)),
         }
     }
 }
