@@ -23,6 +23,8 @@ fn candidates(ids: &[String]) -> Vec<Candidate<'_>> {
             is_last_node: false,
             ms_per_audio_s: Some(200.0 + (i % 50) as f64),
             recent_failures: 0,
+            trust_score: 0.5,
+            verified: false,
         })
         .collect()
 }

@@ -125,6 +125,63 @@ pub struct Config {
     pub core: CoreConfig,
     /// Wasm plugins (scheduling policies, feature detectors).
     pub plugins: crate::plugins::PluginsConfig,
+    /// Trust in volunteer nodes: canary jobs, probation, quarantine.
+    pub trust: TrustConfig,
+}
+
+/// Trust in volunteer nodes (`[trust]`): a new public node is on probation
+/// (no public jobs) until it has answered canary jobs correctly; a node that
+/// fails them is quarantined. Off without a canary set.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrustConfig {
+    /// The canary set (`canaries.toml`: speech + expected text per
+    /// language pair); verification is off without it. The project ships
+    /// one: `dispatcher/canaries/canaries.toml`.
+    pub canaries: Option<PathBuf>,
+    /// Canaries a node on probation must pass to be trusted.
+    pub probation_canaries: u32,
+    /// Failed canaries (since probation began) that quarantine a node. A
+    /// trusted node that fails one is back on probation with that failure.
+    pub quarantine_after: u32,
+    /// Chance that a public job a trusted node finishes is followed by a
+    /// canary (sent only when the node has room and no queued job it serves).
+    pub canary_rate: f64,
+    /// Answering faster than this many ms per second of audio is implausible
+    /// for real engines: a failed canary (`too_fast`).
+    pub min_ms_per_audio_s: u64,
+    /// Largest word (or, for Chinese and Japanese, character) error rate of
+    /// the recognised text against the expected one.
+    pub max_text_error: f64,
+    /// Smallest share of the reference translation's content words found in
+    /// the node's translation.
+    pub min_translation_recall: f64,
+    /// Sessions paired with a node (a user's own) reach it whatever its
+    /// trust, and nodes that take only paired sessions get no canaries.
+    pub exempt_paired: bool,
+    /// A public node for whose languages the set has no canary: trusted
+    /// unverified (`true`) or kept on probation (`false`).
+    pub trust_unverifiable: bool,
+    /// After an inconclusive canary (an error or a time-out), the next one
+    /// waits this long.
+    pub retry_ms: u64,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        Self {
+            canaries: None,
+            probation_canaries: 3,
+            quarantine_after: 2,
+            canary_rate: 0.02,
+            min_ms_per_audio_s: 20,
+            max_text_error: 0.5,
+            min_translation_recall: 0.3,
+            exempt_paired: true,
+            trust_unverifiable: false,
+            retry_ms: 10_000,
+        }
+    }
 }
 
 impl Default for Config {
@@ -142,6 +199,7 @@ impl Default for Config {
             log_json: false,
             core: CoreConfig::default(),
             plugins: crate::plugins::PluginsConfig::default(),
+            trust: TrustConfig::default(),
         }
     }
 }
@@ -208,6 +266,7 @@ mod tests {
         assert_eq!(parsed.max_frame_bytes, d.max_frame_bytes);
         assert_eq!(format!("{:?}", parsed.core), format!("{:?}", d.core), "the example documents every core default");
         assert_eq!(format!("{:?}", parsed.plugins), format!("{:?}", d.plugins), "and every plugin default");
+        assert_eq!(parsed.trust, d.trust, "and every trust default");
     }
 
     #[test]

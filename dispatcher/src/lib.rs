@@ -17,9 +17,10 @@
 //! - [`shell`]: axum routes, per-connection tasks, timers, admin API, TLS,
 //!   graceful shutdown; [`shell::web`] serves the web client (`/app/`) and
 //!   the dashboard (`/dashboard`).
-//! - [`config`]: every setting and its default.
+//! - [`config`]: every setting and its default; [`canaries`]: loading the canary set.
 //! - [`metrics`]: Prometheus export of the core's stats and the shell's own measurements.
 
+pub mod canaries;
 pub mod config;
 pub mod core;
 mod error;

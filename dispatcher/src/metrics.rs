@@ -87,6 +87,21 @@ fn family<'a>(
     Ok(())
 }
 
+fn gauge_family<'a>(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl Iterator<Item = (&'a str, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (k, v) in values {
+        let labels = [(label, k)];
+        m.encode_family(&labels)?.encode_gauge(&i64::try_from(v).unwrap_or(i64::MAX))?;
+    }
+    Ok(())
+}
+
 fn histogram(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, h: &CoreHistogram) -> Result<(), std::fmt::Error> {
     let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
     // The encoder cumulates: it wants the count of each bucket alone.
@@ -146,6 +161,17 @@ impl Collector for CoreCollector {
         counter(&mut e, "pairing_rate_limited", "Pairing attempts refused for too many failures", s.pairing_rate_limited)?;
         family(&mut e, "bad_frames", "Frames refused as invalid, by endpoint", "endpoint", s.bad_frames.iter().map(|(k, v)| (*k, *v)))?;
         counter(&mut e, "detection_timeouts", "Results sent without detector features because detection was late", s.detection_timeouts)?;
+        counter(&mut e, "canaries_sent", "Canary jobs sent to nodes", s.canaries_sent)?;
+        family(
+            &mut e,
+            "canaries",
+            "Canary verdicts: pass, fail, inconclusive",
+            "outcome",
+            s.canary_outcomes.iter().map(|(k, v)| (k.as_str(), *v)),
+        )?;
+        family(&mut e, "canary_failures", "Failed canaries by reason", "reason", s.canary_failures.iter().map(|(k, v)| (*k, *v)))?;
+        counter(&mut e, "nodes_quarantined", "Times a node was quarantined for failing canaries", s.nodes_quarantined)?;
+        gauge_family(&mut e, "nodes_trust", "Connected nodes by trust state", "state", s.nodes_by_trust.iter().map(|(k, v)| (*k, *v)))?;
         histogram(&mut e, "job_seconds", "Time from job assignment to its result", &s.job_seconds)?;
         histogram(&mut e, "utterance_seconds", "Time from utterance accepted to its outcome", &s.utterance_seconds)?;
         Ok(())

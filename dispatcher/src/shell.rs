@@ -114,17 +114,24 @@ impl std::fmt::Debug for Dispatcher {
 
 impl Dispatcher {
     /// A dispatcher with a core seeded from the operating system's CSPRNG.
-    pub fn new(config: Config) -> Self {
+    /// Fails when the configured canary set cannot be loaded: running
+    /// without the verification the operator asked for would be worse.
+    pub fn new(config: Config) -> Result<Self, Error> {
         Self::with_rng(config, StdRng::from_os_rng())
     }
 
-    fn with_rng(config: Config, rng: StdRng) -> Self {
+    fn with_rng(config: Config, rng: StdRng) -> Result<Self, Error> {
+        let canaries = config.trust.canaries.as_deref().map(crate::canaries::load).transpose()?;
         let clock = Clock::new();
         let metrics = ShellMetrics::default();
         let stats = StatsSlot::default();
         let mut registry = Registry::default();
         crate::metrics::register(&mut registry, &metrics, stats.clone());
         let mut core = Core::new(config.core.clone(), rng, clock.now());
+        if let Some(set) = &canaries {
+            tracing::info!(canaries = set.canaries.len(), "trust: new public nodes are on probation until they pass their canaries");
+        }
+        core.set_trust(config.trust.clone(), canaries);
         let plugins = match PluginHost::new(config.plugins.clone(), &mut registry) {
             Ok(host) => host,
             Err(e) => {
@@ -137,7 +144,7 @@ impl Dispatcher {
             core.set_policy(Box::new(host.policy()));
         }
         let connections = Arc::new(Semaphore::new(config.max_connections));
-        Self {
+        Ok(Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State_ { core, peers: HashMap::new() }),
                 config,
@@ -151,7 +158,7 @@ impl Dispatcher {
                 shutting_down: AtomicBool::new(false),
                 plugins,
             }),
-        }
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State_> {
@@ -521,7 +528,9 @@ async fn admin_node_command(State(d): State<Dispatcher>, headers: HeaderMap, Pat
         "drain" => AdminCommand::Drain { node_id },
         "shutdown" => AdminCommand::Shutdown { node_id },
         "reload_config" => AdminCommand::ReloadConfig { node_id },
-        _ => return (StatusCode::NOT_FOUND, "commands: drain, shutdown, reload_config").into_response(),
+        "probation" => AdminCommand::Probation { node_id },
+        "vouch" => AdminCommand::Vouch { node_id },
+        _ => return (StatusCode::NOT_FOUND, "commands: drain, shutdown, reload_config, probation, vouch").into_response(),
     };
     match d.with_core(|core, now| core.admin(now, cmd)) {
         Ok(()) => (StatusCode::OK, "sent").into_response(),
@@ -550,5 +559,5 @@ fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<axum_serv
 /// For tests: a dispatcher whose ids come from a seeded RNG.
 #[doc(hidden)]
 pub fn seeded(config: Config, seed: u64) -> Dispatcher {
-    Dispatcher::with_rng(config, StdRng::seed_from_u64(seed))
+    Dispatcher::with_rng(config, StdRng::seed_from_u64(seed)).expect("a test configuration that loads")
 }

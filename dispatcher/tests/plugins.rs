@@ -58,6 +58,8 @@ fn cand(node_id: &str, running: u32, last: bool, ms: Option<f64>) -> Candidate<'
         is_last_node: last,
         ms_per_audio_s: ms,
         recent_failures: 0,
+        trust_score: 0.5,
+        verified: false,
     }
 }
 

@@ -38,7 +38,7 @@ async fn run() -> Result<(), Error> {
     let addr = listener.local_addr()?;
     tracing::info!("listening: sessions on {scheme}://{addr}/ws/session, nodes on {scheme}://{addr}/ws/node");
     println!("tolk-dispatcher listening on {scheme}://{addr} (/ws/session, /ws/node, /metrics)");
-    Dispatcher::new(config).run(listener, shutdown_signal()).await
+    Dispatcher::new(config)?.run(listener, shutdown_signal()).await
 }
 
 fn init_logging(json: bool) {

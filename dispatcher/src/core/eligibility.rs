@@ -39,6 +39,8 @@ pub enum Reason {
     NoFeature,
     /// Already failed this job.
     FailedThisJob,
+    /// Could serve it, but is on probation or quarantined (canaries).
+    Untrusted,
     /// Eligible, but at capacity now.
     Busy,
 }
@@ -52,14 +54,26 @@ impl Reason {
             Self::NoModel => "no_model",
             Self::NoFeature => "no_feature",
             Self::FailedThisJob => "failed_this_job",
+            Self::Untrusted => "untrusted",
             Self::Busy => "busy",
         }
     }
 }
 
 /// Whether node `id` may ever run a job needing `req`, as things stand
-/// (connection, drain, pairing, models, features). Cached per class.
+/// (connection, drain, pairing, models, features, trust). Cached per class.
 pub(super) fn check(n: &Node, id: &str, req: &Requirements, supplied: Features) -> Result<(), Reason> {
+    check_serves(n, id, req, supplied)?;
+    // Last, so that a node that could not serve the job anyway says why.
+    if !n.trust.may_serve(req.paired_node.is_some()) {
+        return Err(Reason::Untrusted);
+    }
+    Ok(())
+}
+
+/// [`check`] without trust: whether the node can do the work at all (what
+/// a canary for `req` may be sent to).
+pub(super) fn check_serves(n: &Node, id: &str, req: &Requirements, supplied: Features) -> Result<(), Reason> {
     if n.conn.is_none() {
         return Err(Reason::Disconnected);
     }

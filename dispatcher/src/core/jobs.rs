@@ -202,6 +202,8 @@ impl Core {
                     is_last_node: last == Some(id.as_str()),
                     ms_per_audio_s: n.ms_per_audio_s,
                     recent_failures: n.recent_failures,
+                    trust_score: n.trust.score(),
+                    verified: n.trust.verified,
                 })
             })
             .collect();
@@ -283,6 +285,9 @@ impl Core {
     }
 
     pub(super) fn on_job_result(&mut self, now: Millis, conn: ConnId, node_id: &str, r: JobResult) {
+        if self.on_canary_result(now, conn, node_id, &r) {
+            return;
+        }
         let holds = self.jobs.get(&r.job_id).is_some_and(|j| {
             matches!(&j.state, JobState::Running { node, .. } if node == node_id)
                 && j.session == r.session_id
@@ -300,6 +305,7 @@ impl Core {
             JobState::Queued | JobState::Finished { .. } => now,
         };
         let (audio_ms, class) = (job.audio_ms, job.class);
+        let public = self.classes.get(class).is_some_and(|c| c.req.paired_node.is_none());
         if let Some(c) = self.classes.get_mut(class) {
             c.drain.record(now);
         }
@@ -320,6 +326,9 @@ impl Core {
                     n.ms_per_audio_s = Some(n.ms_per_audio_s.map_or(sample, |old| 0.8 * old + 0.2 * sample));
                 }
                 n.recent_failures = n.recent_failures.saturating_sub(1);
+            }
+            if public {
+                self.after_public_job(node_id);
             }
             let job_id = r.job_id.clone();
             let waits_for_detection = self.jobs.get(&job_id).is_some_and(|j| matches!(j.detection, Detection::Pending(_)) && !j.orphaned);
@@ -347,6 +356,7 @@ impl Core {
             self.job_failed(now, &r.job_id, node_id, kind);
         }
         self.pump_node(now, node_id);
+        self.canary_tick(now, node_id);
     }
 
     pub(super) fn on_detected(&mut self, now: Millis, job_id: &str, extra: Extra) {

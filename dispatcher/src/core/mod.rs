@@ -18,6 +18,7 @@
 //! - [`queue`]: queued jobs indexed by requirements (classes), the eligible-node cache.
 //! - [`eligibility`]: the one rule of which node may run which job, and why not.
 //! - [`admission`]: overload control, `retry_after_ms`, per-session shares.
+//! - [`trust`]: canary jobs, probation and quarantine of volunteer nodes.
 //! - [`pairing`], [`order`] (per-session reorder buffer), [`policy`], [`timer`], [`stats`].
 //!
 //! Every guarantee of the protocol's extensions lives here; see
@@ -35,6 +36,7 @@ mod queue;
 mod sessions;
 pub mod stats;
 mod timer;
+pub mod trust;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -104,6 +106,10 @@ pub enum AdminCommand {
     Drain { node_id: String },
     Shutdown { node_id: String },
     ReloadConfig { node_id: String },
+    /// Back on probation: verify the node again with canaries.
+    Probation { node_id: String },
+    /// Trust the node without canaries (the operator vouches for it).
+    Vouch { node_id: String },
 }
 
 /// A node as the admin API lists it.
@@ -121,6 +127,8 @@ pub struct NodeView {
     pub version: String,
     /// Smoothed processing time per second of audio, when observed.
     pub ms_per_audio_s: Option<f64>,
+    /// Canary verification: probation, trusted, quarantined…
+    pub trust: trust::TrustView,
 }
 
 /// A session as the admin API lists it.
@@ -166,6 +174,7 @@ pub struct Core {
     pairing: Pairing,
     timers: Timers,
     stats: CoreStats,
+    trust: trust::Trust,
     out: Vec<Action>,
     next_node_key: u32,
 }
@@ -194,6 +203,8 @@ pub struct Sizes {
     pub guesses: usize,
     pub timers: usize,
     pub max_session_buffer: usize,
+    /// Canaries on their way.
+    pub canaries: usize,
 }
 
 const SWEEP_EVERY_MS: Millis = 1_000;
@@ -217,6 +228,7 @@ impl Core {
             pairing: Pairing::default(),
             timers: Timers::default(),
             stats: CoreStats::default(),
+            trust: trust::Trust::default(),
             out: Vec::new(),
             next_node_key: 0,
         };
@@ -242,6 +254,9 @@ impl Core {
         s.nodes_live = self.nodes.values().filter(|n| n.conn.is_some()).count() as u64;
         s.queue_depth = self.classes.queued() as u64;
         s.jobs_running = self.running_jobs() as u64;
+        for n in self.nodes.values().filter(|n| n.conn.is_some()) {
+            *s.nodes_by_trust.entry(n.trust.state.as_str()).or_insert(0) += 1;
+        }
         s
     }
 
@@ -273,6 +288,7 @@ impl Core {
             guesses: self.pairing.guesses(),
             timers: self.timers.len(),
             max_session_buffer: self.sessions.values().map(|s| s.order.len()).max().unwrap_or(0),
+            canaries: self.trust.inflight(),
         }
     }
 
@@ -321,6 +337,8 @@ impl Core {
             AdminCommand::Drain { node_id } => (node_id, NodeCommand::Drain),
             AdminCommand::Shutdown { node_id } => (node_id, NodeCommand::Shutdown),
             AdminCommand::ReloadConfig { node_id } => (node_id, NodeCommand::ReloadConfig),
+            AdminCommand::Probation { node_id } => return self.set_node_trust(now, node_id, false),
+            AdminCommand::Vouch { node_id } => return self.set_node_trust(now, node_id, true),
         };
         let node = self.nodes.get_mut(node_id).ok_or_else(|| format!("no node {node_id}"))?;
         let conn = node.conn.ok_or_else(|| format!("node {node_id} is not connected"))?;
@@ -351,6 +369,7 @@ impl Core {
                 models: n.models.iter().filter(|m| m.enabled != Some(false)).map(|m| m.model_id.clone()).collect(),
                 version: n.version.clone(),
                 ms_per_audio_s: n.ms_per_audio_s,
+                trust: n.trust.view(),
             })
             .collect()
     }
@@ -461,6 +480,7 @@ impl Core {
                 self.pump_node(now, &id);
             }
         }
+        self.sweep_canaries(now);
         self.pairing.sweep(now, self.cfg.pairing_window_ms);
         let forget = self.cfg.node_forget_ms;
         let before = self.nodes.len();

@@ -9,6 +9,7 @@ use tolk_protocol::{NodeToServer, ProtocolError, ServerToNode};
 
 use super::jobs::FailKind;
 use super::timer::Timer;
+use super::trust::TrustState;
 use super::{ConnId, Core, Millis};
 
 #[derive(Debug)]
@@ -35,6 +36,8 @@ pub(super) struct Node {
     pub reported_running: u32,
     /// After a `NODE_BUSY`, no new job before this time.
     pub busy_until: Millis,
+    /// Canary verification (kept across reconnects of the same identity).
+    pub trust: super::trust::NodeTrust,
 }
 
 impl Node {
@@ -147,6 +150,16 @@ impl Core {
             },
             |n| n.key,
         );
+        // Trust belongs to the identity: a reconnect neither clears a
+        // quarantine nor repeats a passed probation.
+        let trust = match &previous {
+            Some(p) if reg.accept_public_jobs && matches!(p.trust.state, TrustState::Probation | TrustState::Trusted | TrustState::Quarantined) => {
+                let mut t = p.trust.clone();
+                t.inflight = None;
+                t
+            }
+            _ => self.trust.initial(reg.accept_public_jobs),
+        };
         let running = previous.map(|n| n.running).unwrap_or_default();
         let max_jobs = reg.max_jobs.map_or(self.cfg.max_jobs_per_node, |m| m.min(self.cfg.max_jobs_per_node));
         self.nodes.insert(
@@ -169,6 +182,7 @@ impl Core {
                 recent_failures: 0,
                 reported_running: 0,
                 busy_until: 0,
+                trust,
             },
         );
         self.node_epoch += 1;
@@ -179,6 +193,7 @@ impl Core {
         let ack = NodeRegisterAck { node_id: node_id.clone(), message: "registered".into(), node_token: Some(token) };
         self.send_node(conn, ServerToNode::NodeRegisterAck(ack));
         self.pump_node(now, &node_id);
+        self.canary_tick(now, &node_id);
     }
 
     fn on_node_heartbeat(&mut self, now: Millis, node_id: &str, h: NodeHeartbeat) {
@@ -257,6 +272,7 @@ impl Core {
 
     /// The node's connection is gone: move its jobs.
     pub(super) fn node_lost(&mut self, now: Millis, id: &str, why: &str) {
+        self.canary_lost(id);
         let Some(n) = self.nodes.get_mut(id) else { return };
         n.conn = None;
         n.disconnected_at = Some(now);

@@ -32,6 +32,11 @@ pub struct Candidate<'a> {
     pub ms_per_audio_s: Option<f64>,
     /// Failures (errors, timeouts, losses) observed on this node recently.
     pub recent_failures: u32,
+    /// Canaries passed, smoothed: (passed + 1) / (passed + failed + 2);
+    /// 0.5 for a node never checked.
+    pub trust_score: f64,
+    /// Trusted because it passed canaries (not only by configuration).
+    pub verified: bool,
 }
 
 /// A scheduling policy. Implementations must be fast (called under the core's
@@ -99,6 +104,8 @@ mod tests {
             is_last_node: last,
             ms_per_audio_s: None,
             recent_failures: 0,
+            trust_score: 0.5,
+            verified: false,
         }
     }
 

@@ -53,6 +53,8 @@ pub struct CoreStats {
     pub nodes_live: u64,
     pub queue_depth: u64,
     pub jobs_running: u64,
+    /// Connected nodes by trust state.
+    pub nodes_by_trust: BTreeMap<&'static str, u64>,
     // counters
     pub sessions_opened: u64,
     pub sessions_resumed: u64,
@@ -80,6 +82,13 @@ pub struct CoreStats {
     /// Bad frames by endpoint (`session`, `node`, `unknown`).
     pub bad_frames: BTreeMap<&'static str, u64>,
     pub detection_timeouts: u64,
+    pub canaries_sent: u64,
+    /// Canary verdicts: `pass`, `fail`, `inconclusive`.
+    pub canary_outcomes: BTreeMap<String, u64>,
+    /// Failed canaries by reason (`text`, `translation`, `too_fast`, `no_speech`).
+    pub canary_failures: BTreeMap<&'static str, u64>,
+    /// Times a node was quarantined.
+    pub nodes_quarantined: u64,
     /// Job assignment → result, seconds.
     pub job_seconds: Histogram,
     /// Utterance accepted → outcome, seconds.
@@ -93,6 +102,7 @@ impl Default for CoreStats {
             nodes_live: 0,
             queue_depth: 0,
             jobs_running: 0,
+            nodes_by_trust: BTreeMap::new(),
             sessions_opened: 0,
             sessions_resumed: 0,
             sessions_expired: 0,
@@ -114,6 +124,10 @@ impl Default for CoreStats {
             pairing_rate_limited: 0,
             bad_frames: BTreeMap::new(),
             detection_timeouts: 0,
+            canaries_sent: 0,
+            canary_outcomes: BTreeMap::new(),
+            canary_failures: BTreeMap::new(),
+            nodes_quarantined: 0,
             // 1 ms to ~65 s.
             job_seconds: Histogram::exponential(0.001, 2.0, 17),
             utterance_seconds: Histogram::exponential(0.001, 2.0, 17),
@@ -124,6 +138,10 @@ impl Default for CoreStats {
 impl CoreStats {
     pub(super) fn outcome(&mut self, label: &str) {
         bump(&mut self.outcomes, label);
+    }
+
+    pub(super) fn canary(&mut self, verdict: &str) {
+        bump(&mut self.canary_outcomes, verdict);
     }
 
     pub(super) fn refusal(&mut self, code: &str) {
