@@ -286,6 +286,7 @@ impl Dispatcher {
             .route("/admin/nodes", get(admin_nodes))
             .route("/admin/sessions", get(admin_sessions))
             .route("/admin/plugins", get(admin_plugins))
+            .route("/admin/explain", get(admin_explain))
             .route("/admin/nodes/{node_id}/{command}", post(admin_node_command))
             .with_state(self.clone())
             .merge(web::router(self.clone()))
@@ -513,6 +514,25 @@ async fn admin_plugins(State(d): State<Dispatcher>, headers: HeaderMap) -> Respo
     }
 }
 
+/// `GET /admin/explain?src_lang=zh&tgt_lang=en[&dialect=…][&session=ID]`:
+/// every node and why it would or would not get that job.
+async fn admin_explain(
+    State(d): State<Dispatcher>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<crate::core::eligibility::ExplainQuery>,
+) -> Response {
+    if let Err(status) = d.authorized(&headers) {
+        return status.into_response();
+    }
+    if q.src_lang.is_empty() || q.tgt_lang.is_empty() || q.src_lang.len() > 32 || q.tgt_lang.len() > 32 {
+        return (StatusCode::BAD_REQUEST, "src_lang and tgt_lang are required (language codes)").into_response();
+    }
+    match d.with_core(|core, now| core.explain(now, &q)) {
+        Ok(e) => Json(e).into_response(),
+        Err(message) => (StatusCode::NOT_FOUND, message).into_response(),
+    }
+}
+
 async fn admin_sessions(State(d): State<Dispatcher>, headers: HeaderMap) -> Response {
     match d.authorized(&headers) {
         Ok(()) => Json(d.lock().core.list_sessions()).into_response(),
@@ -558,6 +578,7 @@ fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<axum_serv
 
 /// For tests: a dispatcher whose ids come from a seeded RNG.
 #[doc(hidden)]
+#[allow(clippy::expect_used)] // tests only: a configuration that does not load fails the test
 pub fn seeded(config: Config, seed: u64) -> Dispatcher {
     Dispatcher::with_rng(config, StdRng::seed_from_u64(seed)).expect("a test configuration that loads")
 }

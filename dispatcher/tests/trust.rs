@@ -310,3 +310,30 @@ fn without_a_canary_set_every_node_is_unchecked_and_serves() {
     sim.utterance(client, &sid, 0);
     assert_eq!(sim.jobs(node).len(), 1);
 }
+
+#[test]
+fn explain_lists_every_node_and_why_from_the_one_rule() {
+    let mut sim = sim();
+    let (trusted, trusted_id, _) = sim.register_node(&[("en", "es")], true);
+    pass_probation(&mut sim, trusted, &trusted_id);
+    let (_, probation_id, _) = sim.register_node(&[("en", "es")], true);
+    let (_, french_id, _) = sim.register_node(&[("fr", "de")], true);
+    let (_, private_id, _) = sim.register_node(&[("en", "es")], false);
+    let q = tolk_dispatcher::core::eligibility::ExplainQuery { src_lang: "en".into(), tgt_lang: "es".into(), ..Default::default() };
+    let e = sim.core.explain(sim.now, &q).unwrap();
+    let row = |id: &str| e.nodes.iter().find(|n| n.node_id == id).unwrap().clone();
+    assert_eq!((row(&trusted_id).eligible, row(&trusted_id).picked), (true, true));
+    assert_eq!(row(&probation_id).reason, Some("untrusted"));
+    assert_eq!(row(&french_id).reason, Some("no_model"));
+    assert_eq!(row(&private_id).reason, Some("not_paired"));
+    assert_eq!(e.picked.as_deref(), Some(trusted_id.as_str()));
+    assert_eq!(e.reasons.get("untrusted"), Some(&1));
+    // The same reasons a refusal would carry: drain the trusted one and ask again.
+    sim.admin(AdminCommand::Drain { node_id: trusted_id.clone() }).unwrap();
+    let e = sim.core.explain(sim.now, &q).unwrap();
+    assert_eq!(e.picked, None);
+    assert_eq!(row(&trusted_id).eligible, true, "the earlier answer is a snapshot");
+    assert_eq!(e.nodes.iter().find(|n| n.node_id == trusted_id).unwrap().reason, Some("draining"));
+    let unknown = tolk_dispatcher::core::eligibility::ExplainQuery { session: Some("s-nope".into()), ..q };
+    assert!(sim.core.explain(sim.now, &unknown).unwrap_err().contains("no session"));
+}

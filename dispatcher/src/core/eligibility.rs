@@ -12,6 +12,7 @@ use tolk_protocol::node::Pipeline;
 use super::Millis;
 use super::nodes::Node;
 
+
 /// What a job needs from a node. Jobs with equal requirements form one
 /// queue class (`queue::Class`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -131,5 +132,114 @@ impl Reasons {
 
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::Value::Object(self.0.iter().map(|(k, v)| ((*k).to_owned(), (*v).into())).collect())
+    }
+}
+
+/// What `/admin/explain` was asked: a job of these languages, optionally
+/// for an existing session (its features, pairing and last node).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct ExplainQuery {
+    pub src_lang: String,
+    pub tgt_lang: String,
+    #[serde(default)]
+    pub dialect: Option<String>,
+    #[serde(default)]
+    pub session: Option<String>,
+}
+
+/// One node's part in an explanation.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ExplainNode {
+    pub node_id: String,
+    /// Would be offered to the policy now.
+    pub eligible: bool,
+    /// Why not, by the one rule (extension 11's names).
+    pub reason: Option<&'static str>,
+    pub trust: super::trust::TrustState,
+    pub running: u32,
+    pub capacity: u32,
+    /// The policy in effect picks this node among the eligible ones.
+    pub picked: bool,
+}
+
+/// Why a job would go where it would go.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Explanation {
+    pub src_lang: String,
+    pub tgt_lang: String,
+    pub paired_node_id: Option<String>,
+    pub policy: String,
+    /// The node the policy picks now; `None` when no node is eligible (the
+    /// job would queue or be refused with these reasons).
+    pub picked: Option<String>,
+    pub reasons: std::collections::BTreeMap<&'static str, u32>,
+    pub nodes: Vec<ExplainNode>,
+}
+
+impl super::Core {
+    /// Every node and why it would or would not get a job for `q`, from
+    /// [`check_for_job`] (the rule scheduling uses), and the node the policy
+    /// in effect would pick. Asking changes nothing but the policy's own
+    /// state (a policy may count calls).
+    pub fn explain(&mut self, now: Millis, q: &ExplainQuery) -> Result<Explanation, String> {
+        let (features, paired, last) = match &q.session {
+            Some(id) => {
+                let s = self.sessions.get(id).ok_or_else(|| format!("no session {id}"))?;
+                (s.features, s.paired_node.clone(), s.last_node.clone())
+            }
+            None => (Features::default(), None, None),
+        };
+        let req = Requirements {
+            src_lang: q.src_lang.clone(),
+            tgt_lang: q.tgt_lang.clone(),
+            dialect: q.dialect.clone(),
+            features,
+            pipeline: Pipeline { use_asr: true, use_nmt: !q.src_lang.eq_ignore_ascii_case(&q.tgt_lang), use_tts: true },
+            paired_node: paired.clone(),
+        };
+        let mut reasons = Reasons::default();
+        let mut rows = Vec::with_capacity(self.nodes.len());
+        for (id, n) in &self.nodes {
+            let verdict = check_for_job(n, id, &req, self.supplied, &[], now);
+            if let Err(r) = verdict {
+                reasons.add(r);
+            }
+            rows.push(ExplainNode {
+                node_id: id.clone(),
+                eligible: verdict.is_ok(),
+                reason: verdict.err().map(Reason::as_str),
+                trust: n.trust.state,
+                running: n.running.len() as u32,
+                capacity: n.max_jobs,
+                picked: false,
+            });
+        }
+        let candidates: Vec<super::policy::Candidate<'_>> = self
+            .nodes
+            .iter()
+            .zip(&rows)
+            .filter(|(_, row)| row.eligible)
+            .map(|((id, n), _)| super::jobs::candidate(id, n, last.as_deref()))
+            .collect();
+        let session_id = q.session.clone().unwrap_or_default();
+        let info = super::policy::JobInfo { session_id: &session_id, utterance_index: 0, audio_ms: 0, attempt: 0 };
+        let picked = if candidates.is_empty() {
+            None
+        } else {
+            let i = self.policy.pick(&info, &candidates).filter(|&i| i < candidates.len()).or_else(|| super::policy::LeastLoaded::choose(&candidates));
+            i.and_then(|i| candidates.get(i)).map(|c| c.node_id.to_owned())
+        };
+        for row in &mut rows {
+            row.picked = picked.as_deref() == Some(row.node_id.as_str());
+        }
+        Ok(Explanation {
+            src_lang: q.src_lang.clone(),
+            tgt_lang: q.tgt_lang.clone(),
+            paired_node_id: paired,
+            policy: self.policy.name().to_owned(),
+            picked,
+            reasons: reasons.0,
+            nodes: rows,
+        })
     }
 }

@@ -87,6 +87,22 @@ pub(super) enum Placed {
 /// How long `reasons` are reused for refusals of one class.
 const REASONS_TTL_MS: Millis = 100;
 
+/// How a policy sees node `id`.
+pub(super) fn candidate<'a>(id: &'a str, n: &super::nodes::Node, last: Option<&str>) -> Candidate<'a> {
+    Candidate {
+        node_id: id,
+        node_key: n.key,
+        running: n.running.len() as u32,
+        capacity: n.max_jobs,
+        cpu_percent: n.usage.as_ref().map_or(0.0, |u| u.cpu_percent),
+        is_last_node: last == Some(id),
+        ms_per_audio_s: n.ms_per_audio_s,
+        recent_failures: n.recent_failures,
+        trust_score: n.trust.score(),
+        verified: n.trust.verified,
+    }
+}
+
 impl Core {
     fn limits(&self) -> Limits {
         Limits {
@@ -193,18 +209,7 @@ impl Core {
             .filter(|id| !job.failed_nodes.contains(id))
             .filter_map(|id| {
                 let n = self.nodes.get(id)?;
-                n.has_room(now).then(|| Candidate {
-                    node_id: id,
-                    node_key: n.key,
-                    running: n.running.len() as u32,
-                    capacity: n.max_jobs,
-                    cpu_percent: n.usage.as_ref().map_or(0.0, |u| u.cpu_percent),
-                    is_last_node: last == Some(id.as_str()),
-                    ms_per_audio_s: n.ms_per_audio_s,
-                    recent_failures: n.recent_failures,
-                    trust_score: n.trust.score(),
-                    verified: n.trust.verified,
-                })
+                n.has_room(now).then(|| candidate(id, n, last))
             })
             .collect();
         if candidates.is_empty() {
