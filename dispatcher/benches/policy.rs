@@ -39,7 +39,7 @@ fn bench(c: &mut Criterion) {
     let host = PluginHost::new(config, &mut Registry::default()).expect("engine").expect("host");
     host.scan();
     let mut wasm = host.policy();
-    let job = JobInfo { session_id: "s-0123456789abcdef", utterance_index: 7, audio_ms: 2400, attempt: 0 };
+    let job = JobInfo { session_id: "s-0123456789abcdef", utterance_index: 7, audio_ms: 2400, attempt: 0, paired: false };
 
     let mut group = c.benchmark_group("decision");
     for n in [1usize, 10, 100, 1000] {

@@ -1,6 +1,13 @@
 //! The Wasm plugin host: scheduling policies and feature detectors as
-//! sandboxed WebAssembly components (wasmtime, WIT `tolk:plugin@0.1.0` in
+//! sandboxed WebAssembly components (wasmtime, WIT `tolk:plugin@0.2.0` in
 //! `plugins/wit/`), loaded from a watched folder and swapped live.
+//!
+//! Versions: 0.2.0 and 0.1.0 (`plugins/wit-0.1.0/`) both load. Each
+//! version has its own generated bindings; a decision is described once
+//! (the core's `Candidate`) and lowered into whichever the plugin speaks,
+//! as Zed's extension host maps old extension APIs onto the current one. A
+//! 0.2.0 decision passes the candidates as one flat byte list (one copy
+//! into the guest) built in a buffer reused across calls.
 //!
 //! Sandbox: a plugin imports nothing but our `host` interface (checked before
 //! instantiation: no files, network, clock or environment); every call runs
@@ -37,11 +44,18 @@ use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 
 use crate::core::policy::{Candidate, JobInfo, LeastLoaded, Policy};
 
-/// The interface version this host speaks.
-pub const API_VERSION: &str = "0.1.0";
-const SCHEDULING_EXPORT: &str = "tolk:plugin/scheduling@0.1.0";
-const DETECTION_EXPORT: &str = "tolk:plugin/detection@0.1.0";
-const HOST_IMPORT: &str = "tolk:plugin/host@0.1.0";
+/// The interface version this host speaks (and [`OLD_API_VERSION`]).
+pub const API_VERSION: &str = "0.2.0";
+/// The older version it still loads.
+pub const OLD_API_VERSION: &str = "0.1.0";
+const SCHEDULING_EXPORT: &str = "tolk:plugin/scheduling@0.2.0";
+const DETECTION_EXPORT: &str = "tolk:plugin/detection@0.2.0";
+const HOST_IMPORT: &str = "tolk:plugin/host@0.2.0";
+const SCHEDULING_EXPORT_V01: &str = "tolk:plugin/scheduling@0.1.0";
+const DETECTION_EXPORT_V01: &str = "tolk:plugin/detection@0.1.0";
+const HOST_IMPORT_V01: &str = "tolk:plugin/host@0.1.0";
+/// Bytes per candidate record in a 0.2.0 `pick` (see `plugins/wit/plugin.wit`).
+const CANDIDATE_STRIDE: u32 = 32;
 const MAX_PLUGIN_BYTES: u64 = 32 * 1024 * 1024;
 const LOG_QUOTA: u32 = 16;
 const LOG_FLOOD: u32 = 1000;
@@ -65,8 +79,33 @@ mod detector_world {
     });
 }
 
-use detector_world::exports::tolk::plugin::detection as det;
+mod scheduler_v01 {
+    wasmtime::component::bindgen!({
+        path: "../plugins/wit-0.1.0",
+        world: "scheduler-v0-1",
+        imports: { default: trappable },
+    });
+}
+
+mod detector_v01 {
+    wasmtime::component::bindgen!({
+        path: "../plugins/wit-0.1.0",
+        world: "detector-v0-1",
+        imports: { default: trappable },
+    });
+}
+
+use scheduler_v01::exports::tolk::plugin::scheduling as sched_v01;
 use scheduler_world::exports::tolk::plugin::scheduling as sched;
+
+/// Which interface version a plugin speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Api {
+    #[serde(rename = "0.1.0")]
+    V01,
+    #[serde(rename = "0.2.0")]
+    V02,
+}
 
 /// Plugin settings (`[plugins]` in the dispatcher's config).
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +158,8 @@ pub enum Kind {
 pub struct PluginView {
     pub file: String,
     pub kind: Kind,
+    /// The interface version it speaks.
+    pub api: Api,
     pub name: String,
     pub version: String,
     pub active: bool,
@@ -179,6 +220,54 @@ macro_rules! impl_host {
 
 impl_host!(scheduler_world);
 impl_host!(detector_world);
+impl_host!(scheduler_v01);
+impl_host!(detector_v01);
+
+/// A scheduler ready to instantiate, in the version it speaks.
+enum SchedPre {
+    V02(scheduler_world::SchedulerPre<StoreState>),
+    V01(scheduler_v01::SchedulerV01Pre<StoreState>),
+}
+
+/// A live scheduler instance's bindings.
+enum SchedBindings {
+    V02(scheduler_world::Scheduler),
+    V01(scheduler_v01::SchedulerV01),
+}
+
+impl SchedPre {
+    fn instantiate(&self, store: &mut Store<StoreState>) -> wasmtime::Result<SchedBindings> {
+        Ok(match self {
+            Self::V02(p) => SchedBindings::V02(p.instantiate(store)?),
+            Self::V01(p) => SchedBindings::V01(p.instantiate(store)?),
+        })
+    }
+
+    fn api(&self) -> Api {
+        match self {
+            Self::V02(_) => Api::V02,
+            Self::V01(_) => Api::V01,
+        }
+    }
+}
+
+impl SchedBindings {
+    /// `info` and `init`: (name, version), or init's refusal.
+    fn start(&self, store: &mut Store<StoreState>, config: &str) -> wasmtime::Result<Result<(String, String), String>> {
+        match self {
+            Self::V02(b) => {
+                let api = b.tolk_plugin_scheduling();
+                let info = api.call_info(&mut *store)?;
+                Ok(api.call_init(store, config)?.map(|()| (info.name, info.version)))
+            }
+            Self::V01(b) => {
+                let api = b.tolk_plugin_scheduling();
+                let info = api.call_info(&mut *store)?;
+                Ok(api.call_init(store, config)?.map(|()| (info.name, info.version)))
+            }
+        }
+    }
+}
 
 /// A compiled, checked scheduler, ready to instantiate.
 struct SchedulerPlugin {
@@ -186,7 +275,93 @@ struct SchedulerPlugin {
     name: String,
     version: String,
     config: String,
-    pre: scheduler_world::SchedulerPre<StoreState>,
+    pre: SchedPre,
+}
+
+/// A detector ready to instantiate, in the version it speaks.
+enum DetPre {
+    V02(detector_world::DetectorPre<StoreState>),
+    V01(detector_v01::DetectorV01Pre<StoreState>),
+}
+
+/// What a detector found, whatever its version.
+struct Found {
+    speech_rate: Option<f32>,
+    emotion: Option<String>,
+    voice_style: Option<String>,
+}
+
+/// One body for both versions' generated detector types.
+macro_rules! detector_calls {
+    ($world:ident, $pre:expr) => {{
+        use $world::exports::tolk::plugin::detection as d;
+        fn flags(f: Features) -> d::Features {
+            let mut flags = d::Features::empty();
+            if f.emotion_detection {
+                flags |= d::Features::EMOTION;
+            }
+            if f.voice_style_detection {
+                flags |= d::Features::VOICE_STYLE;
+            }
+            if f.speech_rate_detection {
+                flags |= d::Features::SPEECH_RATE;
+            }
+            flags
+        }
+        fn features(p: d::Features) -> Features {
+            Features {
+                emotion_detection: p.contains(d::Features::EMOTION),
+                voice_style_detection: p.contains(d::Features::VOICE_STYLE),
+                speech_rate_detection: p.contains(d::Features::SPEECH_RATE),
+            }
+        }
+        (
+            // start: info, init, provides
+            |store: &mut Store<StoreState>, config: &str| -> wasmtime::Result<Result<(String, String, Features), String>> {
+                let inst = $pre.instantiate(&mut *store)?;
+                let api = inst.tolk_plugin_detection();
+                let info = api.call_info(&mut *store)?;
+                if let Err(e) = api.call_init(&mut *store, config)? {
+                    return Ok(Err(e));
+                }
+                Ok(Ok((info.name, info.version, features(api.call_provides(store)?))))
+            },
+            // detect: a fresh instance, init, detect
+            |store: &mut Store<StoreState>, config: &str, samples: &[i16], rate: u32, want: Features| -> wasmtime::Result<Result<Found, String>> {
+                let inst = $pre.instantiate(&mut *store)?;
+                let api = inst.tolk_plugin_detection();
+                api.call_init(&mut *store, config)?.map_err(wasmtime::Error::msg)?;
+                Ok(api.call_detect(store, samples, rate, flags(want))?.map(|f| Found {
+                    speech_rate: f.speech_rate,
+                    emotion: f.emotion,
+                    voice_style: f.voice_style,
+                }))
+            },
+        )
+    }};
+}
+
+impl DetPre {
+    fn start(&self, store: &mut Store<StoreState>, config: &str) -> wasmtime::Result<Result<(String, String, Features), String>> {
+        match self {
+            Self::V02(p) => (detector_calls!(detector_world, p).0)(store, config),
+            Self::V01(p) => (detector_calls!(detector_v01, p).0)(store, config),
+        }
+    }
+
+    fn detect(&self, store: &mut Store<StoreState>, config: &str, samples: &[i16], rate: u32, want: Features) -> wasmtime::Result<Result<Found, String>> {
+        match self {
+            Self::V02(p) => (detector_calls!(detector_world, p).1)(store, config, samples, rate, want),
+            Self::V01(p) => (detector_calls!(detector_v01, p).1)(store, config, samples, rate, want),
+        }
+    }
+
+    fn api(&self) -> Api {
+        match self {
+            Self::V02(_) => Api::V02,
+            Self::V01(_) => Api::V01,
+        }
+    }
 }
 
 /// A compiled, checked detector.
@@ -196,7 +371,7 @@ struct DetectorPlugin {
     version: String,
     config: String,
     provides: Features,
-    pre: detector_world::DetectorPre<StoreState>,
+    pre: DetPre,
 }
 
 #[derive(Default)]
@@ -269,8 +444,12 @@ impl PluginHost {
         let mut sched_linker = Linker::new(&engine);
         scheduler_world::Scheduler::add_to_linker::<_, wasmtime::component::HasSelf<StoreState>>(&mut sched_linker, |s| s)
             .map_err(|e| PluginError::Refused(format!("linker: {e}")))?;
+        scheduler_v01::SchedulerV01::add_to_linker::<_, wasmtime::component::HasSelf<StoreState>>(&mut sched_linker, |s| s)
+            .map_err(|e| PluginError::Refused(format!("linker: {e}")))?;
         let mut det_linker = Linker::new(&engine);
         detector_world::Detector::add_to_linker::<_, wasmtime::component::HasSelf<StoreState>>(&mut det_linker, |s| s)
+            .map_err(|e| PluginError::Refused(format!("linker: {e}")))?;
+        detector_v01::DetectorV01::add_to_linker::<_, wasmtime::component::HasSelf<StoreState>>(&mut det_linker, |s| s)
             .map_err(|e| PluginError::Refused(format!("linker: {e}")))?;
         // The time budget is counted in epochs; one thread ticks them for
         // every plugin. It holds only a weak reference: it ends with the host.
@@ -375,28 +554,32 @@ impl PluginHost {
 
     /// Reads the component's declared interface and refuses what it must not
     /// load, before anything is instantiated.
-    fn check_interface(&self, path: &Path, component: &Component) -> Result<Kind, PluginError> {
+    fn check_interface(&self, path: &Path, component: &Component) -> Result<(Kind, Api), PluginError> {
         let engine = &self.inner.engine;
         let ty = component.component_type();
         let name = path.display();
         for (import, _) in ty.imports(engine) {
-            if import != HOST_IMPORT {
+            if import != HOST_IMPORT && import != HOST_IMPORT_V01 {
                 return Err(PluginError::Refused(format!(
                     "{name}: imports {import}; plugins may import only {HOST_IMPORT} (no WASI: no files, network, clock or environment)"
                 )));
             }
         }
         let exports: Vec<&str> = ty.exports(engine).map(|(n, _)| n).collect();
-        if exports.contains(&SCHEDULING_EXPORT) {
-            return Ok(Kind::Scheduler);
-        }
-        if exports.contains(&DETECTION_EXPORT) {
-            return Ok(Kind::Detector);
+        for (export, kind, api) in [
+            (SCHEDULING_EXPORT, Kind::Scheduler, Api::V02),
+            (DETECTION_EXPORT, Kind::Detector, Api::V02),
+            (SCHEDULING_EXPORT_V01, Kind::Scheduler, Api::V01),
+            (DETECTION_EXPORT_V01, Kind::Detector, Api::V01),
+        ] {
+            if exports.contains(&export) {
+                return Ok((kind, api));
+            }
         }
         let other = exports.iter().find(|e| e.starts_with("tolk:plugin/"));
         Err(PluginError::Refused(match other {
             Some(e) => format!(
-                "{name}: plugin speaks {e}, this dispatcher speaks tolk:plugin@{API_VERSION}; rebuild it against plugins/wit of this version"
+                "{name}: plugin speaks {e}, this dispatcher speaks tolk:plugin@{API_VERSION} and @{OLD_API_VERSION}; rebuild it against plugins/wit of this version"
             ),
             None => format!("{name}: exports neither {SCHEDULING_EXPORT} nor {DETECTION_EXPORT}"),
         }))
@@ -416,7 +599,7 @@ impl PluginHost {
         }
         let bytes = std::fs::read(path).map_err(|e| read_err(e.to_string()))?;
         let component = self.compile(path, &bytes)?;
-        let kind = self.check_interface(path, &component)?;
+        let (kind, api) = self.check_interface(path, &component)?;
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_owned();
         let config = self.settings_for(&stem);
         let budget = self.inner.config.detect_budget_ms.max(self.inner.config.schedule_budget_ms) * 20;
@@ -424,40 +607,30 @@ impl PluginHost {
         match kind {
             Kind::Scheduler => {
                 let pre = self.inner.sched_linker.instantiate_pre(&component).map_err(invalid)?;
-                let pre = scheduler_world::SchedulerPre::new(pre).map_err(invalid)?;
+                let pre = match api {
+                    Api::V02 => SchedPre::V02(scheduler_world::SchedulerPre::new(pre).map_err(invalid)?),
+                    Api::V01 => SchedPre::V01(scheduler_v01::SchedulerV01Pre::new(pre).map_err(invalid)?),
+                };
                 let mut store = self.store(&stem, budget);
                 let instance = pre.instantiate(&mut store).map_err(invalid)?;
-                let api = instance.tolk_plugin_scheduling();
-                let info = api.call_info(&mut store).map_err(invalid)?;
-                api.call_init(&mut store, &config)
+                let (name, version) = instance
+                    .start(&mut store, &config)
                     .map_err(invalid)?
                     .map_err(|e| PluginError::Refused(format!("{}: init refused its configuration: {e}", path.display())))?;
-                Ok(LoadedFile::Scheduler(Arc::new(SchedulerPlugin { file: stem, name: info.name, version: info.version, config, pre })))
+                Ok(LoadedFile::Scheduler(Arc::new(SchedulerPlugin { file: stem, name, version, config, pre })))
             }
             Kind::Detector => {
                 let pre = self.inner.det_linker.instantiate_pre(&component).map_err(invalid)?;
-                let pre = detector_world::DetectorPre::new(pre).map_err(invalid)?;
+                let pre = match api {
+                    Api::V02 => DetPre::V02(detector_world::DetectorPre::new(pre).map_err(invalid)?),
+                    Api::V01 => DetPre::V01(detector_v01::DetectorV01Pre::new(pre).map_err(invalid)?),
+                };
                 let mut store = self.store(&stem, budget);
-                let instance = pre.instantiate(&mut store).map_err(invalid)?;
-                let api = instance.tolk_plugin_detection();
-                let info = api.call_info(&mut store).map_err(invalid)?;
-                api.call_init(&mut store, &config)
+                let (name, version, provides) = pre
+                    .start(&mut store, &config)
                     .map_err(invalid)?
                     .map_err(|e| PluginError::Refused(format!("{}: init refused its configuration: {e}", path.display())))?;
-                let p = api.call_provides(&mut store).map_err(invalid)?;
-                let provides = Features {
-                    emotion_detection: p.contains(det::Features::EMOTION),
-                    voice_style_detection: p.contains(det::Features::VOICE_STYLE),
-                    speech_rate_detection: p.contains(det::Features::SPEECH_RATE),
-                };
-                Ok(LoadedFile::Detector(Arc::new(DetectorPlugin {
-                    file: stem,
-                    name: info.name,
-                    version: info.version,
-                    config,
-                    provides,
-                    pre,
-                })))
+                Ok(LoadedFile::Detector(Arc::new(DetectorPlugin { file: stem, name, version, config, provides, pre })))
             }
         }
     }
@@ -567,6 +740,7 @@ impl PluginHost {
             .map(|(p, _)| PluginView {
                 file: p.file.clone(),
                 kind: Kind::Scheduler,
+                api: p.pre.api(),
                 name: p.name.clone(),
                 version: p.version.clone(),
                 active: loaded.active.as_ref().is_some_and(|a| Arc::ptr_eq(a, p)),
@@ -577,6 +751,7 @@ impl PluginHost {
         out.extend(loaded.detectors.values().map(|p| PluginView {
             file: p.file.clone(),
             kind: Kind::Detector,
+            api: p.pre.api(),
             name: p.name.clone(),
             version: p.version.clone(),
             active: true,
@@ -588,7 +763,7 @@ impl PluginHost {
 
     /// A policy for the core that asks the scheduler plugin in effect.
     pub fn policy(&self) -> WasmPolicy {
-        WasmPolicy { host: self.clone(), instance: None, failures_in_row: 0, resting_until: None }
+        WasmPolicy { host: self.clone(), instance: None, failures_in_row: 0, resting_until: None, flat: Vec::new() }
     }
 
     /// Runs every detector that supplies part of `wanted` on the audio and
@@ -614,23 +789,9 @@ impl PluginHost {
             if want.is_empty() {
                 continue;
             }
-            let mut flags = det::Features::empty();
-            if want.emotion_detection {
-                flags |= det::Features::EMOTION;
-            }
-            if want.voice_style_detection {
-                flags |= det::Features::VOICE_STYLE;
-            }
-            if want.speech_rate_detection {
-                flags |= det::Features::SPEECH_RATE;
-            }
             // A fresh instance per call (~0.3 ms): nothing leaks between utterances.
             let mut store = self.store(&d.file, self.inner.config.detect_budget_ms);
-            let outcome = d.pre.instantiate(&mut store).and_then(|inst| {
-                let api = inst.tolk_plugin_detection();
-                api.call_init(&mut store, &d.config)?.map_err(wasmtime::Error::msg)?;
-                api.call_detect(&mut store, &pcm.samples, pcm.sample_rate, flags)
-            });
+            let outcome = d.pre.detect(&mut store, &d.config, &pcm.samples, pcm.sample_rate, want);
             match outcome {
                 Ok(Ok(found)) => {
                     self.count(&d.name, &d.version, None);
@@ -691,13 +852,15 @@ pub struct WasmPolicy {
     instance: Option<LiveScheduler>,
     failures_in_row: u32,
     resting_until: Option<Instant>,
+    /// The 0.2.0 candidate records, rebuilt in place for every decision.
+    flat: Vec<u8>,
 }
 
 struct LiveScheduler {
     generation: u64,
     plugin: Arc<SchedulerPlugin>,
     store: Store<StoreState>,
-    bindings: scheduler_world::Scheduler,
+    bindings: SchedBindings,
 }
 
 impl std::fmt::Debug for WasmPolicy {
@@ -722,7 +885,7 @@ impl WasmPolicy {
                     return None;
                 }
             };
-            if !matches!(bindings.tolk_plugin_scheduling().call_init(&mut store, &plugin.config), Ok(Ok(()))) {
+            if !matches!(bindings.start(&mut store, &plugin.config), Ok(Ok(_))) {
                 self.host.count(&plugin.name, &plugin.version, Some("init"));
                 return None;
             }
@@ -760,34 +923,68 @@ impl Policy for WasmPolicy {
         if self.resting() {
             return None;
         }
-        let wasm_candidates: Vec<sched::Candidate> = candidates
-            .iter()
-            .map(|c| sched::Candidate {
-                node_key: c.node_key,
-                running: c.running,
-                capacity: c.capacity,
-                cpu_percent: c.cpu_percent as f32,
-                is_last_node: c.is_last_node,
-                ms_per_audio_s: c.ms_per_audio_s.map_or(-1.0, |v| v as f32),
-                recent_failures: c.recent_failures,
-            })
-            .collect();
-        let wasm_job = sched::Job {
-            session_key: session_key(job.session_id),
-            utterance_index: job.utterance_index,
-            audio_ms: job.audio_ms,
-            attempt: job.attempt,
-        };
         let budget = self.host.inner.config.schedule_budget_ms;
         let host = self.host.clone();
+        // Out of `self` while `live` borrows it; put back below.
+        let mut flat = std::mem::take(&mut self.flat);
         let Some(live) = self.live() else {
             // No scheduler plugin in effect: the built-in policy decides (not a failure).
+            self.flat = flat;
             return if host.loaded().active.is_none() { LeastLoaded::choose(candidates) } else { None };
         };
         live.store.data_mut().log_lines = 0;
         live.store.set_epoch_deadline(budget.max(1));
         let (name, version) = (live.plugin.name.clone(), live.plugin.version.clone());
-        let result = live.bindings.tolk_plugin_scheduling().call_pick(&mut live.store, wasm_job, &wasm_candidates);
+        let session_key = session_key(job.session_id);
+        let result = match &live.bindings {
+            SchedBindings::V02(b) => {
+                // One flat record per candidate (layout in plugins/wit/plugin.wit),
+                // into a buffer kept across calls: lowering it is one copy.
+                flat.clear();
+                for c in candidates {
+                    let flags = u32::from(c.is_last_node) | (u32::from(c.verified) << 1);
+                    for word in [
+                        c.node_key,
+                        c.running,
+                        c.capacity,
+                        (c.cpu_percent as f32).to_bits(),
+                        c.ms_per_audio_s.map_or(-1.0f32, |v| v as f32).to_bits(),
+                        c.recent_failures,
+                        (c.trust_score as f32).to_bits(),
+                        flags,
+                    ] {
+                        flat.extend_from_slice(&word.to_le_bytes());
+                    }
+                }
+                let wasm_job = sched::Job {
+                    session_key,
+                    utterance_index: job.utterance_index,
+                    audio_ms: job.audio_ms,
+                    attempt: job.attempt,
+                    paired: job.paired,
+                };
+                b.tolk_plugin_scheduling().call_pick(&mut live.store, wasm_job, &flat, CANDIDATE_STRIDE)
+            }
+            SchedBindings::V01(b) => {
+                // The 0.1.0 view of the same decision: records, without trust.
+                let records: Vec<sched_v01::Candidate> = candidates
+                    .iter()
+                    .map(|c| sched_v01::Candidate {
+                        node_key: c.node_key,
+                        running: c.running,
+                        capacity: c.capacity,
+                        cpu_percent: c.cpu_percent as f32,
+                        is_last_node: c.is_last_node,
+                        ms_per_audio_s: c.ms_per_audio_s.map_or(-1.0, |v| v as f32),
+                        recent_failures: c.recent_failures,
+                    })
+                    .collect();
+                let wasm_job =
+                    sched_v01::Job { session_key, utterance_index: job.utterance_index, audio_ms: job.audio_ms, attempt: job.attempt };
+                b.tolk_plugin_scheduling().call_pick(&mut live.store, wasm_job, &records)
+            }
+        };
+        self.flat = flat;
         let failure = match result {
             Ok(Some(i)) if (i as usize) < candidates.len() => {
                 host.count(&name, &version, None);

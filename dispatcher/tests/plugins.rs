@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use prometheus_client::registry::Registry;
 use tolk_dispatcher::core::policy::{Candidate, JobInfo, Policy};
-use tolk_dispatcher::plugins::{Kind, PluginHost, PluginsConfig};
+use tolk_dispatcher::plugins::{Api, Kind, PluginHost, PluginsConfig};
 use tolk_protocol::{AudioFormat, Features};
 
 /// Builds every guest plugin once per test binary (cargo is incremental).
@@ -64,7 +64,7 @@ fn cand(node_id: &str, running: u32, last: bool, ms: Option<f64>) -> Candidate<'
 }
 
 fn job(session: &str) -> JobInfo<'_> {
-    JobInfo { session_id: session, utterance_index: 0, audio_ms: 1000, attempt: 0 }
+    JobInfo { session_id: session, utterance_index: 0, audio_ms: 1000, attempt: 0, paired: false }
 }
 
 #[test]
@@ -81,11 +81,42 @@ fn shipped_plugins_load_and_declare_what_they_are() {
     assert_eq!(list.iter().filter(|p| p.kind == Kind::Scheduler).count(), 4);
     assert_eq!(list.iter().filter(|p| p.kind == Kind::Detector).count(), 2);
     assert_eq!(list.iter().filter(|p| p.active).count(), 3, "one scheduler in effect, detectors always");
+    // Both interface versions load side by side: 0.1.0 plugins are handed
+    // the 0.1.0 view of each decision.
+    let api = |file: &str| list.iter().find(|p| p.file == file).map(|p| p.api).unwrap();
+    assert_eq!((api("least-loaded"), api("emotion")), (Api::V02, Api::V02));
+    assert_eq!((api("round-robin"), api("sticky-session"), api("speech-rate")), (Api::V01, Api::V01, Api::V01));
     let supplied = h.supplied_features();
     assert!(supplied.emotion_detection && supplied.speech_rate_detection && !supplied.voice_style_detection);
     // A second scan of an unchanged folder does nothing.
     let again = h.scan();
     assert!(again.loaded.is_empty() && !again.scheduler_changed);
+}
+
+#[test]
+fn both_versions_decide_and_the_trust_aware_policy_prefers_proven_nodes() {
+    let dir = fresh_dir("versions-0.2.0");
+    install(&dir, "least-loaded", "least-loaded");
+    let old = fresh_dir("versions-0.1.0");
+    install(&old, "round-robin", "round-robin");
+    // Two equally loaded nodes; b has passed its canaries.
+    let mut proven = cand("b", 1, false, None);
+    proven.trust_score = 0.8;
+    proven.verified = true;
+    let cands = [cand("a", 1, false, None), proven];
+    let h = host(&dir, &[]);
+    h.scan();
+    let mut p = h.policy();
+    assert_eq!(p.pick(&job("s-1"), &cands), Some(1), "0.2.0 least-loaded: the proven node on a tie");
+    // And load still comes first.
+    let busy_proven = [cand("a", 0, false, None), cands[1]];
+    assert_eq!(p.pick(&job("s-1"), &busy_proven), Some(0));
+    let h = host(&old, &[]);
+    h.scan();
+    let mut p = h.policy();
+    let picks: Vec<Option<usize>> = (0..4).map(|_| p.pick(&job("s-1"), &cands)).collect();
+    assert!(picks.iter().all(Option::is_some), "the 0.1.0 policy decides: {picks:?}");
+    assert_ne!(picks[0], picks[1], "round-robin takes turns");
 }
 
 #[test]
@@ -97,7 +128,7 @@ fn bad_files_are_refused_with_a_clear_reason_and_the_old_plugin_stays() {
     type Case<'a> = (&'a str, &'a dyn Fn(&Path), &'a str);
     let cases: [Case<'_>; 3] = [
         ("not-wasm", &|d: &Path| std::fs::write(d.join("policy.wasm"), b"#!/bin/sh\necho hi\n").unwrap(), "not a valid component"),
-        ("wrong-version", &|d: &Path| install(d, "wrong-version", "policy"), "speaks tolk:plugin/scheduling@0.2.0"),
+        ("wrong-version", &|d: &Path| install(d, "wrong-version", "policy"), "speaks tolk:plugin/scheduling@0.3.0"),
         ("extra-import", &|d: &Path| install(d, "extra-import", "policy"), "imports tolk:plugin/net"),
     ];
     for (what, write, reason) in cases {

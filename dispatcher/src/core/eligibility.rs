@@ -222,7 +222,7 @@ impl super::Core {
             .map(|((id, n), _)| super::jobs::candidate(id, n, last.as_deref()))
             .collect();
         let session_id = q.session.clone().unwrap_or_default();
-        let info = super::policy::JobInfo { session_id: &session_id, utterance_index: 0, audio_ms: 0, attempt: 0 };
+        let info = super::policy::JobInfo { session_id: &session_id, utterance_index: 0, audio_ms: 0, attempt: 0, paired: req.paired_node.is_some() };
         let picked = if candidates.is_empty() {
             None
         } else {

@@ -215,7 +215,13 @@ impl Core {
         if candidates.is_empty() {
             return false;
         }
-        let info = JobInfo { session_id: &job.session, utterance_index: job.index, audio_ms: job.audio_ms, attempt: job.attempts };
+        let info = JobInfo {
+            session_id: &job.session,
+            utterance_index: job.index,
+            audio_ms: job.audio_ms,
+            attempt: job.attempts,
+            paired: class.req.paired_node.is_some(),
+        };
         let picked = match self.policy.pick(&info, &candidates).filter(|&i| i < candidates.len()) {
             Some(i) => Some(i),
             None => {

@@ -12,6 +12,8 @@ pub struct JobInfo<'a> {
     pub audio_ms: u64,
     /// Attempts made so far (0 for the first).
     pub attempt: u32,
+    /// For a session paired with a node (its one candidate).
+    pub paired: bool,
 }
 
 /// One eligible node with free capacity, as a policy sees it.

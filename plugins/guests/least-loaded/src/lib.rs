@@ -1,5 +1,7 @@
 //! `least-loaded`: the node with the lowest share of its capacity in use;
-//! ties go to lower CPU, then fewer recent failures, then the lower node key.
+//! ties go to the better-proven node (trust score: canaries passed, smoothed;
+//! `tolk:plugin@0.2.0`), then lower CPU, then fewer recent failures, then the
+//! lower node key.
 
 use tolk_plugin_sdk::scheduler::{Candidate, Job, PluginInfo, Policy};
 
@@ -22,6 +24,7 @@ impl Policy for LeastLoaded {
         let (i, _) = candidates.iter().enumerate().min_by(|(_, a), (_, b)| {
             load(a)
                 .total_cmp(&load(b))
+                .then(b.trust_score.total_cmp(&a.trust_score))
                 .then(a.cpu_percent.total_cmp(&b.cpu_percent))
                 .then(a.recent_failures.cmp(&b.recent_failures))
                 .then(a.node_key.cmp(&b.node_key))

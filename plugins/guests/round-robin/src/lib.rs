@@ -1,7 +1,7 @@
 //! `round-robin`: takes turns over the nodes, by node key: the next
 //! candidate after the one chosen last, wrapping around.
 
-use tolk_plugin_sdk::scheduler::{Candidate, Job, PluginInfo, Policy};
+use tolk_plugin_sdk::scheduler_v0_1::{Candidate, Job, PluginInfo, Policy};
 
 struct RoundRobin {
     last: Option<u32>,
@@ -25,4 +25,4 @@ impl Policy for RoundRobin {
     }
 }
 
-tolk_plugin_sdk::export_policy!(RoundRobin);
+tolk_plugin_sdk::export_policy_v0_1!(RoundRobin);

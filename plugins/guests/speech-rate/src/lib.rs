@@ -6,7 +6,7 @@
 //! loud frame. It needs no language model; it undercounts syllables that run
 //! together without a dip and overcounts noisy bursts.
 
-use tolk_plugin_sdk::detector::{Detection, Detector, Features, PluginInfo};
+use tolk_plugin_sdk::detector_v0_1::{Detection, Detector, Features, PluginInfo};
 use tolk_plugin_sdk::dsp;
 
 struct SpeechRate;
@@ -39,4 +39,4 @@ impl Detector for SpeechRate {
     }
 }
 
-tolk_plugin_sdk::export_detector!(SpeechRate);
+tolk_plugin_sdk::export_detector_v0_1!(SpeechRate);

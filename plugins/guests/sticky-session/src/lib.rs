@@ -3,7 +3,7 @@
 //! session is mapped to a node by rendezvous hashing, so the same session
 //! keeps landing on the same node and sessions spread evenly.
 
-use tolk_plugin_sdk::scheduler::{Candidate, Job, PluginInfo, Policy};
+use tolk_plugin_sdk::scheduler_v0_1::{Candidate, Job, PluginInfo, Policy};
 
 struct Sticky;
 
@@ -33,4 +33,4 @@ impl Policy for Sticky {
     }
 }
 
-tolk_plugin_sdk::export_policy!(Sticky);
+tolk_plugin_sdk::export_policy_v0_1!(Sticky);

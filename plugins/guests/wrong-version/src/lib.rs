@@ -1,4 +1,4 @@
-//! Test fixture: exports `tolk:plugin/scheduling@0.2.0`, which the host must refuse.
+//! Test fixture: exports `tolk:plugin/scheduling@0.3.0`, which the host must refuse.
 
 #![allow(unsafe_code)] // wit-bindgen's generated export glue (plugins using the SDK never need this)
 
