@@ -37,7 +37,10 @@ fn bench(c: &mut Criterion) {
     std::fs::copy(src, dir.join("least-loaded.wasm")).expect("copy");
     let config = PluginsConfig { dir: Some(dir.clone()), ..PluginsConfig::default() };
     let host = PluginHost::new(config, &mut Registry::default()).expect("engine").expect("host");
-    host.scan();
+    // A plugin that failed to load would make the built-in policy answer
+    // below: measure only what loaded.
+    let report = host.scan();
+    assert_eq!(report.loaded, vec!["least-loaded".to_owned()], "{report:?}");
     let mut wasm = host.policy();
     let job = JobInfo { session_id: "s-0123456789abcdef", utterance_index: 7, audio_ms: 2400, attempt: 0, paired: false };
 

@@ -116,6 +116,10 @@ pub struct PluginsConfig {
     /// The scheduling policy in effect, by file stem (`round-robin` for
     /// `round-robin.wasm`); unset, the scheduler file modified last.
     pub scheduler: Option<String>,
+    /// A second policy evaluated on every decision without effect (a file
+    /// stem, or `builtin`): `/metrics` counts where it agrees with the one
+    /// in effect, and `POST /admin/policy/promote` swaps the two.
+    pub shadow: Option<String>,
     /// Where precompiled artifacts go (default: `DIR/.cache`).
     pub cache_dir: Option<PathBuf>,
     /// Time budget of one scheduling decision.
@@ -135,6 +139,7 @@ impl Default for PluginsConfig {
         Self {
             dir: None,
             scheduler: None,
+            shadow: None,
             cache_dir: None,
             schedule_budget_ms: 5,
             detect_budget_ms: 500,
@@ -163,6 +168,8 @@ pub struct PluginView {
     pub name: String,
     pub version: String,
     pub active: bool,
+    /// Evaluated on every decision without effect.
+    pub shadow: bool,
     pub calls: u64,
     pub failures: u64,
 }
@@ -174,6 +181,7 @@ struct PluginMetrics {
     calls: Family<Labels, Counter>,
     failures: Family<Labels, Counter>,
     loads: Family<Labels, Counter>,
+    shadow: Family<Labels, Counter>,
 }
 
 struct StoreState {
@@ -382,7 +390,19 @@ struct Loaded {
     seen: HashMap<PathBuf, (u64, SystemTime)>,
     /// The scheduler in effect, and a generation that changes when it does.
     active: Option<Arc<SchedulerPlugin>>,
+    /// The shadow scheduler, when it is a loaded file.
+    shadow: Option<Arc<SchedulerPlugin>>,
 }
+
+/// Which policies are in effect and in the shadow (promotion changes it).
+#[derive(Debug, Clone, Default)]
+struct Selection {
+    scheduler: Option<String>,
+    shadow: Option<String>,
+}
+
+/// The shadow's name meaning the built-in policy.
+pub const BUILTIN: &str = "builtin";
 
 /// The plugin host. Cheap to clone.
 #[derive(Clone)]
@@ -396,6 +416,7 @@ struct Inner {
     det_linker: Linker<StoreState>,
     config: PluginsConfig,
     loaded: Mutex<Loaded>,
+    selection: Mutex<Selection>,
     generation: AtomicU64,
     metrics: PluginMetrics,
     stats: Mutex<HashMap<String, (u64, u64)>>,
@@ -465,6 +486,7 @@ impl PluginHost {
             })
             .map_err(|e| PluginError::Refused(format!("epoch thread: {e}")))?;
         let metrics = PluginMetrics::default();
+        let selection = Selection { scheduler: config.scheduler.clone(), shadow: config.shadow.clone() };
         let r = registry.sub_registry_with_prefix("tolk_plugin");
         r.register("calls", "Plugin calls by plugin and version", metrics.calls.clone());
         r.register(
@@ -473,12 +495,18 @@ impl PluginHost {
             metrics.failures.clone(),
         );
         r.register("loads", "Plugin files loaded or refused, by file and outcome", metrics.loads.clone());
+        r.register(
+            "shadow_decisions",
+            "Decisions of the shadow policy against the one in effect: agree, disagree, failed",
+            metrics.shadow.clone(),
+        );
         Ok(Some(Self {
             inner: Arc::new(Inner {
                 engine,
                 sched_linker,
                 det_linker,
                 config,
+                selection: Mutex::new(selection),
                 loaded: Mutex::new(Loaded::default()),
                 generation: AtomicU64::new(0),
                 metrics,
@@ -700,7 +728,18 @@ impl PluginHost {
             }
         }
         // The scheduler in effect: the configured one, else the newest.
-        let active = match &self.inner.config.scheduler {
+        let selection = self.inner.selection.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let shadow = selection.shadow.as_ref().and_then(|name| loaded.schedulers.get(name)).map(|(p, _)| p.clone());
+        let shadow_same = match (&shadow, &loaded.shadow) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !shadow_same {
+            loaded.shadow = shadow;
+            self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        }
+        let active = match &selection.scheduler {
             Some(name) => loaded.schedulers.get(name).map(|(p, _)| p.clone()),
             // Newest file wins; equal times are broken by name, so the choice is stable.
             None => loaded.schedulers.iter().max_by_key(|(name, (_, at))| (*at, *name)).map(|(_, (p, _))| p.clone()),
@@ -744,6 +783,7 @@ impl PluginHost {
                 name: p.name.clone(),
                 version: p.version.clone(),
                 active: loaded.active.as_ref().is_some_and(|a| Arc::ptr_eq(a, p)),
+                shadow: loaded.shadow.as_ref().is_some_and(|a| Arc::ptr_eq(a, p)),
                 calls: stat(&p.name).0,
                 failures: stat(&p.name).1,
             })
@@ -755,6 +795,7 @@ impl PluginHost {
             name: p.name.clone(),
             version: p.version.clone(),
             active: true,
+            shadow: false,
             calls: stat(&p.name).0,
             failures: stat(&p.name).1,
         }));
@@ -763,7 +804,41 @@ impl PluginHost {
 
     /// A policy for the core that asks the scheduler plugin in effect.
     pub fn policy(&self) -> WasmPolicy {
-        WasmPolicy { host: self.clone(), instance: None, failures_in_row: 0, resting_until: None, flat: Vec::new() }
+        WasmPolicy { host: self.clone(), instance: None, shadow: None, failures_in_row: 0, resting_until: None, flat: Vec::new() }
+    }
+
+    /// The shadow policy's name, if one is configured.
+    pub fn shadow_name(&self) -> Option<String> {
+        self.inner.selection.lock().unwrap_or_else(|e| e.into_inner()).shadow.clone()
+    }
+
+    /// Promotes the shadow policy: it takes effect, and the policy it
+    /// replaces (by name; `builtin` when none was chosen) becomes the
+    /// shadow. Returns (in effect, shadow) after the swap.
+    pub fn promote(&self) -> Result<(String, String), String> {
+        let (new_active, new_shadow) = {
+            let loaded = self.loaded();
+            let mut sel = self.inner.selection.lock().unwrap_or_else(|e| e.into_inner());
+            let shadow = sel.shadow.clone().ok_or("no shadow policy is configured ([plugins] shadow)")?;
+            if shadow != BUILTIN && !loaded.schedulers.contains_key(&shadow) {
+                return Err(format!("the shadow policy {shadow} is not loaded"));
+            }
+            let current = match &loaded.active {
+                Some(p) => p.file.clone(),
+                None => BUILTIN.to_owned(),
+            };
+            sel.scheduler = (shadow != BUILTIN).then(|| shadow.clone());
+            // With no scheduler named and the builtin promoted, "newest file"
+            // would pick a plugin again: name a file that cannot exist.
+            if shadow == BUILTIN {
+                sel.scheduler = Some(format!("{BUILTIN}/"));
+            }
+            sel.shadow = Some(current.clone());
+            (shadow, current)
+        };
+        self.scan();
+        tracing::info!(policy = %new_active, shadow = %new_shadow, "shadow policy promoted");
+        Ok((new_active, new_shadow))
     }
 
     /// Runs every detector that supplies part of `wanted` on the audio and
@@ -850,6 +925,7 @@ fn failure_reason(e: &wasmtime::Error) -> &'static str {
 pub struct WasmPolicy {
     host: PluginHost,
     instance: Option<LiveScheduler>,
+    shadow: Option<LiveScheduler>,
     failures_in_row: u32,
     resting_until: Option<Instant>,
     /// The 0.2.0 candidate records, rebuilt in place for every decision.
@@ -894,6 +970,61 @@ impl WasmPolicy {
         self.instance.as_mut()
     }
 
+    /// The shadow instance, (re)created as `live` does.
+    fn shadow_live(&mut self) -> Option<&mut LiveScheduler> {
+        let generation = self.host.inner.generation.load(Ordering::SeqCst);
+        if self.shadow.as_ref().is_some_and(|i| i.generation != generation) {
+            self.shadow = None;
+        }
+        if self.shadow.is_none() {
+            let plugin = self.host.loaded().shadow.clone()?;
+            let mut store = self.host.store(&plugin.file, self.host.inner.config.schedule_budget_ms * 20);
+            let bindings = plugin.pre.instantiate(&mut store).ok()?;
+            if !matches!(bindings.start(&mut store, &plugin.config), Ok(Ok(_))) {
+                return None;
+            }
+            self.shadow = Some(LiveScheduler { generation, plugin, store, bindings });
+        }
+        self.shadow.as_mut()
+    }
+
+    /// Asks the shadow policy too and counts whether it agrees with what
+    /// was decided (`decision`, or the built-in fallback when `None`). It
+    /// never changes the decision.
+    fn shadow_decide(&mut self, job: &JobInfo<'_>, candidates: &[Candidate<'_>], decision: Option<usize>) {
+        let Some(name) = self.host.shadow_name() else { return };
+        let effective = decision.or_else(|| LeastLoaded::choose(candidates));
+        let theirs = if name == BUILTIN {
+            Some(LeastLoaded::choose(candidates))
+        } else {
+            let budget = self.host.inner.config.schedule_budget_ms;
+            let mut flat = std::mem::take(&mut self.flat);
+            let answer = match self.shadow_live() {
+                Some(live) => {
+                    live.store.data_mut().log_lines = 0;
+                    live.store.set_epoch_deadline(budget.max(1));
+                    match call_pick(live, &mut flat, job, candidates) {
+                        Ok(i) => Some(i.map(|i| i as usize).filter(|&i| i < candidates.len())),
+                        Err(_) => {
+                            self.shadow = None;
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
+            self.flat = flat;
+            answer.map(|a| a.or_else(|| LeastLoaded::choose(candidates)))
+        };
+        let outcome = match theirs {
+            Some(t) if t == effective => "agree",
+            Some(_) => "disagree",
+            None => "failed",
+        };
+        let labels = vec![("shadow".to_owned(), name), ("outcome".to_owned(), outcome.to_owned())];
+        self.host.inner.metrics.shadow.get_or_create(&labels).inc();
+    }
+
     /// True when the plugin is resting after repeated failures.
     fn resting(&mut self) -> bool {
         match self.resting_until {
@@ -904,6 +1035,61 @@ impl WasmPolicy {
                 false
             }
             None => false,
+        }
+    }
+}
+
+/// One `pick` call on a live instance, in the version it speaks: a 0.2.0
+/// plugin gets the flat records (built in `flat`, reused), a 0.1.0 one the
+/// 0.1.0 records.
+fn call_pick(live: &mut LiveScheduler, flat: &mut Vec<u8>, job: &JobInfo<'_>, candidates: &[Candidate<'_>]) -> wasmtime::Result<Option<u32>> {
+    let session_key = session_key(job.session_id);
+    match &live.bindings {
+        SchedBindings::V02(b) => {
+            // One flat record per candidate (layout in plugins/wit/plugin.wit),
+            // into a buffer kept across calls: lowering it is one copy.
+            flat.clear();
+            for c in candidates {
+                let flags = u32::from(c.is_last_node) | (u32::from(c.verified) << 1);
+                for word in [
+                    c.node_key,
+                    c.running,
+                    c.capacity,
+                    (c.cpu_percent as f32).to_bits(),
+                    c.ms_per_audio_s.map_or(-1.0f32, |v| v as f32).to_bits(),
+                    c.recent_failures,
+                    (c.trust_score as f32).to_bits(),
+                    flags,
+                ] {
+                    flat.extend_from_slice(&word.to_le_bytes());
+                }
+            }
+            let wasm_job = sched::Job {
+                session_key,
+                utterance_index: job.utterance_index,
+                audio_ms: job.audio_ms,
+                attempt: job.attempt,
+                paired: job.paired,
+            };
+            b.tolk_plugin_scheduling().call_pick(&mut live.store, wasm_job, flat, CANDIDATE_STRIDE)
+        }
+        SchedBindings::V01(b) => {
+            // The 0.1.0 view of the same decision: records, without trust.
+            let records: Vec<sched_v01::Candidate> = candidates
+                .iter()
+                .map(|c| sched_v01::Candidate {
+                    node_key: c.node_key,
+                    running: c.running,
+                    capacity: c.capacity,
+                    cpu_percent: c.cpu_percent as f32,
+                    is_last_node: c.is_last_node,
+                    ms_per_audio_s: c.ms_per_audio_s.map_or(-1.0, |v| v as f32),
+                    recent_failures: c.recent_failures,
+                })
+                .collect();
+            let wasm_job =
+                sched_v01::Job { session_key, utterance_index: job.utterance_index, audio_ms: job.audio_ms, attempt: job.attempt };
+            b.tolk_plugin_scheduling().call_pick(&mut live.store, wasm_job, &records)
         }
     }
 }
@@ -920,6 +1106,14 @@ impl Policy for WasmPolicy {
     }
 
     fn pick(&mut self, job: &JobInfo<'_>, candidates: &[Candidate<'_>]) -> Option<usize> {
+        let decision = self.pick_primary(job, candidates);
+        self.shadow_decide(job, candidates, decision);
+        decision
+    }
+}
+
+impl WasmPolicy {
+    fn pick_primary(&mut self, job: &JobInfo<'_>, candidates: &[Candidate<'_>]) -> Option<usize> {
         if self.resting() {
             return None;
         }
@@ -935,55 +1129,7 @@ impl Policy for WasmPolicy {
         live.store.data_mut().log_lines = 0;
         live.store.set_epoch_deadline(budget.max(1));
         let (name, version) = (live.plugin.name.clone(), live.plugin.version.clone());
-        let session_key = session_key(job.session_id);
-        let result = match &live.bindings {
-            SchedBindings::V02(b) => {
-                // One flat record per candidate (layout in plugins/wit/plugin.wit),
-                // into a buffer kept across calls: lowering it is one copy.
-                flat.clear();
-                for c in candidates {
-                    let flags = u32::from(c.is_last_node) | (u32::from(c.verified) << 1);
-                    for word in [
-                        c.node_key,
-                        c.running,
-                        c.capacity,
-                        (c.cpu_percent as f32).to_bits(),
-                        c.ms_per_audio_s.map_or(-1.0f32, |v| v as f32).to_bits(),
-                        c.recent_failures,
-                        (c.trust_score as f32).to_bits(),
-                        flags,
-                    ] {
-                        flat.extend_from_slice(&word.to_le_bytes());
-                    }
-                }
-                let wasm_job = sched::Job {
-                    session_key,
-                    utterance_index: job.utterance_index,
-                    audio_ms: job.audio_ms,
-                    attempt: job.attempt,
-                    paired: job.paired,
-                };
-                b.tolk_plugin_scheduling().call_pick(&mut live.store, wasm_job, &flat, CANDIDATE_STRIDE)
-            }
-            SchedBindings::V01(b) => {
-                // The 0.1.0 view of the same decision: records, without trust.
-                let records: Vec<sched_v01::Candidate> = candidates
-                    .iter()
-                    .map(|c| sched_v01::Candidate {
-                        node_key: c.node_key,
-                        running: c.running,
-                        capacity: c.capacity,
-                        cpu_percent: c.cpu_percent as f32,
-                        is_last_node: c.is_last_node,
-                        ms_per_audio_s: c.ms_per_audio_s.map_or(-1.0, |v| v as f32),
-                        recent_failures: c.recent_failures,
-                    })
-                    .collect();
-                let wasm_job =
-                    sched_v01::Job { session_key, utterance_index: job.utterance_index, audio_ms: job.audio_ms, attempt: job.attempt };
-                b.tolk_plugin_scheduling().call_pick(&mut live.store, wasm_job, &records)
-            }
-        };
+        let result = call_pick(live, &mut flat, job, candidates);
         self.flat = flat;
         let failure = match result {
             Ok(Some(i)) if (i as usize) < candidates.len() => {

@@ -287,6 +287,7 @@ impl Dispatcher {
             .route("/admin/sessions", get(admin_sessions))
             .route("/admin/plugins", get(admin_plugins))
             .route("/admin/explain", get(admin_explain))
+            .route("/admin/policy/promote", post(admin_promote))
             .route("/admin/nodes/{node_id}/{command}", post(admin_node_command))
             .with_state(self.clone())
             .merge(web::router(self.clone()))
@@ -530,6 +531,23 @@ async fn admin_explain(
     match d.with_core(|core, now| core.explain(now, &q)) {
         Ok(e) => Json(e).into_response(),
         Err(message) => (StatusCode::NOT_FOUND, message).into_response(),
+    }
+}
+
+/// `POST /admin/policy/promote`: the shadow policy takes effect; the one it
+/// replaces becomes the shadow.
+async fn admin_promote(State(d): State<Dispatcher>, headers: HeaderMap) -> Response {
+    if let Err(status) = d.authorized(&headers) {
+        return status.into_response();
+    }
+    let Some(host) = d.shared.plugins.clone() else {
+        return (StatusCode::NOT_FOUND, "plugins are off ([plugins] dir)").into_response();
+    };
+    // A scan reads the plugin folder: off the async threads.
+    match tokio::task::spawn_blocking(move || host.promote()).await {
+        Ok(Ok((policy, shadow))) => Json(serde_json::json!({ "policy": policy, "shadow": shadow })).into_response(),
+        Ok(Err(message)) => (StatusCode::CONFLICT, message).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "promotion failed").into_response(),
     }
 }
 

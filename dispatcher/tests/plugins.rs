@@ -384,3 +384,56 @@ fn detectors_fail_soft_on_silence_and_bad_audio() {
     let extra = h.detect("not base64!", AudioFormat::Pcm16, 16_000, want);
     assert_eq!((extra.emotion, extra.speech_rate), (None, None));
 }
+
+#[test]
+fn a_shadow_policy_is_asked_without_effect_counted_and_promoted() {
+    let dir = fresh_dir("shadow");
+    install(&dir, "least-loaded", "least-loaded");
+    install(&dir, "round-robin", "round-robin");
+    let mut registry = Registry::default();
+    let config = PluginsConfig {
+        dir: Some(dir.clone()),
+        scheduler: Some("least-loaded".into()),
+        shadow: Some("round-robin".into()),
+        ..PluginsConfig::default()
+    };
+    let h = PluginHost::new(config, &mut registry).unwrap().unwrap();
+    h.scan();
+    let list = h.list();
+    let flags = |list: &[tolk_dispatcher::plugins::PluginView], file: &str| {
+        list.iter().find(|p| p.file == file).map(|p| (p.active, p.shadow)).unwrap()
+    };
+    assert_eq!((flags(&list, "least-loaded"), flags(&list, "round-robin")), ((true, false), (false, true)));
+    let mut p = h.policy();
+    // a is free, b busy: least-loaded always says a; round-robin alternates.
+    let cands = [cand("a", 0, false, None), cand("b", 3, false, None)];
+    for _ in 0..10 {
+        assert_eq!(p.pick(&job("s-1"), &cands), Some(0), "the shadow never changes the decision");
+    }
+    let metrics = |registry: &Registry| {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        let count = |outcome: &str| {
+            text.lines()
+                .find(|l| l.starts_with("tolk_plugin_shadow_decisions_total") && l.contains(&format!("outcome=\"{outcome}\"")))
+                .and_then(|l| l.rsplit(' ').next())
+                .map_or(0.0, |v| v.parse::<f64>().unwrap())
+        };
+        (count("agree"), count("disagree"), count("failed"))
+    };
+    let (agree, disagree, failed) = metrics(&registry);
+    assert_eq!((agree + disagree, failed), (10.0, 0.0), "every decision counted");
+    assert!(agree >= 1.0 && disagree >= 1.0, "round-robin agrees half the time: {agree} / {disagree}");
+    // Promote: round-robin takes effect, least-loaded watches.
+    assert_eq!(h.promote().unwrap(), ("round-robin".to_owned(), "least-loaded".to_owned()));
+    let list = h.list();
+    assert_eq!((flags(&list, "least-loaded"), flags(&list, "round-robin")), ((false, true), (true, false)));
+    let picks: Vec<Option<usize>> = (0..4).map(|_| p.pick(&job("s-1"), &cands)).collect();
+    assert!(picks.contains(&Some(1)), "round-robin decides now: {picks:?}");
+    // Without a shadow, promotion is refused with the reason.
+    let plain = fresh_dir("no-shadow");
+    install(&plain, "least-loaded", "least-loaded");
+    let h = host(&plain, &[]);
+    h.scan();
+    assert!(h.promote().unwrap_err().contains("no shadow policy"));
+}
