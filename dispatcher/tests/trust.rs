@@ -337,3 +337,39 @@ fn explain_lists_every_node_and_why_from_the_one_rule() {
     let unknown = tolk_dispatcher::core::eligibility::ExplainQuery { session: Some("s-nope".into()), ..q };
     assert!(sim.core.explain(sim.now, &unknown).unwrap_err().contains("no session"));
 }
+
+#[test]
+fn probation_checks_every_language_pair_the_node_claims_before_repeating() {
+    // Three canaries, 1, 2 and 3 s long (told apart by their length), two pairs.
+    let tone = |secs: usize| -> Arc<[i16]> { (0..16_000 * secs).map(|i| ((i as f32 * 0.05).sin() * 8_000.0) as i16).collect() };
+    let canary = |secs: usize, src: &str, tgt: &str| Canary {
+        name: format!("{secs}s.wav"),
+        src_lang: src.into(),
+        tgt_lang: tgt.into(),
+        text: format!("sentence {secs}"),
+        translation: format!("sentencia {secs}"),
+        samples: tone(secs),
+        sample_rate: 16_000,
+    };
+    let set = CanarySet { canaries: vec![canary(1, "en", "es"), canary(2, "en", "es"), canary(3, "de", "fr")] };
+    let mut sim = Sim::new(CoreConfig::default());
+    sim.core.set_trust(TrustConfig { canary_rate: 0.0, ..TrustConfig::default() }, Some(set));
+    let (node, node_id, _) = sim.register_node(&[("en", "es"), ("de", "fr")], true);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let c = canary_of(&mut sim, node);
+        // pcm16 base64: 4 chars per 3 bytes; padding adds at most 0.48 s.
+        let secs = (c.audio.as_str().len() * 3 / 4 / 2) as f64 / 16_000.0;
+        let which = secs.floor() as usize;
+        seen.push((which, c.src_lang.clone()));
+        sim.advance(4_000);
+        answer(&mut sim, node, &node_id, &c, &format!("sentence {which}"), &format!("sentencia {which}"));
+    }
+    seen.sort();
+    assert_eq!(seen, vec![(1, "en".into()), (2, "en".into()), (3, "de".into())], "each canary once");
+    assert_eq!(trust_of(&sim, &node_id).state, TrustState::Trusted);
+}
+
+fn canary_of(sim: &mut Sim, conn: ConnId) -> JobAssign {
+    canary(sim, conn)
+}

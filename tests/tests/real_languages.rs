@@ -176,3 +176,26 @@ async fn spanish_speech_comes_back_as_english_through_whisper_translate_and_pipe
     let (e, n) = english_speech_matches(&results);
     assert!(e as f64 <= 0.25 * n as f64, "speech WER {e}/{n} > 25%");
 }
+
+/// The canary set the project ships (`dispatcher/canaries/`) against the
+/// engines it ships: a neural node on probation gets every canary of its
+/// three pairs once (en → es, zh → en, es → en: seven) and must pass them
+/// all, scored by the dispatcher's own rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_canaries_pass_on_the_shipped_neural_engines() {
+    let _serial = SERIAL.lock().await;
+    let dir = scratch("canaries-neural");
+    let canaries = tolk_e2e::workspace_root().join("dispatcher/canaries/canaries.toml");
+    let config = format!("{DISPATCHER}[trust]\ncanaries = \"{}\"\nprobation_canaries = 7\ncanary_rate = 0.0\n", canaries.display());
+    let dispatcher = DispatcherProcess::start(&dir, &config, &[]).await;
+    let mut node = NodeProcess::start(&dir, "node", &dispatcher.ws_base(), &NodeSetup::new(Engines::Neural), false);
+    let node_id = node.registered(1).await;
+    let trust = tolk_e2e::eventually("the neural node leaves probation", Duration::from_secs(1200), || async {
+        let t = dispatcher.admin_node(&node_id).await.map(|n| n["trust"].clone())?;
+        (t["state"] != "probation").then_some(t)
+    })
+    .await;
+    assert_eq!(trust["state"], "trusted", "{trust}\nnode log:\n{}", node.log());
+    assert_eq!((trust["canaries_passed"].as_u64(), trust["canaries_failed"].as_u64()), (Some(7), Some(0)), "{trust}");
+    node.kill();
+}

@@ -101,6 +101,10 @@ pub(super) struct NodeTrust {
     pub next_canary_at: Millis,
     /// The canary it runs now.
     pub inflight: Option<String>,
+    /// Canaries sent so far: on probation, the next is the next fitting
+    /// one in turn (from a random start), so every language pair the node
+    /// claims is checked before any repeats.
+    pub sent: u32,
 }
 
 impl NodeTrust {
@@ -118,6 +122,7 @@ impl NodeTrust {
             canary_due: false,
             next_canary_at: 0,
             inflight: None,
+            sent: 0,
         }
     }
 
@@ -246,11 +251,20 @@ impl Core {
         if fits.is_empty() {
             return self.no_canary_fits(now, id);
         }
-        if n.trust.state == TrustState::Trusted && self.has_waiting_work(id) {
+        let (state, sent) = (n.trust.state, n.trust.sent);
+        if state == TrustState::Trusted && self.has_waiting_work(id) {
             // Users first: the canary waits for an idle moment.
             return;
         }
-        let pick = fits[self.rng.random_range(0..fits.len())];
+        let pick = if state == TrustState::Probation {
+            let turn = if sent == 0 { self.rng.random_range(0..fits.len() as u32) } else { sent };
+            if let Some(n) = self.nodes.get_mut(id) {
+                n.trust.sent = turn;
+            }
+            fits[turn as usize % fits.len()]
+        } else {
+            fits[self.rng.random_range(0..fits.len())]
+        };
         self.send_canary(now, id, conn, pick);
     }
 
@@ -322,6 +336,7 @@ impl Core {
         n.running.insert(job_id.clone());
         n.trust.inflight = Some(job_id.clone());
         n.trust.canary_due = false;
+        n.trust.sent = n.trust.sent.wrapping_add(1);
         tracing::debug!(node = id, canary = %c.name, state = n.trust.state.as_str(), "canary sent");
         self.trust.inflight.insert(
             job_id,
