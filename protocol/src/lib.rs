@@ -56,6 +56,17 @@ pub trait Message: Sized + serde::Serialize + Validate {
     #[doc(hidden)]
     fn deserialize_typed(ty: &str, text: &str) -> Result<Self, ProtocolError>;
 
+    /// The key of the message type's large base64 field (`audio`,
+    /// `tts_audio`), which the reader lifts out before parsing the rest.
+    #[doc(hidden)]
+    fn bulk_key(ty: &str) -> Option<&'static str>;
+
+    /// Puts a lifted base64 literal back into its field, which the rest's
+    /// parse left empty; `false` when the field was not empty (the lift
+    /// took something else: the full reader decides).
+    #[doc(hidden)]
+    fn put_bulk(&mut self, literal: Base64Audio) -> bool;
+
     /// Parses and validates one text frame.
     fn parse(text: &str) -> Result<Self, ProtocolError> {
         let msg = Self::parse_unvalidated(text)?;
@@ -67,6 +78,14 @@ pub trait Message: Sized + serde::Serialize + Validate {
     /// that must accept what an older or newer party sends.
     fn parse_unvalidated(text: &str) -> Result<Self, ProtocolError> {
         if let Some(ty) = leading_type(text).filter(|ty| Self::TYPES.contains(ty)) {
+            if text.len() >= raw::LIFT_MIN_BYTES
+                && let Some(key) = Self::bulk_key(ty)
+                && let Some((rest, literal)) = raw::lift(text, key)
+                && let Ok(mut msg) = Self::deserialize_typed(ty, &rest)
+                && msg.put_bulk(literal)
+            {
+                return Ok(msg);
+            }
             return Self::deserialize_typed(ty, text).map_err(|typed| {
                 // Report as the full reader would: a frame that is not JSON
                 // at all says so rather than naming a field.
@@ -158,7 +177,7 @@ fn truncate(s: &str, max: usize) -> &str {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! direction_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident($tag:literal) $(= $ty:ty)?,)* }) => {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident($tag:literal) $(= $ty:ty)? $(; bulk $field:ident $($opt:ident)?)?,)* }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
         #[serde(tag = "type")]
@@ -179,6 +198,18 @@ macro_rules! direction_enum {
                     other => Err($crate::ProtocolError::invalid_field("type", format!("unknown message type {other:?}"))),
                 }
             }
+
+            fn bulk_key(ty: &str) -> Option<&'static str> {
+                match ty {
+                    $($tag => $crate::direction_enum!(@key $($field)?),)*
+                    _ => None,
+                }
+            }
+
+            #[allow(unused_variables)]
+            fn put_bulk(&mut self, literal: $crate::Base64Audio) -> bool {
+                match self { $(Self::$variant(m) => $crate::direction_enum!(@put m literal $($field $($opt)?)?),)* }
+            }
         }
 
         impl $crate::Validate for $name {
@@ -195,11 +226,91 @@ macro_rules! direction_enum {
     };
     (@ty $variant:ident $ty:ty) => { $ty };
     (@ty $variant:ident) => { $variant };
+    (@key) => { None };
+    (@key $field:ident) => { Some(stringify!($field)) };
+    (@put $m:ident $b:ident) => { false };
+    (@put $m:ident $b:ident $field:ident) => {
+        if $m.$field.as_str().is_empty() { $m.$field = $b; true } else { false }
+    };
+    (@put $m:ident $b:ident $field:ident optional) => {
+        match &mut $m.$field { Some(a) if a.as_str().is_empty() => { *a = $b; true } _ => false }
+    };
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the full reader makes of `text` (no lift), as comparable text.
+    fn full<M: Message + std::fmt::Debug>(ty: &str, text: &str) -> String {
+        match M::deserialize_typed(ty, text).map_err(|typed| message_type(text).err().unwrap_or(typed)) {
+            Ok(m) => format!("ok {}", m.to_json()),
+            Err(e) => format!("err {:?} {}", e.field, e.message),
+        }
+    }
+
+    fn fast<M: Message + std::fmt::Debug>(text: &str) -> String {
+        match M::parse_unvalidated(text) {
+            Ok(m) => format!("ok {}", m.to_json()),
+            Err(e) => format!("err {:?} {}", e.field, e.message),
+        }
+    }
+
+    fn utterance_with(audio_part: &str, before: &str) -> String {
+        format!(
+            r#"{{"type":"utterance","session_id":"s-1",{before}"utterance_index":3,"src_lang":"en","tgt_lang":"es","audio_format":"pcm16","sample_rate":16000,{audio_part}}}"#
+        )
+    }
+
+    #[test]
+    fn lifting_the_audio_reads_exactly_what_the_full_reader_reads() {
+        let audio = "QUJD".repeat(2_000);
+        let cases = [
+            utterance_with(&format!(r#""audio":"{audio}""#), ""),
+            // Audio first, then the rest.
+            format!(r#"{{"type":"utterance","audio":"{audio}","session_id":"s-1","utterance_index":3,"src_lang":"en","tgt_lang":"es","audio_format":"pcm16","sample_rate":16000}}"#),
+            // Whitespace around the colon: the full reader.
+            utterance_with(&format!(r#""audio" : "{audio}""#), ""),
+            // The key's text inside another string (escaped quotes).
+            utterance_with(&format!(r#""audio":"{audio}""#), r#""dialect":"x\"audio\":\"AAAA","#),
+            // A nested "audio" before the real one: the rest's parse refuses it.
+            utterance_with(&format!(r#""audio":"{audio}""#), r#""features":{"audio":"QUJD"},"#),
+            // Two audio keys: a duplicate field either way.
+            utterance_with(&format!(r#""audio":"{audio}","audio":"QUJD""#), ""),
+            // An escape in the value: the full reader (and the same audio).
+            utterance_with(&format!(r#""audio":"{audio}\/""#), ""),
+            // No audio at all.
+            utterance_with(r#""dialect":null"#, ""),
+            // Truncated in the middle of the audio.
+            utterance_with(&format!(r#""audio":"{audio}"#), "").trim_end_matches('}').to_owned(),
+            // A control character in the value.
+            utterance_with(&format!("\"audio\":\"{audio}\u{1}\""), ""),
+        ];
+        for (i, text) in cases.iter().enumerate() {
+            assert!(i == 7 || text.len() >= raw::LIFT_MIN_BYTES, "case {i} is long enough to be lifted");
+            assert_eq!(fast::<ClientToServer>(text), full::<ClientToServer>("utterance", text), "case {i}");
+        }
+        // The common case is lifted, and its audio kept byte for byte.
+        let (rest, literal) = raw::lift(&cases[0], "audio").expect("lifted");
+        assert!(rest.len() < 300 && rest.contains(r#""audio":"""#), "{rest}");
+        assert_eq!(literal.as_str(), audio);
+        assert!(raw::lift(&cases[2], "audio").is_none());
+        assert!(raw::lift(&cases[6], "audio").is_none());
+        assert!(raw::lift(&cases[9], "audio").is_none());
+    }
+
+    #[test]
+    fn optional_speech_is_lifted_from_results_too() {
+        let speech = "AAAA".repeat(1_000);
+        let result = format!(
+            r#"{{"type":"job_result","job_id":"j-1","node_id":"n-1","session_id":"s-1","utterance_index":0,"success":true,"text_asr":"hi","tts_audio":"{speech}","tts_format":"pcm16","tts_sample_rate":16000}}"#
+        );
+        assert_eq!(fast::<NodeToServer>(&result), full::<NodeToServer>("job_result", &result));
+        let Ok(NodeToServer::JobResult(r)) = NodeToServer::parse_unvalidated(&result) else { panic!() };
+        assert_eq!(r.tts_audio.as_deref(), Some(speech.as_str()));
+        let null = result.replace(&format!(r#""{speech}""#), "null").replace(r#""text_asr":"hi""#, &format!(r#""text_asr":"{speech}""#));
+        assert_eq!(fast::<NodeToServer>(&null), full::<NodeToServer>("job_result", &null), "null speech: nothing to lift");
+    }
 
     #[test]
     fn a_leading_type_is_read_without_the_rest() {

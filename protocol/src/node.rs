@@ -365,7 +365,7 @@ crate::direction_enum! {
     NodeToServer {
         NodeRegister("node_register"),
         NodeHeartbeat("node_heartbeat"),
-        JobResult("job_result"),
+        JobResult("job_result"); bulk tts_audio optional,
         NodeError("node_error"),
         PairingCodeRequest("pairing_code_request"),
     }
@@ -375,7 +375,7 @@ crate::direction_enum! {
     /// Every message the server sends to a node.
     ServerToNode {
         NodeRegisterAck("node_register_ack"),
-        JobAssign("job_assign"),
+        JobAssign("job_assign"); bulk audio,
         NodeControl("node_control"),
         PairingCode("pairing_code"),
         Error("error") = ErrorMessage,

@@ -47,11 +47,14 @@ impl Base64Audio {
     }
 
     fn from_plain(s: &str) -> Option<Self> {
+        if !needs_no_escape(s) {
+            return None;
+        }
         let mut literal = String::with_capacity(s.len() + 2);
         literal.push('"');
         literal.push_str(s);
         literal.push('"');
-        RawValue::from_string(literal).ok().map(|raw| Self { raw, unescaped: None })
+        Some(Self { raw: plain_literal(literal), unescaped: None })
     }
 
     fn from_any(s: Cow<'_, str>) -> Self {
@@ -67,6 +70,58 @@ impl Base64Audio {
             Err(_) => Self::default(),
         }
     }
+}
+
+/// A `RawValue` of `literal`, which the caller has built as `"` + text
+/// for which [`needs_no_escape`] holds + `"`: a well-formed JSON string, so
+/// the re-parse `RawValue::from_string` does (a byte-by-byte scan of tens of
+/// kB) is skipped.
+#[allow(unsafe_code)] // the one `unsafe` call of the crate, on a literal checked here
+fn plain_literal(literal: String) -> Box<RawValue> {
+    debug_assert!(literal.len() >= 2 && literal.starts_with('"') && literal.ends_with('"'));
+    debug_assert!(needs_no_escape(&literal[1..literal.len() - 1]));
+    // SAFETY: a quote, then valid UTF-8 (a `String`) without `"`, `\` or
+    // control characters, then a quote: exactly one well-formed JSON string,
+    // no surrounding whitespace, as `from_string_unchecked` requires.
+    unsafe { RawValue::from_string_unchecked(literal) }
+}
+
+/// Frames at least this long have their bulk field lifted (below it the
+/// full reader is as fast).
+pub(crate) const LIFT_MIN_BYTES: usize = 2048;
+
+/// Lifts the string value of the top-level-looking key `"key":"…"` out of
+/// `text`: the text with that value emptied (`"key":""`), and the value as a
+/// [`Base64Audio`]. The rest (a few hundred bytes) is then parsed as usual,
+/// so it still checks everything; the value itself is found with `memchr`
+/// and checked for what a plain JSON string may hold, instead of being
+/// scanned byte by byte by the JSON reader. `None` (the full reader
+/// decides) for anything unusual: whitespace around the colon, an escape
+/// or a control character in the value, a key that is part of a string.
+/// The caller also falls back when the parsed rest's field is not empty,
+/// i.e. when the key found was not the top-level one.
+pub(crate) fn lift(text: &str, key: &str) -> Option<(String, Base64Audio)> {
+    let bytes = text.as_bytes();
+    let pattern = format!("\"{key}\":\"");
+    let at = memchr::memmem::find(bytes, pattern.as_bytes())?;
+    // The pattern's first quote must open a key, not be an escaped quote
+    // inside a string (preceded by an odd number of backslashes).
+    let backslashes = bytes[..at].iter().rev().take_while(|&&b| b == b'\\').count();
+    if backslashes % 2 == 1 {
+        return None;
+    }
+    let start = at + pattern.len();
+    let len = memchr::memchr2(b'"', b'\\', &bytes[start..])?;
+    let end = start + len;
+    if bytes[end] != b'"' {
+        return None; // an escape in the value: not base64
+    }
+    let value = &text[start..end];
+    let literal = Base64Audio::from_plain(value)?;
+    let mut rest = String::with_capacity(text.len() - value.len());
+    rest.push_str(&text[..start]);
+    rest.push_str(&text[end..]);
+    Some((rest, literal))
 }
 
 impl Default for Base64Audio {

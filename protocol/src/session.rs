@@ -136,7 +136,7 @@ crate::direction_enum! {
     /// Every message a session client sends.
     ClientToServer {
         SessionInit("session_init"),
-        Utterance("utterance"),
+        Utterance("utterance"); bulk audio,
         ClientHeartbeat("client_heartbeat"),
         SessionClose("session_close"),
     }
@@ -146,7 +146,7 @@ crate::direction_enum! {
     /// Every message the server sends to a session client.
     ServerToClient {
         SessionInitAck("session_init_ack"),
-        TranslationResult("translation_result"),
+        TranslationResult("translation_result"); bulk tts_audio optional,
         ServerHeartbeat("server_heartbeat"),
         SessionCloseAck("session_close_ack"),
         Error("error") = ErrorMessage,
