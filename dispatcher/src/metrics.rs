@@ -161,6 +161,11 @@ impl Collector for CoreCollector {
         counter(&mut e, "pairing_rate_limited", "Pairing attempts refused for too many failures", s.pairing_rate_limited)?;
         family(&mut e, "bad_frames", "Frames refused as invalid, by endpoint", "endpoint", s.bad_frames.iter().map(|(k, v)| (*k, *v)))?;
         counter(&mut e, "detection_timeouts", "Results sent without detector features because detection was late", s.detection_timeouts)?;
+        counter(&mut e, "cpu_shed", "Utterances refused because the dispatcher's own CPU was the limit", s.cpu_shed)?;
+        {
+            let g = prometheus_client::metrics::gauge::ConstGauge::new(s.admitted_share);
+            g.encode(e.encode_descriptor("admitted_share", "Share of new utterances admitted (below 1 while the dispatcher's CPU is the limit)", None, g.metric_type())?)?;
+        }
         counter(&mut e, "canaries_sent", "Canary jobs sent to nodes", s.canaries_sent)?;
         family(
             &mut e,

@@ -300,6 +300,7 @@ impl Dispatcher {
         listener.set_nonblocking(true)?;
         let handle = axum_server::Handle::new();
         let timers = tokio::spawn(self.clone().timer_task());
+        let load = tokio::spawn(self.clone().load_task());
         // Plugins present at start are loaded before the first connection.
         let this = self.clone();
         let _ = tokio::task::spawn_blocking(move || this.scan_plugins()).await;
@@ -340,12 +341,39 @@ impl Dispatcher {
         }
         handle.graceful_shutdown(Some(Duration::from_secs(1)));
         timers.abort();
+        load.abort();
         if let Some(w) = watcher {
             w.abort();
         }
         match server.await {
             Ok(result) => result.map_err(Error::Io),
             Err(e) => Err(Error::Io(std::io::Error::other(e))),
+        }
+    }
+
+    /// Every 100 ms: how busy the runtime's worker threads were (time not
+    /// parked, over wall time), for the core's CPU shedder.
+    async fn load_task(self) {
+        // In a current-thread runtime (tests) the one thread also runs
+        // whatever else the process does: its busy share says nothing of
+        // the dispatcher's own load.
+        let runtime = tokio::runtime::Handle::current();
+        if self.shared.config.core.shed_busy_high <= 0.0 || runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+            return;
+        }
+        let metrics = runtime.metrics();
+        let workers = metrics.num_workers().max(1);
+        let busy_total = || (0..workers).map(|w| metrics.worker_total_busy_duration(w)).sum::<Duration>();
+        let mut last = (std::time::Instant::now(), busy_total());
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = (std::time::Instant::now(), busy_total());
+            let wall = now.0.duration_since(last.0).as_secs_f64() * workers as f64;
+            let busy = if wall > 0.0 { now.1.saturating_sub(last.1).as_secs_f64() / wall } else { 0.0 };
+            last = now;
+            self.with_core(|core, now| core.handle(now, Input::Load { busy: busy.min(1.0) }));
         }
     }
 

@@ -237,3 +237,53 @@ fn below_capacity_nothing_is_refused() {
         assert!(t.latencies.iter().all(|&l| l <= JOB_MS + 2), "no queueing below capacity");
     }
 }
+
+#[test]
+fn when_the_dispatchers_own_cpu_is_the_limit_a_share_is_refused_at_once_and_recovers() {
+    use tolk_dispatcher::core::Input;
+    let mut sim = Sim::new(CoreConfig { max_jobs_per_node: 1_000, ..CoreConfig::default() });
+    let (node, node_id, _) = sim.register_node(&[("en", "es")], true);
+    let (client, sid, _) = sim.open_session("en", "es");
+    let load = |sim: &mut Sim, busy: f64, n: usize| {
+        for _ in 0..n {
+            sim.core.handle(sim.now, Input::Load { busy });
+        }
+    };
+    // A short burst of busy readings sheds nothing.
+    load(&mut sim, 1.0, 5);
+    for i in 0..20 {
+        sim.utterance(client, &sid, i);
+    }
+    assert_eq!(sim.jobs(node).len(), 20);
+    // Sustained: a share is refused at once, as RATE_LIMITED refusals
+    // (not accepted: no outcome will follow), the rest served.
+    load(&mut sim, 1.0, 15);
+    let share = sim.core.stats().admitted_share;
+    assert!(share < 0.5, "{share}");
+    for i in 20..220 {
+        sim.utterance(client, &sid, i);
+    }
+    let jobs = sim.jobs(node);
+    let refused: Vec<u64> = sim
+        .take_client(client)
+        .iter()
+        .filter_map(|m| match m {
+            ServerToClient::Error(e) if e.code == ErrorCode::RateLimited => {
+                assert!(e.details.as_ref().unwrap()["retry_after_ms"].as_u64().unwrap() >= 500);
+                e.details.as_ref().unwrap()["refused_index"].as_u64()
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(jobs.len() + refused.len(), 200, "each utterance either runs or is refused");
+    assert!(!jobs.is_empty() && refused.len() > 100, "{} run, {} refused", jobs.len(), refused.len());
+    assert_eq!(sim.core.stats().cpu_shed, refused.len() as u64);
+    for j in &jobs {
+        sim.succeed(node, &node_id, j);
+    }
+    // A refused index may come again, and is accepted once the load is gone.
+    load(&mut sim, 0.3, 30);
+    assert_eq!(sim.core.stats().admitted_share, 1.0);
+    sim.utterance(client, &sid, refused[0]);
+    assert_eq!(sim.jobs(node).len(), 1, "the re-sent utterance runs");
+}

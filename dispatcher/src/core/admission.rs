@@ -173,3 +173,111 @@ mod tests {
         assert_eq!(retry_after_ms(1_000_000, 1.0, 5), 60_000);
     }
 }
+
+/// Sheds new utterances when the dispatcher's own CPU is the limit.
+///
+/// Node slots are not the only capacity: when the dispatcher itself cannot
+/// keep up, frames wait in socket buffers where no queue cap sees them, and
+/// everything is served late. The shell measures how busy its worker
+/// threads are (the share of time they ran, not parked) and feeds it here;
+/// the admitted share of new utterances falls multiplicatively while busy is
+/// above `high` and recovers additively below `low` (AIMD). A shed utterance
+/// is refused at once (`RATE_LIMITED`, not accepted), which costs a small
+/// part of serving it, so the backlog drains and what is admitted is served
+/// in time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuShedder {
+    admit: f64,
+    high: f64,
+    low: f64,
+    /// Readings in a row at or above `high`: shedding starts only after
+    /// [`Self::SUSTAINED`] of them (a burst is not overload).
+    busy_run: u32,
+}
+
+impl CpuShedder {
+    /// Never below this share: some work always gets through, so a wrong
+    /// reading cannot starve everyone.
+    pub const MIN_ADMIT: f64 = 0.05;
+    /// Readings (100 ms each) at or above `high` before anything is shed.
+    pub const SUSTAINED: u32 = 10;
+
+    /// A shedder that starts admitting everything. `high <= 0` disables it.
+    pub fn new(high: f64, low: f64) -> Self {
+        Self { admit: 1.0, high, low: low.min(high), busy_run: 0 }
+    }
+
+    /// One reading: the workers' busy share (0–1) over the last interval.
+    pub fn observe(&mut self, busy: f64) {
+        if self.high <= 0.0 || !busy.is_finite() {
+            return;
+        }
+        if busy >= self.high {
+            self.busy_run = self.busy_run.saturating_add(1);
+            if self.busy_run >= Self::SUSTAINED || self.admit < 1.0 {
+                self.admit = (self.admit * 0.8).max(Self::MIN_ADMIT);
+            }
+            return;
+        }
+        self.busy_run = 0;
+        if busy <= self.low {
+            self.admit = (self.admit + 0.05).min(1.0);
+        }
+    }
+
+    /// Whether an utterance with a uniform `draw` in [0, 1) is admitted.
+    pub fn admits(&self, draw: f64) -> bool {
+        draw < self.admit
+    }
+
+    /// The share of new utterances admitted now.
+    pub fn admitted_share(&self) -> f64 {
+        self.admit
+    }
+
+    /// When a shed utterance should come back: longer the more is shed.
+    pub fn retry_after_ms(&self) -> u64 {
+        ((500.0 / self.admit) as u64).clamp(500, 10_000)
+    }
+}
+
+#[cfg(test)]
+mod shedder_tests {
+    use super::CpuShedder;
+
+    #[test]
+    fn sheds_while_busy_recovers_when_not_and_never_shuts_everything_out() {
+        let mut s = CpuShedder::new(0.95, 0.85);
+        assert!(s.admits(0.999));
+        s.observe(0.9);
+        assert_eq!(s.admitted_share(), 1.0, "between the marks nothing changes");
+        for _ in 0..CpuShedder::SUSTAINED - 1 {
+            s.observe(1.0);
+        }
+        assert_eq!(s.admitted_share(), 1.0, "a burst is not overload");
+        s.observe(0.9);
+        for _ in 0..CpuShedder::SUSTAINED - 1 {
+            s.observe(1.0);
+        }
+        assert_eq!(s.admitted_share(), 1.0, "the run starts over");
+        for _ in 0..5 {
+            s.observe(1.0);
+        }
+        let share = s.admitted_share();
+        assert!((share - 0.8f64.powi(5)).abs() < 1e-9, "{share}");
+        assert!(s.admits(share - 0.01) && !s.admits(share + 0.01));
+        assert!(s.retry_after_ms() > 500);
+        for _ in 0..100 {
+            s.observe(1.0);
+        }
+        assert_eq!(s.admitted_share(), CpuShedder::MIN_ADMIT);
+        assert_eq!(s.retry_after_ms(), 10_000);
+        for _ in 0..30 {
+            s.observe(0.5);
+        }
+        assert_eq!(s.admitted_share(), 1.0);
+        let mut off = CpuShedder::new(0.0, 0.0);
+        off.observe(1.0);
+        assert_eq!(off.admitted_share(), 1.0, "disabled");
+    }
+}

@@ -24,7 +24,7 @@
 //! Every guarantee of the protocol's extensions lives here; see
 //! `ARCHITECTURE.md` for which function carries which.
 
-mod admission;
+pub mod admission;
 pub mod eligibility;
 mod frame;
 mod jobs;
@@ -86,6 +86,9 @@ pub enum Input {
     Closed { conn: ConnId },
     /// What the dispatcher's detectors found for a job (empty on failure).
     Detected { job_id: String, extra: Extra },
+    /// How busy the shell's worker threads were over the last interval
+    /// (0–1): the dispatcher's own CPU as a limit (`admission::CpuShedder`).
+    Load { busy: f64 },
 }
 
 /// What the shell must do.
@@ -175,6 +178,7 @@ pub struct Core {
     timers: Timers,
     stats: CoreStats,
     trust: trust::Trust,
+    shedder: admission::CpuShedder,
     out: Vec<Action>,
     next_node_key: u32,
 }
@@ -213,6 +217,7 @@ impl Core {
     /// A core at time `now`, drawing ids, tokens and codes from `rng` (seed it
     /// from the OS in production: it must be a CSPRNG).
     pub fn new(cfg: CoreConfig, rng: StdRng, now: Millis) -> Self {
+        let shedder = admission::CpuShedder::new(cfg.shed_busy_high, cfg.shed_busy_low);
         let mut core = Self {
             cfg,
             rng,
@@ -229,6 +234,7 @@ impl Core {
             timers: Timers::default(),
             stats: CoreStats::default(),
             trust: trust::Trust::default(),
+            shedder,
             out: Vec::new(),
             next_node_key: 0,
         };
@@ -312,6 +318,10 @@ impl Core {
             }
             Input::Closed { conn } => self.on_closed(now, conn),
             Input::Detected { job_id, extra } => self.on_detected(now, &job_id, extra),
+            Input::Load { busy } => {
+                self.shedder.observe(busy);
+                self.stats.admitted_share = self.shedder.admitted_share();
+            }
         }
     }
 

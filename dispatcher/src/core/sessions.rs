@@ -245,6 +245,20 @@ impl Core {
             }
             Accept::Accepted => {}
         }
+        // The dispatcher's own CPU is the limit: refuse a share at once
+        // (cheaper than serving it late), before any work is spent on it.
+        if self.shedder.admitted_share() < 1.0 {
+            let draw: f64 = rand::Rng::random(&mut self.rng);
+            if !self.shedder.admits(draw) {
+                if let Some(s) = self.sessions.get_mut(id) {
+                    s.order.withdraw(index);
+                }
+                self.stats.cpu_shed += 1;
+                let retry = self.shedder.retry_after_ms();
+                let msg = "the dispatcher is overloaded; send it again later".to_owned();
+                return self.refuse(conn, ErrorCode::RateLimited, msg, index, retry);
+            }
+        }
         let session_features = s.features;
         let paired_node = s.paired_node.clone();
         if !self.cfg.sample_rates.contains(&u.sample_rate) {

@@ -53,6 +53,9 @@ pub struct CoreStats {
     pub nodes_live: u64,
     pub queue_depth: u64,
     pub jobs_running: u64,
+    /// The share of new utterances admitted (1 unless the dispatcher's own
+    /// CPU is the limit).
+    pub admitted_share: f64,
     /// Connected nodes by trust state.
     pub nodes_by_trust: BTreeMap<&'static str, u64>,
     // counters
@@ -82,6 +85,8 @@ pub struct CoreStats {
     /// Bad frames by endpoint (`session`, `node`, `unknown`).
     pub bad_frames: BTreeMap<&'static str, u64>,
     pub detection_timeouts: u64,
+    /// Utterances refused because the dispatcher's own CPU was the limit.
+    pub cpu_shed: u64,
     pub canaries_sent: u64,
     /// Canary verdicts: `pass`, `fail`, `inconclusive`.
     pub canary_outcomes: BTreeMap<String, u64>,
@@ -103,6 +108,7 @@ impl Default for CoreStats {
             queue_depth: 0,
             jobs_running: 0,
             nodes_by_trust: BTreeMap::new(),
+            admitted_share: 1.0,
             sessions_opened: 0,
             sessions_resumed: 0,
             sessions_expired: 0,
@@ -124,6 +130,7 @@ impl Default for CoreStats {
             pairing_rate_limited: 0,
             bad_frames: BTreeMap::new(),
             detection_timeouts: 0,
+            cpu_shed: 0,
             canaries_sent: 0,
             canary_outcomes: BTreeMap::new(),
             canary_failures: BTreeMap::new(),

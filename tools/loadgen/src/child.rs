@@ -60,7 +60,9 @@ impl Server {
     /// raised so the simulated nodes' `max_jobs` applies (all other settings default).
     pub fn dispatcher(binary: &Path, max_jobs_per_node: u32) -> Result<Self, Error> {
         let config = std::env::temp_dir().join(format!("tolk-loadgen-{}-dispatcher.toml", std::process::id()));
-        std::fs::write(&config, format!("[core]\nmax_jobs_per_node = {max_jobs_per_node}\n"))?;
+        // TOLK_LOADGEN_CORE_TOML: more `[core]` lines, e.g. `shed_busy_high = 0` to compare.
+        let extra = std::env::var("TOLK_LOADGEN_CORE_TOML").unwrap_or_default();
+        std::fs::write(&config, format!("[core]\nmax_jobs_per_node = {max_jobs_per_node}\n{extra}\n"))?;
         let config_arg = config.to_string_lossy().into_owned();
         Self::spawn(binary, &["--listen", "127.0.0.1:0", "--config", &config_arg], Some(config))
     }
