@@ -63,13 +63,14 @@ pub struct CoreConfig {
     /// How long a node's result waits for the dispatcher's detectors before
     /// it is sent without their features.
     pub detect_wait_ms: u64,
-    /// The dispatcher's own CPU as a limit: while its worker threads are
-    /// busy at least this share of the time, it admits fewer new utterances
-    /// (the rest are refused at once with `RATE_LIMITED`)...
-    pub shed_busy_high: f64,
-    /// ...and below this share it admits more again. `shed_busy_high = 0`
-    /// turns shedding off.
-    pub shed_busy_low: f64,
+    /// The dispatcher's own CPU as a limit: while a task that asks to run
+    /// waits at least this many ms for a worker thread (sustained for a
+    /// second), it admits fewer new utterances (the rest are refused at
+    /// once with `RATE_LIMITED`)...
+    pub shed_lag_high_ms: f64,
+    /// ...and at or below this lag it admits more again. `shed_lag_high_ms
+    /// = 0` turns shedding off.
+    pub shed_lag_low_ms: f64,
 }
 
 impl Default for CoreConfig {
@@ -99,8 +100,8 @@ impl Default for CoreConfig {
             node_forget_ms: 86_400_000,
             sample_rates: tolk_protocol::validate::SAMPLE_RATES.to_vec(),
             detect_wait_ms: 2_000,
-            shed_busy_high: 0.97,
-            shed_busy_low: 0.85,
+            shed_lag_high_ms: 20.0,
+            shed_lag_low_ms: 5.0,
         }
     }
 }

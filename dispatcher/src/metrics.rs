@@ -25,6 +25,11 @@ pub struct ShellMetrics {
     pub lock_wait_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     /// Frame read → the frames it caused written to their sockets.
     pub dispatch_seconds: Histogram,
+    /// The runtime's worker threads' busy share over the last 100 ms (what
+    /// the CPU shedder reads).
+    pub worker_busy: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// How long a task that yielded waited to run again, ms (the CPU shedder's input).
+    pub scheduling_lag: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Default for ShellMetrics {
@@ -35,6 +40,8 @@ impl Default for ShellMetrics {
             lock_wait_seconds: Counter::default(),
             // 10 µs to ~160 ms, √2 apart (a p99 read from buckets is within 41 %).
             dispatch_seconds: Histogram::new(exponential_buckets(0.000_01, std::f64::consts::SQRT_2, 29)),
+            worker_busy: Default::default(),
+            scheduling_lag: Default::default(),
         }
     }
 }
@@ -53,6 +60,8 @@ pub fn register(registry: &mut Registry, shell: &ShellMetrics, slot: StatsSlot) 
         "Time inside the dispatcher: a frame read until the frames it caused are written",
         shell.dispatch_seconds.clone(),
     );
+    r.register("scheduling_lag_ms", "How long a task that yielded waited to run again, over the last reading", shell.scheduling_lag.clone());
+    r.register("worker_busy_share", "Share of the last 100 ms the runtime's worker threads ran (not parked)", shell.worker_busy.clone());
     r.register_collector(Box::new(CoreCollector { slot }));
 }
 
@@ -162,10 +171,7 @@ impl Collector for CoreCollector {
         family(&mut e, "bad_frames", "Frames refused as invalid, by endpoint", "endpoint", s.bad_frames.iter().map(|(k, v)| (*k, *v)))?;
         counter(&mut e, "detection_timeouts", "Results sent without detector features because detection was late", s.detection_timeouts)?;
         counter(&mut e, "cpu_shed", "Utterances refused because the dispatcher's own CPU was the limit", s.cpu_shed)?;
-        {
-            let g = prometheus_client::metrics::gauge::ConstGauge::new(s.admitted_share);
-            g.encode(e.encode_descriptor("admitted_share", "Share of new utterances admitted (below 1 while the dispatcher's CPU is the limit)", None, g.metric_type())?)?;
-        }
+        gauge(&mut e, "shedding", "1 while new utterances are admitted at the rate outcomes are delivered (the dispatcher's CPU is the limit)", u64::from(s.shedding))?;
         counter(&mut e, "canaries_sent", "Canary jobs sent to nodes", s.canaries_sent)?;
         family(
             &mut e,

@@ -351,14 +351,16 @@ impl Dispatcher {
         }
     }
 
-    /// Every 100 ms: how busy the runtime's worker threads were (time not
-    /// parked, over wall time), for the core's CPU shedder.
+    /// Every 100 ms: the scheduling lag (a task that yields waits behind
+    /// every task ready to run: connections with frames waiting, when the
+    /// dispatcher is behind), for the core's CPU shedder; and how busy the
+    /// worker threads were, for `/metrics`.
     async fn load_task(self) {
         // In a current-thread runtime (tests) the one thread also runs
-        // whatever else the process does: its busy share says nothing of
-        // the dispatcher's own load.
+        // whatever else the process does: its lag says nothing of the
+        // dispatcher's own load.
         let runtime = tokio::runtime::Handle::current();
-        if self.shared.config.core.shed_busy_high <= 0.0 || runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+        if self.shared.config.core.shed_lag_high_ms <= 0.0 || runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
             return;
         }
         let metrics = runtime.metrics();
@@ -369,11 +371,16 @@ impl Dispatcher {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            let asked = std::time::Instant::now();
+            tokio::task::yield_now().await;
+            let lag_ms = asked.elapsed().as_secs_f64() * 1000.0;
             let now = (std::time::Instant::now(), busy_total());
             let wall = now.0.duration_since(last.0).as_secs_f64() * workers as f64;
             let busy = if wall > 0.0 { now.1.saturating_sub(last.1).as_secs_f64() / wall } else { 0.0 };
             last = now;
-            self.with_core(|core, now| core.handle(now, Input::Load { busy: busy.min(1.0) }));
+            self.shared.metrics.worker_busy.set(busy.min(1.0));
+            self.shared.metrics.scheduling_lag.set(lag_ms);
+            self.with_core(|core, now| core.handle(now, Input::Load { lag_ms }));
         }
     }
 

@@ -239,51 +239,52 @@ fn below_capacity_nothing_is_refused() {
 }
 
 #[test]
-fn when_the_dispatchers_own_cpu_is_the_limit_a_share_is_refused_at_once_and_recovers() {
+fn when_the_dispatchers_own_cpu_is_the_limit_it_admits_what_it_serves_and_refuses_the_rest_at_once() {
     use tolk_dispatcher::core::Input;
-    let mut sim = Sim::new(CoreConfig { max_jobs_per_node: 1_000, ..CoreConfig::default() });
+    let mut sim = Sim::new(CoreConfig { max_jobs_per_node: 10_000, max_pending_per_session: 10_000, ..CoreConfig::default() });
     let (node, node_id, _) = sim.register_node(&[("en", "es")], true);
     let (client, sid, _) = sim.open_session("en", "es");
-    let load = |sim: &mut Sim, busy: f64, n: usize| {
-        for _ in 0..n {
-            sim.core.handle(sim.now, Input::Load { busy });
-        }
-    };
-    // A short burst of busy readings sheds nothing.
-    load(&mut sim, 1.0, 5);
-    for i in 0..20 {
-        sim.utterance(client, &sid, i);
-    }
-    assert_eq!(sim.jobs(node).len(), 20);
-    // Sustained: a share is refused at once, as RATE_LIMITED refusals
-    // (not accepted: no outcome will follow), the rest served.
-    load(&mut sim, 1.0, 15);
-    let share = sim.core.stats().admitted_share;
-    assert!(share < 0.5, "{share}");
-    for i in 20..220 {
-        sim.utterance(client, &sid, i);
-    }
-    let jobs = sim.jobs(node);
-    let refused: Vec<u64> = sim
-        .take_client(client)
-        .iter()
-        .filter_map(|m| match m {
-            ServerToClient::Error(e) if e.code == ErrorCode::RateLimited => {
-                assert!(e.details.as_ref().unwrap()["retry_after_ms"].as_u64().unwrap() >= 500);
-                e.details.as_ref().unwrap()["refused_index"].as_u64()
+    let mut index = 0;
+    // One simulated second: 100 utterances served (the node answers at once), with a lag reading every 100 ms.
+    let mut second = |sim: &mut Sim, lag_ms: f64, offered: u32| -> (usize, Vec<u64>) {
+        let (mut ran, mut refused) = (0, Vec::new());
+        for tick in 0..10 {
+            // A negative lag: that lag for half the second only (a burst).
+            let lag_ms = if lag_ms < 0.0 { if tick < 5 { -lag_ms } else { 1.0 } } else { lag_ms };
+            sim.core.handle(sim.now, Input::Load { lag_ms });
+            for _ in 0..offered / 10 {
+                sim.utterance(client, &sid, index);
+                index += 1;
+                for j in sim.jobs(node) {
+                    sim.succeed(node, &node_id, &j);
+                    ran += 1;
+                }
             }
-            _ => None,
-        })
-        .collect();
-    assert_eq!(jobs.len() + refused.len(), 200, "each utterance either runs or is refused");
-    assert!(!jobs.is_empty() && refused.len() > 100, "{} run, {} refused", jobs.len(), refused.len());
-    assert_eq!(sim.core.stats().cpu_shed, refused.len() as u64);
-    for j in &jobs {
-        sim.succeed(node, &node_id, j);
-    }
-    // A refused index may come again, and is accepted once the load is gone.
-    load(&mut sim, 0.3, 30);
-    assert_eq!(sim.core.stats().admitted_share, 1.0);
-    sim.utterance(client, &sid, refused[0]);
-    assert_eq!(sim.jobs(node).len(), 1, "the re-sent utterance runs");
+            for m in sim.take_client(client) {
+                if let ServerToClient::Error(e) = m
+                    && e.code == ErrorCode::RateLimited
+                {
+                    assert_eq!(e.details.as_ref().unwrap()["retry_after_ms"], 1_000);
+                    refused.push(e.details.as_ref().unwrap()["refused_index"].as_u64().unwrap());
+                }
+            }
+            sim.advance(100);
+        }
+        (ran, refused)
+    };
+    // A lag burst shorter than a second sheds nothing.
+    let (ran, refused) = second(&mut sim, -50.0, 100);
+    assert_eq!((ran, refused.len()), (100, 0));
+    // Sustained lag: from then on admitted ≈ served, 400/s offered: most refused at once.
+    let _ = second(&mut sim, 50.0, 400);
+    assert!(sim.core.stats().shedding);
+    let (ran, refused) = second(&mut sim, 50.0, 400);
+    assert_eq!(ran + refused.len(), 400, "each utterance either runs or is refused");
+    assert!(ran >= 5 && refused.len() > 200, "{ran} ran, {} refused", refused.len());
+    assert_eq!(sim.core.stats().cpu_shed as usize, sim.core.stats().refusals.get("RATE_LIMITED").copied().unwrap_or(0) as usize);
+    // The load ends: a second with a low lag and no refusal, then everything is admitted again.
+    let _ = second(&mut sim, 1.0, 0);
+    let (ran, refused) = second(&mut sim, 1.0, 100);
+    assert_eq!((ran, refused.len()), (100, 0));
+    assert!(!sim.core.stats().shedding);
 }

@@ -178,66 +178,105 @@ mod tests {
 ///
 /// Node slots are not the only capacity: when the dispatcher itself cannot
 /// keep up, frames wait in socket buffers where no queue cap sees them, and
-/// everything is served late. The shell measures how busy its worker
-/// threads are (the share of time they ran, not parked) and feeds it here;
-/// the admitted share of new utterances falls multiplicatively while busy is
-/// above `high` and recovers additively below `low` (AIMD). A shed utterance
-/// is refused at once (`RATE_LIMITED`, not accepted), which costs a small
-/// part of serving it, so the backlog drains and what is admitted is served
-/// in time.
+/// everything is served late. The shell measures its scheduling lag (how
+/// long a task that asks to run waits for a worker thread: every connection
+/// with a frame ready is a task waiting) and feeds it here. Once the lag has
+/// stayed at or above `high` ms for a second, new utterances are admitted at
+/// the rate outcomes are delivered, plus 10 % to probe for more (a token
+/// bucket); the rest are refused at once (`RATE_LIMITED`, not accepted),
+/// which costs a small part of serving them, so what is admitted is served in
+/// time. Limiting ends once the lag is at or below `low` and a whole second
+/// passed without a refusal (the offered load fits again).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CpuShedder {
-    admit: f64,
     high: f64,
     low: f64,
-    /// Readings in a row at or above `high`: shedding starts only after
-    /// [`Self::SUSTAINED`] of them (a burst is not overload).
+    /// Readings in a row at or above `high`.
     busy_run: u32,
+    limiting: bool,
+    tokens: f64,
+    refilled_at: Millis,
+    last_refusal: Millis,
+    served: DrainMeter,
 }
 
 impl CpuShedder {
-    /// Never below this share: some work always gets through, so a wrong
-    /// reading cannot starve everyone.
-    pub const MIN_ADMIT: f64 = 0.05;
     /// Readings (100 ms each) at or above `high` before anything is shed.
     pub const SUSTAINED: u32 = 10;
+    /// Admitted per second at least, however little is served.
+    pub const MIN_RATE: f64 = 5.0;
 
-    /// A shedder that starts admitting everything. `high <= 0` disables it.
+    /// A shedder that admits everything until the lag says otherwise;
+    /// `high`/`low` are lags in ms. `high <= 0` disables it.
     pub fn new(high: f64, low: f64) -> Self {
-        Self { admit: 1.0, high, low: low.min(high), busy_run: 0 }
+        Self {
+            high,
+            low: low.min(high),
+            busy_run: 0,
+            limiting: false,
+            tokens: 0.0,
+            refilled_at: 0,
+            last_refusal: 0,
+            served: DrainMeter::default(),
+        }
     }
 
-    /// One reading: the workers' busy share (0–1) over the last interval.
-    pub fn observe(&mut self, busy: f64) {
-        if self.high <= 0.0 || !busy.is_finite() {
+    /// One reading of the scheduling lag, ms, at `now`.
+    pub fn observe(&mut self, now: Millis, lag_ms: f64) {
+        if self.high <= 0.0 || !lag_ms.is_finite() {
             return;
         }
-        if busy >= self.high {
+        if lag_ms >= self.high {
             self.busy_run = self.busy_run.saturating_add(1);
-            if self.busy_run >= Self::SUSTAINED || self.admit < 1.0 {
-                self.admit = (self.admit * 0.8).max(Self::MIN_ADMIT);
+            if self.busy_run >= Self::SUSTAINED && !self.limiting {
+                self.limiting = true;
+                self.tokens = 0.0;
+                self.refilled_at = now;
             }
             return;
         }
         self.busy_run = 0;
-        if busy <= self.low {
-            self.admit = (self.admit + 0.05).min(1.0);
+        if self.limiting && lag_ms <= self.low && now >= self.last_refusal + 1_000 {
+            self.limiting = false;
         }
     }
 
-    /// Whether an utterance with a uniform `draw` in [0, 1) is admitted.
-    pub fn admits(&self, draw: f64) -> bool {
-        draw < self.admit
+    /// An outcome was delivered at `now`.
+    pub fn served(&mut self, now: Millis) {
+        self.served.record(now);
     }
 
-    /// The share of new utterances admitted now.
-    pub fn admitted_share(&self) -> f64 {
-        self.admit
+    /// The rate utterances are admitted at while limiting, per second.
+    pub fn rate(&self, now: Millis) -> f64 {
+        (self.served.per_s(now) * 1.1).max(Self::MIN_RATE)
     }
 
-    /// When a shed utterance should come back: longer the more is shed.
+    /// Whether a new utterance arriving at `now` is admitted.
+    pub fn admit(&mut self, now: Millis) -> bool {
+        if !self.limiting {
+            return true;
+        }
+        let rate = self.rate(now);
+        let dt = now.saturating_sub(self.refilled_at) as f64 / 1000.0;
+        // At most a fifth of a second's worth in hand: no burst after a lull.
+        self.tokens = (self.tokens + rate * dt).min(rate * 0.2);
+        self.refilled_at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.last_refusal = now;
+            false
+        }
+    }
+
+    pub fn limiting(&self) -> bool {
+        self.limiting
+    }
+
+    /// When a shed utterance should come back.
     pub fn retry_after_ms(&self) -> u64 {
-        ((500.0 / self.admit) as u64).clamp(500, 10_000)
+        1_000
     }
 }
 
@@ -246,38 +285,51 @@ mod shedder_tests {
     use super::CpuShedder;
 
     #[test]
-    fn sheds_while_busy_recovers_when_not_and_never_shuts_everything_out() {
-        let mut s = CpuShedder::new(0.95, 0.85);
-        assert!(s.admits(0.999));
-        s.observe(0.9);
-        assert_eq!(s.admitted_share(), 1.0, "between the marks nothing changes");
+    fn limits_to_what_is_served_after_sustained_lag_and_lets_go_when_it_fits() {
+        let mut s = CpuShedder::new(20.0, 5.0);
+        let mut now = 1_000_000;
         for _ in 0..CpuShedder::SUSTAINED - 1 {
-            s.observe(1.0);
+            s.observe(now, 50.0);
+            now += 100;
         }
-        assert_eq!(s.admitted_share(), 1.0, "a burst is not overload");
-        s.observe(0.9);
-        for _ in 0..CpuShedder::SUSTAINED - 1 {
-            s.observe(1.0);
+        assert!(!s.limiting(), "a burst is not overload");
+        s.observe(now, 10.0);
+        for _ in 0..CpuShedder::SUSTAINED {
+            now += 100;
+            s.observe(now, 50.0);
         }
-        assert_eq!(s.admitted_share(), 1.0, "the run starts over");
-        for _ in 0..5 {
-            s.observe(1.0);
+        assert!(s.limiting());
+        // 100 outcomes a second are delivered; 400 utterances a second offered.
+        let (mut admitted, mut refused) = (0, 0);
+        for ms in 0..5_000u64 {
+            if ms % 10 == 0 {
+                s.served(now + ms);
+            }
+            if ms % 10 < 4 && ms % 10 != 0 || ms % 10 == 5 {
+                if s.admit(now + ms) {
+                    admitted += 1;
+                } else {
+                    refused += 1;
+                }
+            }
         }
-        let share = s.admitted_share();
-        assert!((share - 0.8f64.powi(5)).abs() < 1e-9, "{share}");
-        assert!(s.admits(share - 0.01) && !s.admits(share + 0.01));
-        assert!(s.retry_after_ms() > 500);
-        for _ in 0..100 {
-            s.observe(1.0);
-        }
-        assert_eq!(s.admitted_share(), CpuShedder::MIN_ADMIT);
-        assert_eq!(s.retry_after_ms(), 10_000);
-        for _ in 0..30 {
-            s.observe(0.5);
-        }
-        assert_eq!(s.admitted_share(), 1.0);
+        // Over 5 s the served rate ramps up to 100/s (time constant 2 s); the
+        // admitted rate follows it, 10 % over.
+        assert!(admitted > 250 && admitted < 560, "{admitted} admitted, {refused} refused");
+        assert!(refused > 1_400, "{refused}");
+        now += 5_000;
+        // The lag is low but utterances are still refused: keep limiting.
+        s.observe(now, 1.0);
+        assert!(s.limiting());
+        // A second without refusals and a low lag: done.
+        now += 1_500;
+        s.observe(now, 1.0);
+        assert!(!s.limiting());
+        assert!(s.admit(now));
         let mut off = CpuShedder::new(0.0, 0.0);
-        off.observe(1.0);
-        assert_eq!(off.admitted_share(), 1.0, "disabled");
+        for i in 0..30 {
+            off.observe(i * 100, 500.0);
+        }
+        assert!(!off.limiting(), "disabled");
     }
 }

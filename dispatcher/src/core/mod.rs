@@ -86,9 +86,9 @@ pub enum Input {
     Closed { conn: ConnId },
     /// What the dispatcher's detectors found for a job (empty on failure).
     Detected { job_id: String, extra: Extra },
-    /// How busy the shell's worker threads were over the last interval
-    /// (0–1): the dispatcher's own CPU as a limit (`admission::CpuShedder`).
-    Load { busy: f64 },
+    /// The shell's scheduling lag, ms (how long a task waited for a worker
+    /// thread): the dispatcher's own CPU as a limit (`admission::CpuShedder`).
+    Load { lag_ms: f64 },
 }
 
 /// What the shell must do.
@@ -217,7 +217,7 @@ impl Core {
     /// A core at time `now`, drawing ids, tokens and codes from `rng` (seed it
     /// from the OS in production: it must be a CSPRNG).
     pub fn new(cfg: CoreConfig, rng: StdRng, now: Millis) -> Self {
-        let shedder = admission::CpuShedder::new(cfg.shed_busy_high, cfg.shed_busy_low);
+        let shedder = admission::CpuShedder::new(cfg.shed_lag_high_ms, cfg.shed_lag_low_ms);
         let mut core = Self {
             cfg,
             rng,
@@ -318,9 +318,9 @@ impl Core {
             }
             Input::Closed { conn } => self.on_closed(now, conn),
             Input::Detected { job_id, extra } => self.on_detected(now, &job_id, extra),
-            Input::Load { busy } => {
-                self.shedder.observe(busy);
-                self.stats.admitted_share = self.shedder.admitted_share();
+            Input::Load { lag_ms } => {
+                self.shedder.observe(now, lag_ms);
+                self.stats.shedding = self.shedder.limiting();
             }
         }
     }

@@ -247,9 +247,8 @@ impl Core {
         }
         // The dispatcher's own CPU is the limit: refuse a share at once
         // (cheaper than serving it late), before any work is spent on it.
-        if self.shedder.admitted_share() < 1.0 {
-            let draw: f64 = rand::Rng::random(&mut self.rng);
-            if !self.shedder.admits(draw) {
+        {
+            if !self.shedder.admit(now) {
                 if let Some(s) = self.sessions.get_mut(id) {
                     s.order.withdraw(index);
                 }

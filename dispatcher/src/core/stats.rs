@@ -53,9 +53,9 @@ pub struct CoreStats {
     pub nodes_live: u64,
     pub queue_depth: u64,
     pub jobs_running: u64,
-    /// The share of new utterances admitted (1 unless the dispatcher's own
-    /// CPU is the limit).
-    pub admitted_share: f64,
+    /// New utterances are admitted at the rate outcomes are delivered: the
+    /// dispatcher's own CPU is the limit.
+    pub shedding: bool,
     /// Connected nodes by trust state.
     pub nodes_by_trust: BTreeMap<&'static str, u64>,
     // counters
@@ -108,7 +108,7 @@ impl Default for CoreStats {
             queue_depth: 0,
             jobs_running: 0,
             nodes_by_trust: BTreeMap::new(),
-            admitted_share: 1.0,
+            shedding: false,
             sessions_opened: 0,
             sessions_resumed: 0,
             sessions_expired: 0,
