@@ -35,6 +35,19 @@ pub struct Config {
     /// For `wss://`: a PEM file of CA certificates trusted besides the public
     /// roots (a private or self-signed dispatcher).
     pub tls_ca_file: Option<PathBuf>,
+    /// Where engines run: `"process"` (the default: each instance in a
+    /// supervised child process, so a crash or hang costs only its jobs) or
+    /// `"in-process"` (loaded into the node, as before). `[[engine]]`s may
+    /// override it with `isolation`.
+    pub engine_isolation: Isolation,
+    /// The memory (heap and private writable mappings, `RLIMIT_DATA`) of each
+    /// engine process, in MiB; 0 for no limit. `[[engine]]`s may override it
+    /// with `memory_limit_mb`.
+    pub engine_memory_limit_mb: u64,
+    /// Restart back-off of a failed engine process: first delay and cap
+    /// (doubling per failure in a row; a minute of healthy running resets it).
+    pub engine_restart_min_ms: u64,
+    pub engine_restart_max_ms: u64,
     /// One entry per model.
     #[serde(rename = "engine")]
     pub engines: Vec<EngineConfig>,
@@ -53,9 +66,23 @@ impl Default for Config {
             reconnect_max_ms: 30_000,
             auth_token: None,
             tls_ca_file: None,
+            engine_isolation: Isolation::Process,
+            engine_memory_limit_mb: 4096,
+            engine_restart_min_ms: 500,
+            engine_restart_max_ms: 30_000,
             engines: Vec::new(),
         }
     }
+}
+
+/// Where an engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// In supervised child processes, one per instance.
+    Process,
+    /// Loaded into the node's own process.
+    InProcess,
 }
 
 /// The stage an engine serves, as written in the file.
@@ -110,6 +137,12 @@ pub struct EngineConfig {
     /// jobs can be in this stage at once. Each instance loads its own model.
     #[serde(default = "one")]
     pub instances: usize,
+    /// Overrides the file's `engine_isolation` for this engine.
+    #[serde(default)]
+    pub isolation: Option<Isolation>,
+    /// Overrides the file's `engine_memory_limit_mb` for this engine.
+    #[serde(default)]
+    pub memory_limit_mb: Option<u64>,
     /// Passed to the engine as `key=value` lines.
     #[serde(default)]
     pub options: toml::Table,
@@ -206,6 +239,9 @@ impl Config {
         let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         if config.max_jobs == 0 {
             return Err("max_jobs must be at least 1".into());
+        }
+        if config.engine_restart_min_ms == 0 || config.engine_restart_max_ms < config.engine_restart_min_ms {
+            return Err("engine_restart_min_ms must be positive, engine_restart_max_ms ≥ engine_restart_min_ms".into());
         }
         if config.heartbeat_ms == 0 || config.reconnect_min_ms == 0 || config.reconnect_max_ms < config.reconnect_min_ms {
             return Err("heartbeat_ms and reconnect_min_ms must be positive, reconnect_max_ms ≥ reconnect_min_ms".into());

@@ -46,7 +46,19 @@ pub enum Stage {
 }
 
 impl Stage {
-    fn code(self) -> u32 {
+    /// The stage of an ABI stage code.
+    pub fn from_code(code: u32) -> Option<Self> {
+        match code {
+            abi::STAGE_ASR => Some(Self::Asr),
+            abi::STAGE_NMT => Some(Self::Nmt),
+            abi::STAGE_TTS => Some(Self::Tts),
+            abi::STAGE_SPEECH_TRANSLATION => Some(Self::SpeechTranslation),
+            _ => None,
+        }
+    }
+
+    /// The ABI stage code.
+    pub fn code(self) -> u32 {
         match self {
             Self::Asr => abi::STAGE_ASR,
             Self::Nmt => abi::STAGE_NMT,
@@ -152,6 +164,14 @@ impl Library {
     /// Whether the library serves `stage` (its main one or, ABI 2, another of its `stages`).
     pub fn serves(&self, stage: Stage) -> bool {
         self.stages & abi::stage_bit(stage.code()) != 0
+    }
+    /// The main stage's ABI code.
+    pub fn stage_code(&self) -> u32 {
+        self.stage.code()
+    }
+    /// Every stage served, as `abi::stage_bit`s.
+    pub fn stages(&self) -> u32 {
+        self.stages
     }
     /// The ABI version the library declared.
     pub fn abi_version(&self) -> u32 {
