@@ -22,7 +22,7 @@
 //! actions run under it, and none of them blocks for long (a fork, a kill, a
 //! channel send).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead as _, Read as _};
 use std::path::PathBuf;
 use std::process::{ChildStdin, Command, Stdio};
@@ -38,6 +38,8 @@ use super::{Engine, EngineError, EngineErrorKind, Request, Response};
 const STDERR_LINES: usize = 500;
 /// Bytes of one stderr line kept.
 const STDERR_LINE_BYTES: usize = 512;
+/// The last lines of a child's stderr given with its failure.
+const LAST_WORDS: usize = 3;
 /// A call without a deadline waits at most this long.
 const DEFAULT_CALL_MS: u64 = 120_000;
 
@@ -89,7 +91,7 @@ struct ChildIo {
     id: Child,
     process: Option<std::process::Child>,
     stdin: Arc<Mutex<Option<ChildStdin>>>,
-    last_stderr: Arc<Mutex<Option<String>>>,
+    last_stderr: Arc<Mutex<VecDeque<String>>>,
 }
 
 struct State {
@@ -190,7 +192,7 @@ impl Shared {
         };
         let (stdout, stderr) = (process.stdout.take(), process.stderr.take());
         let stdin = Arc::new(Mutex::new(process.stdin.take()));
-        let last_stderr = Arc::new(Mutex::new(None));
+        let last_stderr = Arc::new(Mutex::new(VecDeque::new()));
         tracing::info!(engine = %self.opts.name, pid = process.id(), "engine process started");
         // The Init frame is small: the pipe takes it without the child reading.
         if let (Ok(frame), Some(pipe)) = (wire::encode_init(&self.opts.options), stdin.lock().unwrap_or_else(|e| e.into_inner()).as_mut()) {
@@ -221,7 +223,7 @@ impl Shared {
 }
 
 /// Copies a child's stderr into the log, line by line, bounded.
-fn copy_stderr(err: std::process::ChildStderr, name: &str, last: &Mutex<Option<String>>) {
+fn copy_stderr(err: std::process::ChildStderr, name: &str, last: &Mutex<VecDeque<String>>) {
     let mut reader = std::io::BufReader::new(err);
     let mut line = Vec::new();
     let mut copied = 0usize;
@@ -251,7 +253,11 @@ fn copy_stderr(err: std::process::ChildStderr, name: &str, last: &Mutex<Option<S
         } else {
             dropped += 1;
         }
-        *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.len() == LAST_WORDS {
+            last.pop_front();
+        }
+        last.push_back(text);
     }
     if dropped > 0 {
         tracing::info!(engine = %name, dropped, "further lines of the engine's stderr were not logged");
@@ -309,7 +315,10 @@ fn read_child(shared: &Arc<Shared>, c: Child, out: std::process::ChildStdout, st
     // Its last words, if its stderr ends soon (a grandchild may hold it open).
     let _ = stderr_done.recv_timeout(Duration::from_millis(500));
     let mut st = shared.lock();
-    let detail = st.children.get(&c.slot).filter(|io| io.id == c).and_then(|io| io.last_stderr.lock().ok().and_then(|l| l.clone()));
+    let detail = st.children.get(&c.slot).filter(|io| io.id == c).and_then(|io| {
+        let last = io.last_stderr.lock().unwrap_or_else(|e| e.into_inner());
+        (!last.is_empty()).then(|| last.iter().map(String::as_str).collect::<Vec<_>>().join(" | "))
+    });
     if let Some(io) = st.children.get(&c.slot)
         && io.id == c
     {
@@ -414,7 +423,12 @@ impl ProcessEngine {
                     Acquire::Run { child, job } => {
                         let (tx, rx) = mpsc::channel();
                         st.waiting.insert(job, tx);
-                        let stdin = st.children.get(&child.slot).filter(|io| io.id == child).map(|io| io.stdin.clone());
+                        let io = st.children.get(&child.slot).filter(|io| io.id == child);
+                        // A failure's last words are what the child said during this job.
+                        if let Some(io) = io {
+                            io.last_stderr.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                        }
+                        let stdin = io.map(|io| io.stdin.clone());
                         // The supervisor thread must learn of the new deadline.
                         shared.changed.notify_all();
                         break (rx, stdin);
@@ -471,6 +485,16 @@ impl Drop for ProcessEngine {
                 io.stdin.lock().unwrap_or_else(|e| e.into_inner()).take();
             }
             self.shared.changed.notify_all();
+            // Reaped before we return (their readers report each exit), so a
+            // dropped engine leaves no process behind; bounded all the same.
+            let until = Instant::now() + Duration::from_secs(5);
+            while !st.children.is_empty() {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                st = self.shared.changed.wait_timeout(st, left).map_or_else(|e| e.into_inner().0, |(g, _)| g);
+            }
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
