@@ -267,6 +267,8 @@ mod tests {
         let c = Config::parse(include_str!("../tolk-node.example.toml")).unwrap();
         let d = Config::default();
         assert_eq!((c.accept_public_jobs, c.max_jobs, c.heartbeat_ms), (d.accept_public_jobs, d.max_jobs, d.heartbeat_ms));
+        assert_eq!((c.engine_isolation, c.engine_memory_limit_mb), (d.engine_isolation, d.engine_memory_limit_mb));
+        assert_eq!((c.engine_restart_min_ms, c.engine_restart_max_ms), (d.engine_restart_min_ms, d.engine_restart_max_ms));
         assert_eq!(
             (c.default_deadline_ms, c.reconnect_min_ms, c.reconnect_max_ms),
             (d.default_deadline_ms, d.reconnect_min_ms, d.reconnect_max_ms)
@@ -291,6 +293,8 @@ mod tests {
             assert!(e.contains(needle), "{e:?} lacks {needle:?}");
         };
         check("max_jobs = 0", "max_jobs");
+        check("engine_isolation = \"thread\"", "unknown variant");
+        check("engine_restart_min_ms = 0", "engine_restart_min_ms");
         check("colour = 1", "unknown field");
         let engine = |extra: &str| format!("[[engine]]\nstage = \"nmt\"\nlibrary = \"x.so\"\nmodel_id = \"m\"\nsrc_lang = \"en\"\n{extra}");
         check(&engine(""), "needs tgt_lang");
@@ -302,6 +306,15 @@ mod tests {
         let langs: Vec<String> = (0..257).map(|i| format!("\"x{i}\"")).collect();
         let many = format!("[[engine]]\nstage = \"asr\"\nlibrary = \"w.so\"\nmodel_id = \"w\"\nsrc_langs = [{}]\n", langs.join(", "));
         check(&many, "at most 256 models");
+        let own = Config::parse(&format!(
+            "engine_isolation = \"in-process\"\n{}",
+            engine("tgt_lang = \"es\"\nisolation = \"process\"\nmemory_limit_mb = 512")
+        ))
+        .unwrap();
+        assert_eq!(
+            (own.engine_isolation, own.engines[0].isolation, own.engines[0].memory_limit_mb),
+            (Isolation::InProcess, Some(Isolation::Process), Some(512))
+        );
         let ok = Config::parse(&engine("tgt_lang = \"es\"\n[engine.options]\nmode = \"eng-spa\"\nn = 3\nb = true")).unwrap();
         let o = ok.engines[0].engine_options().unwrap();
         assert_eq!((o.get("mode"), o.get("n"), o.get("b")), (Some("eng-spa"), Some("3"), Some("true")));

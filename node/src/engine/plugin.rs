@@ -15,10 +15,13 @@
 //! `reload_config` creates new instances; a changed `.so` at the same path
 //! needs a node restart.
 //!
-//! What a plugin cannot be protected from: it runs in the node's process, so
-//! a segfault or `abort()` in an engine ends the node (the dispatcher then
-//! moves its jobs to other nodes). Errors and panics are contained (statuses,
-//! `catch_unwind` in the SDK); crashes are not. See ARCHITECTURE.md.
+//! What a plugin cannot be protected from *in process*: a segfault or
+//! `abort()` in an engine ends the process that loaded it. That is why the
+//! node loads libraries here only in its engine host children by default
+//! ([`super::host`], supervised by [`super::process`]); in the node's own
+//! process only with `engine_isolation = "in-process"`. Errors and panics
+//! are contained either way (statuses, `catch_unwind` in the SDK). See
+//! ARCHITECTURE.md.
 
 // This module is the host side of the FFI boundary: loading libraries, calling
 // their functions, reading the memory they return. Each `unsafe` says why it holds.
