@@ -97,11 +97,6 @@ pub trait Engine: Send + Sync + fmt::Debug {
         let _ = deadline;
         self.process(request)
     }
-
-    /// The supervisor's view of an engine in child processes; `None` in process.
-    fn health(&self) -> Option<supervisor::Health> {
-        None
-    }
 }
 
 /// Called with an out-of-process engine's model ids and each health notice.
@@ -179,18 +174,6 @@ impl EngineSet {
             }
         }
         (Self { engines }, failures)
-    }
-
-    /// Every engine with its model ids, once per engine (the status view).
-    pub fn engines(&self) -> Vec<(Vec<String>, Arc<dyn Engine>)> {
-        let mut out: Vec<(Vec<String>, Arc<dyn Engine>)> = Vec::new();
-        for e in &self.engines {
-            match out.iter_mut().find(|(_, engine)| Arc::ptr_eq(engine, &e.engine)) {
-                Some((ids, _)) => ids.push(e.model.model_id.clone()),
-                None => out.push((vec![e.model.model_id.clone()], e.engine.clone())),
-            }
-        }
-        out
     }
 
     /// The models to report (`installed_models`).

@@ -468,10 +468,6 @@ impl Engine for ProcessEngine {
     fn process_until(&self, request: Request<'_>, deadline: Option<Instant>) -> Result<Response, EngineError> {
         self.call(request, deadline)
     }
-
-    fn health(&self) -> Option<Health> {
-        Some(ProcessEngine::health(self))
-    }
 }
 
 impl Drop for ProcessEngine {
