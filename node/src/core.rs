@@ -135,6 +135,23 @@ enum Mode {
     ShuttingDown,
 }
 
+#[derive(Debug, Clone, Default)]
+struct EngineTrouble {
+    /// `Some(text)` while restarting: in how long and how often in a row.
+    restarting: Option<String>,
+    failures: u64,
+    last: String,
+}
+
+impl EngineTrouble {
+    fn state(&self) -> String {
+        match &self.restarting {
+            Some(r) => format!("{r}: {}", self.last),
+            None => format!("running (failed {}× since the node started; last: {})", self.failures, self.last),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Running {
     session_id: String,
@@ -167,8 +184,9 @@ pub struct NodeCore {
     jobs_failed: u64,
     recent_errors: std::collections::VecDeque<String>,
     pending_errors: Vec<NodeError>,
-    /// Engines restarting after a failure, by model id: what the status shows.
-    engine_trouble: BTreeMap<String, String>,
+    /// Engines that failed since the node started, by model id: restarting
+    /// or not, failures in all, the last reason (what the status shows).
+    engine_trouble: BTreeMap<String, EngineTrouble>,
     want_pairing: bool,
     rng: u64,
     out: Vec<Action>,
@@ -253,7 +271,7 @@ impl NodeCore {
                     kind: m.kind.to_string(),
                     languages,
                     enabled: m.enabled != Some(false),
-                    state: self.engine_trouble.get(&m.model_id).cloned().unwrap_or_else(|| "running".to_owned()),
+                    state: self.engine_trouble.get(&m.model_id).map_or_else(|| "running".to_owned(), EngineTrouble::state),
                 }
             })
             .collect();
@@ -588,9 +606,11 @@ impl NodeCore {
         match notice {
             Notice::Down { reason, failures, restart_in_ms } => {
                 set_enabled(&mut self.models, Some(false));
-                let state = format!("restarting in {restart_in_ms} ms (failed {failures}× in a row): {reason}");
                 for id in &model_ids {
-                    self.engine_trouble.insert(id.clone(), state.clone());
+                    let t = self.engine_trouble.entry(id.clone()).or_default();
+                    t.restarting = Some(format!("restarting in {restart_in_ms} ms (failed {failures}× in a row)"));
+                    t.failures += 1;
+                    t.last.clone_from(&reason);
                     let message = format!("engine {id} failed ({failures}× in a row), restarting in {restart_in_ms} ms: {reason}");
                     crate::status::push_error(&mut self.recent_errors, message.clone());
                     let mut e = self.node_error("INFERENCE_BACKEND_ERROR", message);
@@ -607,7 +627,9 @@ impl NodeCore {
                     !id.is_some_and(|id| model_ids.iter().any(|m| m == id))
                 });
                 for id in &model_ids {
-                    self.engine_trouble.remove(id);
+                    if let Some(t) = self.engine_trouble.get_mut(id) {
+                        t.restarting = None;
+                    }
                 }
                 // Routing resumes with the next heartbeat's model updates: send it now.
                 self.models_changed = true;

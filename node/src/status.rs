@@ -109,10 +109,10 @@ pub fn render(s: &NodeStatus, alive: bool, now_ms: u64) -> String {
     line(format!("jobs:     {} running, {} done, {} failed", s.jobs_running, s.jobs_done, s.jobs_failed));
     line(format!("models:   {}", s.models.len()));
     for m in &s.models {
-        let state = match (m.enabled, m.state.as_str()) {
-            (_, "" | "running") if m.enabled => String::new(),
-            (_, "" | "running") => " (disabled)".to_owned(),
-            (_, trouble) => format!(" ({trouble})"),
+        let state = match m.state.as_str() {
+            "" | "running" if m.enabled => String::new(),
+            "" | "running" => " (disabled)".to_owned(),
+            other => format!(" ({other})"),
         };
         line(format!("  {} {} {}{state}", m.kind, m.model_id, m.languages));
     }

@@ -411,7 +411,9 @@ fn an_engine_failure_switches_its_models_off_for_the_dispatcher_and_its_restart_
     let [NodeToServer::NodeHeartbeat(b)] = sent(&hb)[..] else { panic!("{hb:?}") };
     let update = b.installed_models.as_ref().unwrap().iter().find(|u| u.model_id == "asr-en").unwrap();
     assert_eq!(update.enabled, Some(true));
-    assert_eq!(h.core.status().models.iter().find(|m| m.model_id == "asr-en").unwrap().state, "running");
+    let asr = h.core.status().models.into_iter().find(|m| m.model_id == "asr-en").unwrap();
+    assert!(asr.enabled && asr.state == "running (failed 1× since the node started; last: killed by signal 11 (SIGSEGV))", "{asr:?}");
+    assert_eq!(h.core.status().models.iter().find(|m| m.model_id == "nmt-en").unwrap().state, "running");
     assert!(h.frame(job("j2")).contains(&Action::StartJob(job("j2"))));
     // A failure and recovery while not registered leave nothing stale to send.
     h.on(Event::Disconnected);

@@ -300,6 +300,15 @@ async fn an_engine_crash_abort_or_hang_costs_only_its_job_and_the_node_keeps_ser
     assert_eq!(log.matches("registered node_id=").count(), 1, "{log}");
     assert!(!log.contains("passed its deadline"), "the engine was stopped before the core gave up: {log}");
 
+    // The owner sees it: `tolk-node status` names the engine's failures.
+    let status = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_tolk-node")).arg("status").arg("--state-dir").arg(dir.join("state")).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let want = "asr faulty-en en (running (failed 3× since the node started; last: the engine hung";
+    eventually("the status shows the engine's failures", || status().contains(want)).await;
+    assert!(status().contains("asr faulty-de de\n"), "the other engine never failed:\n{}", status());
+
     // Killing the node (SIGKILL) takes its engine processes with it.
     let engines = node.children();
     assert_eq!(engines.len(), 5, "{engines:?}");
