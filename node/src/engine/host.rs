@@ -95,7 +95,13 @@ fn run(opts: &HostOptions<'_>) -> Result<(), String> {
             Ok(ToChild::Init { .. }) => return Err("a second Init".into()),
             Err(e) => return Err(format!("from the node: {e}")),
         };
-        send(&mut out, &FromChild::Reply(reply))?;
+        // An answer beyond the frame bound is the engine's error, not the host's end.
+        let frame = wire::encode_from_child(&FromChild::Reply(reply)).or_else(|e| {
+            let error = EngineError::new(EngineErrorKind::Backend, format!("the engine's output is too large: {e}"));
+            wire::encode_from_child(&FromChild::Reply(Err(error)))
+        });
+        let frame = frame.map_err(|e| e.to_string())?;
+        wire::write_frame(&mut out, &frame).map_err(|e| format!("cannot write to the node: {e}"))?;
         let _ = std::io::stderr().flush();
     }
 }
