@@ -163,7 +163,11 @@ impl EngineSet {
         for e in &config.engines {
             let loaded = match (e.isolation.unwrap_or(config.engine_isolation), &hosting.program) {
                 (Isolation::Process, Some(program)) => load_isolated(config, e, program, hosting.notify.clone()),
-                _ => load_one(e),
+                (Isolation::Process, None) => {
+                    tracing::warn!(model = %e.model_id, "no engine host program: the engine is loaded in process");
+                    load_one(e)
+                }
+                (Isolation::InProcess, _) => load_one(e),
             };
             match loaded {
                 Ok(loaded) => engines.extend(loaded),
