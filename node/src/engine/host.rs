@@ -38,31 +38,14 @@ pub fn serve(opts: &HostOptions<'_>) -> u8 {
 }
 
 fn run(opts: &HostOptions<'_>) -> Result<(), String> {
-    // Die with the node, whatever kills it (SIGKILL included). The signal is
-    // sent when the thread that forked us ends: the node forks from a thread
-    // that lives as long as the engine.
-    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-        .map_err(|e| format!("cannot set the parent death signal: {e}"))?;
-    if let Some(parent) = opts.parent_pid {
-        let ppid = rustix::process::getppid().map_or(0, |p| p.as_raw_pid() as u32);
-        if ppid != parent {
-            return Err(format!("the node ({parent}) is gone"));
-        }
-    }
+    die_with_parent(opts.parent_pid)?;
     if let Some(mb) = opts.memory_limit_mb {
-        let bytes = mb.saturating_mul(1 << 20);
-        let limit = rustix::process::Rlimit { current: Some(bytes), maximum: Some(bytes) };
-        rustix::process::setrlimit(rustix::process::Resource::Data, limit).map_err(|e| format!("cannot set the memory limit: {e}"))?;
+        limit_memory(mb)?;
     }
-    // Frames go to a private copy of stdout; fd 1 becomes stderr.
-    let frames = std::io::stdout().lock();
-    let frames_fd = std::os::fd::AsFd::as_fd(&frames).try_clone_to_owned().map_err(|e| format!("dup stdout: {e}"))?;
-    drop(frames);
-    rustix::stdio::dup2_stdout(std::io::stderr()).map_err(|e| format!("dup2 stderr over stdout: {e}"))?;
-    let mut out = std::io::BufWriter::new(std::fs::File::from(frames_fd));
+    let mut out = std::io::BufWriter::new(frames_output()?);
     let mut input = std::io::BufReader::new(std::io::stdin().lock());
 
-    let send = |out: &mut std::io::BufWriter<std::fs::File>, msg: &FromChild| -> Result<(), String> {
+    let send = |out: &mut std::io::BufWriter<Box<dyn std::io::Write>>, msg: &FromChild| -> Result<(), String> {
         let frame = wire::encode_from_child(msg).map_err(|e| e.to_string())?;
         wire::write_frame(out, &frame).map_err(|e| format!("cannot write to the node: {e}"))
     };
@@ -104,6 +87,57 @@ fn run(opts: &HostOptions<'_>) -> Result<(), String> {
         wire::write_frame(&mut out, &frame).map_err(|e| format!("cannot write to the node: {e}"))?;
         let _ = std::io::stderr().flush();
     }
+}
+
+/// Die with the node, whatever kills it (SIGKILL included). The signal is
+/// sent when the thread that forked us ends: the node forks from a thread
+/// that lives as long as the engine. Elsewhere than Linux the node still
+/// kills its children when it stops an engine, not when it is killed.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn die_with_parent(parent: Option<u32>) -> Result<(), String> {
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .map_err(|e| format!("cannot set the parent death signal: {e}"))?;
+    // The node may have died before the line above: then our parent is another process.
+    if let Some(parent) = parent {
+        let ppid = rustix::process::getppid().map_or(0, |p| p.as_raw_pid() as u32);
+        if ppid != parent {
+            return Err(format!("the node ({parent}) is gone"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn die_with_parent(_parent: Option<u32>) -> Result<(), String> {
+    Ok(())
+}
+
+/// `RLIMIT_DATA`: heap and private writable mappings, so a leak ends in a
+/// failed allocation here rather than in the machine's OOM killer.
+#[cfg(unix)]
+fn limit_memory(mb: u64) -> Result<(), String> {
+    let bytes = mb.saturating_mul(1 << 20);
+    let limit = rustix::process::Rlimit { current: Some(bytes), maximum: Some(bytes) };
+    rustix::process::setrlimit(rustix::process::Resource::Data, limit).map_err(|e| format!("cannot set the memory limit: {e}"))
+}
+
+#[cfg(not(unix))]
+fn limit_memory(mb: u64) -> Result<(), String> {
+    eprintln!("engine host: no memory limit on this platform (asked for {mb} MiB)");
+    Ok(())
+}
+
+/// Where frames go: a private copy of stdout, with fd 1 pointed at stderr.
+#[cfg(unix)]
+fn frames_output() -> Result<Box<dyn std::io::Write>, String> {
+    let fd = std::os::fd::AsFd::as_fd(&std::io::stdout()).try_clone_to_owned().map_err(|e| format!("dup stdout: {e}"))?;
+    rustix::stdio::dup2_stdout(std::io::stderr()).map_err(|e| format!("dup2 stderr over stdout: {e}"))?;
+    Ok(Box::new(std::fs::File::from(fd)))
+}
+
+#[cfg(not(unix))]
+fn frames_output() -> Result<Box<dyn std::io::Write>, String> {
+    Ok(Box::new(std::io::stdout()))
 }
 
 fn start(library: &Path, options: &str) -> Result<(PluginEngine, wire::Ready), EngineError> {

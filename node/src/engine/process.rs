@@ -299,14 +299,7 @@ fn read_child(shared: &Arc<Shared>, c: Child, out: std::process::ChildStdout, st
         Some(mut p) => {
             let _ = p.kill();
             match p.wait() {
-                Ok(status) => {
-                    use std::os::unix::process::ExitStatusExt as _;
-                    match (status.code(), status.signal()) {
-                        (Some(code), _) => Exit::Code(code),
-                        (None, Some(sig)) => Exit::Signal(sig),
-                        (None, None) => Exit::Unknown(status.to_string()),
-                    }
-                }
+                Ok(status) => exit_of(status),
                 Err(e) => Exit::Unknown(e.to_string()),
             }
         }
@@ -325,6 +318,17 @@ fn read_child(shared: &Arc<Shared>, c: Child, out: std::process::ChildStdout, st
         st.children.remove(&c.slot);
     }
     shared.feed(&mut st, Event::Exited { child: c, exit, detail }, None);
+}
+
+fn exit_of(status: std::process::ExitStatus) -> Exit {
+    #[cfg(unix)]
+    if let Some(sig) = std::os::unix::process::ExitStatusExt::signal(&status) {
+        return Exit::Signal(sig);
+    }
+    match status.code() {
+        Some(code) => Exit::Code(code),
+        None => Exit::Unknown(status.to_string()),
+    }
 }
 
 /// The supervisor thread: ticks at the machine's next wake-up.
