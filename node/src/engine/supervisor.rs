@@ -294,7 +294,7 @@ impl Supervisor {
                     }
                 }
             }
-            Event::InitFailed(c, why) => self.kill(now, c, format!("the engine could not start: {why}")),
+            Event::InitFailed(c, why) => self.kill(c, format!("the engine could not start: {why}")),
             Event::Replied(c) => match self.slot(c).cloned() {
                 Some(Slot::Busy { generation, up_since, job, .. }) => {
                     self.slots[c.slot] = Slot::Idle { generation, up_since };
@@ -302,9 +302,9 @@ impl Supervisor {
                 }
                 // Late (the job was failed at its deadline and the child is being killed): dropped.
                 Some(Slot::Dying { .. }) | None => {}
-                Some(_) => self.kill(now, c, "the engine process answered a job it was not given".into()),
+                Some(_) => self.kill(c, "the engine process answered a job it was not given".into()),
             },
-            Event::Malformed(c, why) => self.kill(now, c, format!("the engine process sent a malformed frame: {why}")),
+            Event::Malformed(c, why) => self.kill(c, format!("the engine process sent a malformed frame: {why}")),
             Event::Exited { child, exit, detail } => self.on_exit(now, child, exit, detail),
             Event::Tick => self.on_tick(now),
             Event::Stop => {
@@ -313,7 +313,7 @@ impl Supervisor {
                     if let Some(generation) = self.slots[slot].generation()
                         && !matches!(self.slots[slot], Slot::Dying { .. })
                     {
-                        self.kill(now, Child { slot, generation }, "the engine is stopping".into());
+                        self.kill(Child { slot, generation }, "the engine is stopping".into());
                     }
                 }
             }
@@ -326,7 +326,7 @@ impl Supervisor {
     }
 
     /// Kills `c` for `reason`, failing its job if it held one.
-    fn kill(&mut self, _now: Millis, c: Child, reason: String) {
+    fn kill(&mut self, c: Child, reason: String) {
         let Some(slot) = self.slot(c).cloned() else { return };
         let up_since = match slot {
             Slot::Dying { .. } | Slot::Down { .. } => return,
@@ -391,10 +391,10 @@ impl Supervisor {
                 }
                 Slot::Starting { generation, since } if now >= since.saturating_add(self.cfg.start_timeout_ms) => {
                     let why = format!("the engine did not start within {} ms", self.cfg.start_timeout_ms);
-                    self.kill(now, Child { slot, generation }, why);
+                    self.kill(Child { slot, generation }, why);
                 }
                 Slot::Busy { generation, deadline, .. } if now >= deadline => {
-                    self.kill(now, Child { slot, generation }, "the engine hung: killed at the job's deadline".into());
+                    self.kill(Child { slot, generation }, "the engine hung: killed at the job's deadline".into());
                 }
                 _ => {}
             }
