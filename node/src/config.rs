@@ -35,6 +35,19 @@ pub struct Config {
     /// For `wss://`: a PEM file of CA certificates trusted besides the public
     /// roots (a private or self-signed dispatcher).
     pub tls_ca_file: Option<PathBuf>,
+    /// Where engines run: `"process"` (the default: each instance in a
+    /// supervised child process, so a crash or hang costs only its jobs) or
+    /// `"in-process"` (loaded into the node, as before). `[[engine]]`s may
+    /// override it with `isolation`.
+    pub engine_isolation: Isolation,
+    /// The memory (heap and private writable mappings, `RLIMIT_DATA`) of each
+    /// engine process, in MiB; 0 for no limit. `[[engine]]`s may override it
+    /// with `memory_limit_mb`.
+    pub engine_memory_limit_mb: u64,
+    /// Restart back-off of a failed engine process: first delay and cap
+    /// (doubling per failure in a row; a minute of healthy running resets it).
+    pub engine_restart_min_ms: u64,
+    pub engine_restart_max_ms: u64,
     /// One entry per model.
     #[serde(rename = "engine")]
     pub engines: Vec<EngineConfig>,
@@ -53,9 +66,23 @@ impl Default for Config {
             reconnect_max_ms: 30_000,
             auth_token: None,
             tls_ca_file: None,
+            engine_isolation: Isolation::Process,
+            engine_memory_limit_mb: 4096,
+            engine_restart_min_ms: 500,
+            engine_restart_max_ms: 30_000,
             engines: Vec::new(),
         }
     }
+}
+
+/// Where an engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// In supervised child processes, one per instance.
+    Process,
+    /// Loaded into the node's own process.
+    InProcess,
 }
 
 /// The stage an engine serves, as written in the file.
@@ -110,6 +137,12 @@ pub struct EngineConfig {
     /// jobs can be in this stage at once. Each instance loads its own model.
     #[serde(default = "one")]
     pub instances: usize,
+    /// Overrides the file's `engine_isolation` for this engine.
+    #[serde(default)]
+    pub isolation: Option<Isolation>,
+    /// Overrides the file's `engine_memory_limit_mb` for this engine.
+    #[serde(default)]
+    pub memory_limit_mb: Option<u64>,
     /// Passed to the engine as `key=value` lines.
     #[serde(default)]
     pub options: toml::Table,
@@ -207,6 +240,9 @@ impl Config {
         if config.max_jobs == 0 {
             return Err("max_jobs must be at least 1".into());
         }
+        if config.engine_restart_min_ms == 0 || config.engine_restart_max_ms < config.engine_restart_min_ms {
+            return Err("engine_restart_min_ms must be positive, engine_restart_max_ms ≥ engine_restart_min_ms".into());
+        }
         if config.heartbeat_ms == 0 || config.reconnect_min_ms == 0 || config.reconnect_max_ms < config.reconnect_min_ms {
             return Err("heartbeat_ms and reconnect_min_ms must be positive, reconnect_max_ms ≥ reconnect_min_ms".into());
         }
@@ -231,6 +267,8 @@ mod tests {
         let c = Config::parse(include_str!("../tolk-node.example.toml")).unwrap();
         let d = Config::default();
         assert_eq!((c.accept_public_jobs, c.max_jobs, c.heartbeat_ms), (d.accept_public_jobs, d.max_jobs, d.heartbeat_ms));
+        assert_eq!((c.engine_isolation, c.engine_memory_limit_mb), (d.engine_isolation, d.engine_memory_limit_mb));
+        assert_eq!((c.engine_restart_min_ms, c.engine_restart_max_ms), (d.engine_restart_min_ms, d.engine_restart_max_ms));
         assert_eq!(
             (c.default_deadline_ms, c.reconnect_min_ms, c.reconnect_max_ms),
             (d.default_deadline_ms, d.reconnect_min_ms, d.reconnect_max_ms)
@@ -255,6 +293,8 @@ mod tests {
             assert!(e.contains(needle), "{e:?} lacks {needle:?}");
         };
         check("max_jobs = 0", "max_jobs");
+        check("engine_isolation = \"thread\"", "unknown variant");
+        check("engine_restart_min_ms = 0", "engine_restart_min_ms");
         check("colour = 1", "unknown field");
         let engine = |extra: &str| format!("[[engine]]\nstage = \"nmt\"\nlibrary = \"x.so\"\nmodel_id = \"m\"\nsrc_lang = \"en\"\n{extra}");
         check(&engine(""), "needs tgt_lang");
@@ -266,6 +306,15 @@ mod tests {
         let langs: Vec<String> = (0..257).map(|i| format!("\"x{i}\"")).collect();
         let many = format!("[[engine]]\nstage = \"asr\"\nlibrary = \"w.so\"\nmodel_id = \"w\"\nsrc_langs = [{}]\n", langs.join(", "));
         check(&many, "at most 256 models");
+        let own = Config::parse(&format!(
+            "engine_isolation = \"in-process\"\n{}",
+            engine("tgt_lang = \"es\"\nisolation = \"process\"\nmemory_limit_mb = 512")
+        ))
+        .unwrap();
+        assert_eq!(
+            (own.engine_isolation, own.engines[0].isolation, own.engines[0].memory_limit_mb),
+            (Isolation::InProcess, Some(Isolation::Process), Some(512))
+        );
         let ok = Config::parse(&engine("tgt_lang = \"es\"\n[engine.options]\nmode = \"eng-spa\"\nn = 3\nb = true")).unwrap();
         let o = ok.engines[0].engine_options().unwrap();
         assert_eq!((o.get("mode"), o.get("n"), o.get("b")), (Some("eng-spa"), Some("3"), Some("true")));

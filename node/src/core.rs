@@ -80,6 +80,11 @@ pub enum Event {
     ModelsChanged { models: Vec<InstalledModel>, failures: Vec<(String, String)> },
     /// The configuration could not be re-read; the old engines stay.
     ReloadFailed(String),
+    /// An engine in child processes failed (its jobs are answered by the
+    /// pipeline) or runs again: its models are switched off for the
+    /// dispatcher (`node_error` `INFERENCE_BACKEND_ERROR` with
+    /// `details.model_id`) and on again (a heartbeat's model updates).
+    EngineHealth { model_ids: Vec<String>, notice: crate::engine::process::Notice },
     /// The owner asked for a pairing code.
     PairingRequested,
     /// A local shutdown request (signal).
@@ -130,6 +135,23 @@ enum Mode {
     ShuttingDown,
 }
 
+#[derive(Debug, Clone, Default)]
+struct EngineTrouble {
+    /// `Some(text)` while restarting: in how long and how often in a row.
+    restarting: Option<String>,
+    failures: u64,
+    last: String,
+}
+
+impl EngineTrouble {
+    fn state(&self) -> String {
+        match &self.restarting {
+            Some(r) => format!("{r}: {}", self.last),
+            None => format!("running (failed {}× since the node started; last: {})", self.failures, self.last),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Running {
     session_id: String,
@@ -162,6 +184,9 @@ pub struct NodeCore {
     jobs_failed: u64,
     recent_errors: std::collections::VecDeque<String>,
     pending_errors: Vec<NodeError>,
+    /// Engines that failed since the node started, by model id: restarting
+    /// or not, failures in all, the last reason (what the status shows).
+    engine_trouble: BTreeMap<String, EngineTrouble>,
     want_pairing: bool,
     rng: u64,
     out: Vec<Action>,
@@ -190,6 +215,7 @@ impl NodeCore {
             jobs_failed: 0,
             recent_errors: std::collections::VecDeque::new(),
             pending_errors: Vec::new(),
+            engine_trouble: BTreeMap::new(),
             want_pairing,
             rng,
             out: vec![Action::Connect { after_ms: 0 }],
@@ -245,6 +271,7 @@ impl NodeCore {
                     kind: m.kind.to_string(),
                     languages,
                     enabled: m.enabled != Some(false),
+                    state: self.engine_trouble.get(&m.model_id).map_or_else(|| "running".to_owned(), EngineTrouble::state),
                 }
             })
             .collect();
@@ -291,6 +318,7 @@ impl NodeCore {
                 self.pending_errors.push(self.node_error("CONFIG_ERROR", format!("reload_config failed: {message}")));
                 self.flush_errors();
             }
+            Event::EngineHealth { model_ids, notice } => self.on_engine_health(now, model_ids, notice),
             Event::PairingRequested => {
                 self.want_pairing = true;
                 self.request_pairing();
@@ -442,7 +470,7 @@ impl NodeCore {
         self.out.push(Action::Send(NodeToServer::JobResult(result)));
     }
 
-    fn on_job_assign(&mut self, now: Millis, job: JobAssign) {
+    fn on_job_assign(&mut self, now: Millis, mut job: JobAssign) {
         if !matches!(self.link, Link::Up(_)) {
             return tracing::warn!(job_id = %job.job_id, "job_assign before registration: ignored");
         }
@@ -459,7 +487,9 @@ impl NodeCore {
         if let Some(missing) = models::missing_stage(&self.models, &job) {
             return self.fail_now(&job, JobErrorCode::ModelNotAvailable, missing);
         }
-        let deadline = now.saturating_add(job.deadline_ms.unwrap_or(self.cfg.default_deadline_ms));
+        // The pipeline stops engines in child processes by the same deadline.
+        let deadline_ms = *job.deadline_ms.get_or_insert(self.cfg.default_deadline_ms);
+        let deadline = now.saturating_add(deadline_ms);
         self.jobs
             .insert(job.job_id.clone(), Running { session_id: job.session_id.clone(), utterance_index: job.utterance_index, deadline });
         self.out.push(Action::StartJob(job));
@@ -563,6 +593,50 @@ impl NodeCore {
             self.models_changed = false;
             self.out.push(Action::Send(NodeToServer::NodeHeartbeat(hb)));
             self.next_heartbeat = Some(now + self.cfg.heartbeat_ms);
+        }
+    }
+
+    fn on_engine_health(&mut self, now: Millis, model_ids: Vec<String>, notice: crate::engine::process::Notice) {
+        use crate::engine::process::Notice;
+        let set_enabled = |models: &mut Vec<InstalledModel>, enabled: Option<bool>| {
+            for m in models.iter_mut().filter(|m| model_ids.contains(&m.model_id)) {
+                m.enabled = enabled;
+            }
+        };
+        match notice {
+            Notice::Down { reason, failures, restart_in_ms } => {
+                set_enabled(&mut self.models, Some(false));
+                for id in &model_ids {
+                    let t = self.engine_trouble.entry(id.clone()).or_default();
+                    t.restarting = Some(format!("restarting in {restart_in_ms} ms (failed {failures}× in a row)"));
+                    t.failures += 1;
+                    t.last.clone_from(&reason);
+                    let message = format!("engine {id} failed ({failures}× in a row), restarting in {restart_in_ms} ms: {reason}");
+                    crate::status::push_error(&mut self.recent_errors, message.clone());
+                    let mut e = self.node_error("INFERENCE_BACKEND_ERROR", message);
+                    e.details = Some(serde_json::json!({ "model_id": id, "failures": failures, "restart_in_ms": restart_in_ms }));
+                    self.pending_errors.push(e);
+                }
+                self.flush_errors();
+            }
+            Notice::Up => {
+                set_enabled(&mut self.models, None);
+                // A report not sent yet (not registered) would now be wrong.
+                self.pending_errors.retain(|e| {
+                    let id = e.details.as_ref().and_then(|d| d.get("model_id")).and_then(|m| m.as_str());
+                    !id.is_some_and(|id| model_ids.iter().any(|m| m == id))
+                });
+                for id in &model_ids {
+                    if let Some(t) = self.engine_trouble.get_mut(id) {
+                        t.restarting = None;
+                    }
+                }
+                // Routing resumes with the next heartbeat's model updates: send it now.
+                self.models_changed = true;
+                if matches!(self.link, Link::Up(_)) {
+                    self.next_heartbeat = Some(now);
+                }
+            }
         }
     }
 

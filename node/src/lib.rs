@@ -8,13 +8,20 @@
 //!
 //! Inference goes through native engine plugins: shared libraries loaded by
 //! path through the versioned C ABI of `tolk-engine-sdk`, one per stage
-//! (ASR, NMT, TTS). The shipped engines are in `node/engines/`.
+//! (ASR, NMT, TTS). The shipped engines are in `node/engines/`. By default
+//! each engine instance runs in a supervised child process (this binary,
+//! `tolk-node engine-host`): a crash, `abort()`, `exit()`, hang or runaway
+//! allocation in an engine costs only the job it held, never the node.
 //!
 //! # Layout
 //! - [`core`]: the sans-IO state machine (events in, actions out): every rule.
 //! - [`pipeline`]: one job, synchronously: decode → ASR → NMT → TTS, timed.
-//! - [`engine`]: the [`engine::Engine`] trait, the engine set, and
-//!   [`engine::plugin`], the shared-library loader.
+//! - [`engine`]: the [`engine::Engine`] trait, the engine set,
+//!   [`engine::plugin`] (the shared-library loader), and engines out of
+//!   process: [`engine::supervisor`] (the sans-IO supervision decisions:
+//!   restarts with back-off, deadlines, health), [`engine::process`] (the
+//!   driver: children, pipes, threads), [`engine::host`] (the child's side),
+//!   [`engine::wire`] (the frames on the pipes).
 //! - [`models`]: which model serves which request (the dispatcher's rule).
 //! - [`config`]: the TOML configuration; [`identity`]: `node_id`/`node_token` on disk.
 //! - [`machine`]: cores, memory, GPUs, measured load.

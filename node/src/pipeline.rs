@@ -7,7 +7,7 @@
 //! at the next boundary (an engine call itself cannot be interrupted).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tolk_protocol::node::JobAssign;
 use tolk_protocol::{JobErrorCode, ModelKind, audio};
@@ -71,16 +71,30 @@ fn cancelled(cancel: &AtomicBool) -> Result<(), Failure> {
     if cancel.load(Ordering::Relaxed) { Err(Failure::new(JobErrorCode::Timeout, "abandoned")) } else { Ok(()) }
 }
 
+/// When engine calls must have ended: a little before the job's deadline
+/// (`deadline_ms`, which the core fills in), so that an engine in a child
+/// process is stopped and the job answered `INFERENCE_BACKEND_ERROR` before
+/// the core gives up on it with `TIMEOUT`.
+fn engine_deadline(start: Instant, job: &JobAssign) -> Option<Instant> {
+    job.deadline_ms.map(|ms| start + Duration::from_millis(ms - (ms / 20).min(500)))
+}
+
 /// Runs `job` with `engines`.
 pub fn run(engines: &EngineSet, job: &JobAssign, cancel: &AtomicBool) -> Outcome {
     let start = Instant::now();
     let mut timings = Timings::default();
-    let result = stages(engines, job, cancel, &mut timings);
+    let result = stages(engines, job, cancel, engine_deadline(start, job), &mut timings);
     timings.total_ms = ms(start);
     Outcome { result, timings }
 }
 
-fn stages(engines: &EngineSet, job: &JobAssign, cancel: &AtomicBool, t: &mut Timings) -> Result<Output, Failure> {
+fn stages(
+    engines: &EngineSet,
+    job: &JobAssign,
+    cancel: &AtomicBool,
+    deadline: Option<Instant>,
+    t: &mut Timings,
+) -> Result<Output, Failure> {
     let p = job.pipeline;
     let mut out = Output::default();
     let mut pcm = None;
@@ -95,7 +109,7 @@ fn stages(engines: &EngineSet, job: &JobAssign, cancel: &AtomicBool, t: &mut Tim
             .ok_or_else(|| Failure::new(JobErrorCode::ModelNotAvailable, format!("no asr model for {}", job.src_lang)))?;
         let started = Instant::now();
         let request = Request::Asr { samples: &pcm.samples, sample_rate: pcm.sample_rate, lang: &job.src_lang };
-        let text = match asr.engine.process(request).map_err(|e| engine_failure("asr", &asr.model.model_id, e))? {
+        let text = match asr.engine.process_until(request, deadline).map_err(|e| engine_failure("asr", &asr.model.model_id, e))? {
             Response::Text(text) => text,
             Response::Speech { .. } => return Err(Failure::new(JobErrorCode::InferenceBackendError, "asr engine returned audio")),
         };
@@ -125,7 +139,7 @@ fn stages(engines: &EngineSet, job: &JobAssign, cancel: &AtomicBool, t: &mut Tim
                 }
                 (_, false) => Request::Nmt { text: &source, src_lang: &job.src_lang, tgt_lang: &job.tgt_lang },
             };
-            let text = match nmt.engine.process(request).map_err(|e| engine_failure("nmt", &nmt.model.model_id, e))? {
+            let text = match nmt.engine.process_until(request, deadline).map_err(|e| engine_failure("nmt", &nmt.model.model_id, e))? {
                 Response::Text(text) => text,
                 Response::Speech { .. } => return Err(Failure::new(JobErrorCode::InferenceBackendError, "nmt engine returned audio")),
             };
@@ -144,7 +158,7 @@ fn stages(engines: &EngineSet, job: &JobAssign, cancel: &AtomicBool, t: &mut Tim
         if !text.trim().is_empty() {
             let started = Instant::now();
             let request = Request::Tts { text: &text, lang: &job.tgt_lang };
-            match tts.engine.process(request).map_err(|e| engine_failure("tts", &tts.model.model_id, e))? {
+            match tts.engine.process_until(request, deadline).map_err(|e| engine_failure("tts", &tts.model.model_id, e))? {
                 Response::Speech { samples, sample_rate } if sample_rate > 0 => {
                     out.tts_wav = Some(audio::encode_wav(&samples, sample_rate));
                 }

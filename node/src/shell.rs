@@ -23,7 +23,7 @@ use tolk_protocol::{Features, Message, ServerToNode};
 
 use crate::config::Config;
 use crate::core::{Action, CoreConfig, Event, NodeCore};
-use crate::engine::{EngineSet, StartFailure};
+use crate::engine::{EngineSet, Hosting, StartFailure};
 use crate::machine::{self, LoadSampler};
 use crate::{Error, identity, pipeline};
 
@@ -62,6 +62,17 @@ enum ShellEvent {
     Reloaded(Result<(EngineSet, Vec<StartFailure>), String>),
 }
 
+/// Engines in child processes report their health here (from their
+/// supervisor's lock: the send must not block, hence unbounded; a restart's
+/// back-off bounds the rate).
+fn hosting() -> (Hosting, mpsc::UnboundedReceiver<(Vec<String>, crate::engine::process::Notice)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let notify: crate::engine::NoticeFn = std::sync::Arc::new(move |ids: &[String], notice| {
+        let _ = tx.send((ids.to_vec(), notice));
+    });
+    (Hosting::this_binary(Some(notify)), rx)
+}
+
 fn failures(list: Vec<StartFailure>) -> Vec<(String, String)> {
     list.into_iter().map(|f| (f.model_id, f.message)).collect()
 }
@@ -77,7 +88,9 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>, mut pair
     let url = node_url(&opts.dispatcher)?;
     let config = Config::load(&opts.config_path)?;
     let load_config = config.clone();
-    let (engines, startup_failures) = tokio::task::spawn_blocking(move || EngineSet::load(&load_config))
+    let (hosting, mut engine_notices) = hosting();
+    let load_hosting = hosting.clone();
+    let (engines, startup_failures) = tokio::task::spawn_blocking(move || EngineSet::load(&load_config, &load_hosting))
         .await
         .map_err(|e| Error::Usage(format!("engine loading: {e}")))?;
     let mut engines = Arc::new(engines);
@@ -165,9 +178,9 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>, mut pair
                         }
                     }
                     Action::ReloadConfig => {
-                        let (path, tx) = (opts.config_path.clone(), tx.clone());
+                        let (path, tx, hosting) = (opts.config_path.clone(), tx.clone(), hosting.clone());
                         tokio::task::spawn_blocking(move || {
-                            let loaded = Config::load(&path).map(|c| EngineSet::load(&c)).map_err(|e| e.to_string());
+                            let loaded = Config::load(&path).map(|c| EngineSet::load(&c, &hosting)).map_err(|e| e.to_string());
                             let _ = tx.blocking_send(ShellEvent::Reloaded(loaded));
                         });
                     }
@@ -218,6 +231,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>, mut pair
                 }
                 ShellEvent::Reloaded(Err(message)) => core.handle(now(), Event::ReloadFailed(message)),
             },
+            Some((model_ids, notice)) = engine_notices.recv() => core.handle(now(), Event::EngineHealth { model_ids, notice }),
             frame = next_frame(&mut ws), if ws.is_some() => match frame {
                 Some(Ok(Ws::Text(text))) => match ServerToNode::parse(text.as_str()) {
                     Ok(msg) => core.handle(now(), Event::Frame(msg)),

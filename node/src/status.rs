@@ -42,6 +42,9 @@ pub struct ModelStatus {
     pub kind: String,
     pub languages: String,
     pub enabled: bool,
+    /// `running`, or why the engine is restarting (engines in child processes).
+    #[serde(default)]
+    pub state: String,
 }
 
 /// Keeps the newest `RECENT_ERRORS` errors.
@@ -106,7 +109,12 @@ pub fn render(s: &NodeStatus, alive: bool, now_ms: u64) -> String {
     line(format!("jobs:     {} running, {} done, {} failed", s.jobs_running, s.jobs_done, s.jobs_failed));
     line(format!("models:   {}", s.models.len()));
     for m in &s.models {
-        line(format!("  {} {} {}{}", m.kind, m.model_id, m.languages, if m.enabled { "" } else { " (disabled)" }));
+        let state = match m.state.as_str() {
+            "" | "running" if m.enabled => String::new(),
+            "" | "running" => " (disabled)".to_owned(),
+            other => format!(" ({other})"),
+        };
+        line(format!("  {} {} {}{state}", m.kind, m.model_id, m.languages));
     }
     if s.recent_errors.is_empty() {
         line("errors:   none".to_owned());
@@ -133,7 +141,22 @@ mod tests {
             node_id: Some("n-1".into()),
             pairing_code: Some("483920".into()),
             pairing_expires_at: Some(10 * 60_000),
-            models: vec![ModelStatus { model_id: "echo".into(), kind: "nmt".into(), languages: "en → es".into(), enabled: true }],
+            models: vec![
+                ModelStatus {
+                    model_id: "echo".into(),
+                    kind: "nmt".into(),
+                    languages: "en → es".into(),
+                    enabled: true,
+                    state: "running".into(),
+                },
+                ModelStatus {
+                    model_id: "asr".into(),
+                    kind: "asr".into(),
+                    languages: "en".into(),
+                    enabled: false,
+                    state: "restarting in 400 ms (failed 3× in a row): SIGSEGV".into(),
+                },
+            ],
             jobs_done: 3,
             jobs_failed: 1,
             pid: 42,
@@ -153,7 +176,8 @@ mod tests {
             "n-1",
             "483920 (expires in 10 min)",
             "3 done, 1 failed",
-            "nmt echo en → es",
+            "nmt echo en → es\n",
+            "asr asr en (restarting in 400 ms (failed 3× in a row): SIGSEGV)",
             "e11",
         ] {
             assert!(text.contains(want), "{want} in {text}");

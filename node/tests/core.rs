@@ -376,3 +376,50 @@ fn nothing_is_sent_or_started_before_registration() {
     let a = bad_secret.on(Event::Disconnected);
     assert!(matches!(a[..], [Action::Connect { after_ms }] if after_ms >= 250), "{a:?}");
 }
+
+#[test]
+fn an_engine_failure_switches_its_models_off_for_the_dispatcher_and_its_restart_on_again() {
+    use tolk_node::engine::process::Notice;
+    let mut h = H::new(config(), None);
+    h.register();
+    h.tick(0);
+    let down = Notice::Down { reason: "killed by signal 11 (SIGSEGV)".into(), failures: 2, restart_in_ms: 1_000 };
+    let a = h.on(Event::EngineHealth { model_ids: vec!["asr-en".into()], notice: down.clone() });
+    // Reported broken at once: the dispatcher takes the model out of routing.
+    let [NodeToServer::NodeError(e)] = sent(&a)[..] else { panic!("{a:?}") };
+    assert_eq!(e.code, "INFERENCE_BACKEND_ERROR");
+    assert_eq!(e.details.as_ref().unwrap()["model_id"], "asr-en");
+    assert!(e.message.contains("SIGSEGV") && e.message.contains("2× in a row"), "{}", e.message);
+    // Jobs needing it are refused meanwhile (the dispatcher moves them).
+    assert_eq!(results(&h.frame(job("j1")))[0].error.as_ref().unwrap().code, JobErrorCode::ModelNotAvailable);
+    let status = h.core.status();
+    let asr = status.models.iter().find(|m| m.model_id == "asr-en").unwrap();
+    assert!(!asr.enabled && asr.state.contains("restarting in 1000 ms (failed 2× in a row)"), "{asr:?}");
+    assert!(status.recent_errors.back().unwrap().contains("engine asr-en failed"));
+    // A registration meanwhile lists it disabled.
+    h.on(Event::Disconnected);
+    let reg = h.on(Event::Connected);
+    let [NodeToServer::NodeRegister(r)] = sent(&reg)[..] else { panic!("{reg:?}") };
+    assert_eq!(r.installed_models.iter().find(|m| m.model_id == "asr-en").unwrap().enabled, Some(false));
+    h.frame(NodeRegisterAck { node_id: "n-1".into(), message: "registered".into(), node_token: Some("tok".into()) });
+    h.tick(1);
+    // Back: the next heartbeat, sent at once, switches it on again.
+    h.now = 2_000;
+    assert!(h.on(Event::EngineHealth { model_ids: vec!["asr-en".into()], notice: Notice::Up }).is_empty());
+    assert_eq!(h.core.next_wakeup(), Some(2_000));
+    let hb = h.tick(2_000);
+    let [NodeToServer::NodeHeartbeat(b)] = sent(&hb)[..] else { panic!("{hb:?}") };
+    let update = b.installed_models.as_ref().unwrap().iter().find(|u| u.model_id == "asr-en").unwrap();
+    assert_eq!(update.enabled, Some(true));
+    let asr = h.core.status().models.into_iter().find(|m| m.model_id == "asr-en").unwrap();
+    assert!(asr.enabled && asr.state == "running (failed 1× since the node started; last: killed by signal 11 (SIGSEGV))", "{asr:?}");
+    assert_eq!(h.core.status().models.iter().find(|m| m.model_id == "nmt-en").unwrap().state, "running");
+    assert!(h.frame(job("j2")).contains(&Action::StartJob(job("j2"))));
+    // A failure and recovery while not registered leave nothing stale to send.
+    h.on(Event::Disconnected);
+    h.on(Event::EngineHealth { model_ids: vec!["asr-en".into()], notice: down });
+    h.on(Event::EngineHealth { model_ids: vec!["asr-en".into()], notice: Notice::Up });
+    h.on(Event::Connected);
+    let a = h.frame(NodeRegisterAck { node_id: "n-1".into(), message: "registered".into(), node_token: Some("tok".into()) });
+    assert!(!sent(&a).iter().any(|m| matches!(m, NodeToServer::NodeError(_))), "{a:?}");
+}

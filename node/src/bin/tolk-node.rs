@@ -34,6 +34,18 @@ struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Cmd {
+    /// Internal: serves one engine instance over stdin/stdout for a running
+    /// node (engines in child processes).
+    #[command(hide = true)]
+    EngineHost {
+        #[arg(long)]
+        library: PathBuf,
+        /// RLIMIT_DATA in MiB.
+        #[arg(long)]
+        memory_limit_mb: Option<u64>,
+        #[arg(long)]
+        parent_pid: Option<u32>,
+    },
     /// Shows what the node running with this state directory is doing:
     /// connected or not and why, node id, pairing code, models, jobs, recent errors.
     Status {
@@ -126,6 +138,10 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    if let Some(Cmd::EngineHost { library, memory_limit_mb, parent_pid }) = &args.command {
+        let opts = tolk_node::engine::host::HostOptions { library, memory_limit_mb: *memory_limit_mb, parent_pid: *parent_pid };
+        return std::process::ExitCode::from(tolk_node::engine::host::serve(&opts));
+    }
     if let Some(Cmd::Status { state_dir, json }) = args.command {
         let dir = state_dir.unwrap_or_else(tolk_node::identity::default_state_dir);
         return match tolk_node::status::read(&dir) {

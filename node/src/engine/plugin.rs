@@ -15,10 +15,13 @@
 //! `reload_config` creates new instances; a changed `.so` at the same path
 //! needs a node restart.
 //!
-//! What a plugin cannot be protected from: it runs in the node's process, so
-//! a segfault or `abort()` in an engine ends the node (the dispatcher then
-//! moves its jobs to other nodes). Errors and panics are contained (statuses,
-//! `catch_unwind` in the SDK); crashes are not. See ARCHITECTURE.md.
+//! What a plugin cannot be protected from *in process*: a segfault or
+//! `abort()` in an engine ends the process that loaded it. That is why the
+//! node loads libraries here only in its engine host children by default
+//! ([`super::host`], supervised by [`super::process`]); in the node's own
+//! process only with `engine_isolation = "in-process"`. Errors and panics
+//! are contained either way (statuses, `catch_unwind` in the SDK). See
+//! ARCHITECTURE.md.
 
 // This module is the host side of the FFI boundary: loading libraries, calling
 // their functions, reading the memory they return. Each `unsafe` says why it holds.
@@ -46,7 +49,19 @@ pub enum Stage {
 }
 
 impl Stage {
-    fn code(self) -> u32 {
+    /// The stage of an ABI stage code.
+    pub fn from_code(code: u32) -> Option<Self> {
+        match code {
+            abi::STAGE_ASR => Some(Self::Asr),
+            abi::STAGE_NMT => Some(Self::Nmt),
+            abi::STAGE_TTS => Some(Self::Tts),
+            abi::STAGE_SPEECH_TRANSLATION => Some(Self::SpeechTranslation),
+            _ => None,
+        }
+    }
+
+    /// The ABI stage code.
+    pub fn code(self) -> u32 {
         match self {
             Self::Asr => abi::STAGE_ASR,
             Self::Nmt => abi::STAGE_NMT,
@@ -152,6 +167,14 @@ impl Library {
     /// Whether the library serves `stage` (its main one or, ABI 2, another of its `stages`).
     pub fn serves(&self, stage: Stage) -> bool {
         self.stages & abi::stage_bit(stage.code()) != 0
+    }
+    /// The main stage's ABI code.
+    pub fn stage_code(&self) -> u32 {
+        self.stage.code()
+    }
+    /// Every stage served, as `abi::stage_bit`s.
+    pub fn stages(&self) -> u32 {
+        self.stages
     }
     /// The ABI version the library declared.
     pub fn abi_version(&self) -> u32 {

@@ -21,6 +21,7 @@ pub const PLUGINS: &[&str] = &[
     "tolk-test-engine-bad-abi",
     "tolk-test-engine-abi-v1",
     "tolk-test-engine-no-descriptor",
+    "tolk-test-engine-faulty",
     "tolk-engine-pocketsphinx",
     "tolk-engine-apertium",
     "tolk-engine-flite",
