@@ -413,7 +413,11 @@ impl Dispatcher {
                 let result = match out {
                     Out::Frame(frame, read_at) => {
                         // Serialized here, outside the core's lock (once per frame).
-                        let sent = sink.send(WsMessage::Text(frame.text().into())).await;
+                        // The frame owns the buffer the socket reads: no copy,
+                        // one UTF-8 check (it is a `str` already).
+                        let text = axum::extract::ws::Utf8Bytes::try_from(bytes::Bytes::from_owner(frame.clone()))
+                            .unwrap_or_else(|_| frame.text().into());
+                        let sent = sink.send(WsMessage::Text(text)).await;
                         if let Some(at) = read_at {
                             dispatch_seconds.observe(at.elapsed().as_secs_f64());
                         }

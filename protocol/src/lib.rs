@@ -99,12 +99,30 @@ pub trait Message: Sized + serde::Serialize + Validate {
         Self::deserialize_typed(&ty, text)
     }
 
+    /// Bytes of the message's bulk base64 field as written (0 without one).
+    #[doc(hidden)]
+    fn bulk_len(&self) -> usize;
+
     /// Serializes to one JSON text frame.
     fn to_json(&self) -> String {
+        // Sized once: a frame carrying tens of kB of audio would otherwise
+        // be copied again at every doubling of its buffer.
+        let mut out = Vec::with_capacity(self.bulk_len() + 512);
         // Serializing these types cannot fail: every map key is a string and
         // no Serialize impl is fallible.
-        serde_json::to_string(self).unwrap_or_default()
+        if serde_json::to_writer(&mut out, self).is_err() {
+            return String::new();
+        }
+        json_text(out)
     }
+}
+
+/// `serde_json`'s output as a `String` without a second pass over it.
+#[allow(unsafe_code)] // as serde_json::to_string does itself
+fn json_text(bytes: Vec<u8>) -> String {
+    // SAFETY: `bytes` is what serde_json's serializer wrote, which is always
+    // valid UTF-8 (it writes `str` data and ASCII syntax only).
+    unsafe { String::from_utf8_unchecked(bytes) }
 }
 
 /// The `"type"` when it is the object's first key, as in every frame we
@@ -206,6 +224,10 @@ macro_rules! direction_enum {
                 }
             }
 
+            fn bulk_len(&self) -> usize {
+                match self { $(Self::$variant(m) => $crate::direction_enum!(@len m $($field $($opt)?)?),)* }
+            }
+
             #[allow(unused_variables)]
             fn put_bulk(&mut self, literal: $crate::Base64Audio) -> bool {
                 match self { $(Self::$variant(m) => $crate::direction_enum!(@put m literal $($field $($opt)?)?),)* }
@@ -228,6 +250,9 @@ macro_rules! direction_enum {
     (@ty $variant:ident) => { $variant };
     (@key) => { None };
     (@key $field:ident) => { Some(stringify!($field)) };
+    (@len $m:ident) => { { let _ = $m; 0 } };
+    (@len $m:ident $field:ident) => { $m.$field.raw_json().len() };
+    (@len $m:ident $field:ident optional) => { $m.$field.as_ref().map_or(0, |a| a.raw_json().len()) };
     (@put $m:ident $b:ident) => { false };
     (@put $m:ident $b:ident $field:ident) => {
         if $m.$field.as_str().is_empty() { $m.$field = $b; true } else { false }

@@ -83,6 +83,14 @@ impl PartialEq for Frame {
     }
 }
 
+/// The frame's text as bytes, so a shell can hand the frame itself to a
+/// socket as the owner of its buffer (no copy of tens of kB per send).
+impl AsRef<[u8]> for Frame {
+    fn as_ref(&self) -> &[u8] {
+        self.text().as_bytes()
+    }
+}
+
 impl fmt::Display for Frame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.text())
