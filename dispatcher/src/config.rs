@@ -69,7 +69,7 @@ pub struct CoreConfig {
     /// once with `RATE_LIMITED`)...
     pub shed_lag_high_ms: f64,
     /// ...and at or below this lag it admits more again. `shed_lag_high_ms
-    /// = 0` turns shedding off.
+    /// = 0` (the default) turns shedding off; 20 is a starting point.
     pub shed_lag_low_ms: f64,
 }
 
@@ -100,7 +100,8 @@ impl Default for CoreConfig {
             node_forget_ms: 86_400_000,
             sample_rates: tolk_protocol::validate::SAMPLE_RATES.to_vec(),
             detect_wait_ms: 2_000,
-            shed_lag_high_ms: 20.0,
+            // Off until a quiet-machine sweep shows it helps (README, "Overload").
+            shed_lag_high_ms: 0.0,
             shed_lag_low_ms: 5.0,
         }
     }

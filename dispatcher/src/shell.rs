@@ -360,7 +360,8 @@ impl Dispatcher {
         // whatever else the process does: its lag says nothing of the
         // dispatcher's own load.
         let runtime = tokio::runtime::Handle::current();
-        if self.shared.config.core.shed_lag_high_ms <= 0.0 || runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+        // (With shedding off the readings still go to `/metrics`.)
+        if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
             return;
         }
         let metrics = runtime.metrics();
