@@ -1,5 +1,6 @@
 //! Decoding and encoding of utterance audio, for those that need samples (the
-//! dispatcher's detectors, nodes, the SDK). Relays never call this.
+//! dispatcher's detectors, nodes, the SDK). Relays never call this. Opus
+//! needs the `opus` feature (libopus).
 
 use std::io::Cursor;
 
@@ -36,7 +37,9 @@ pub fn decode_base64(audio: &str, format: AudioFormat, sample_rate: u32) -> Resu
     decode_bytes(&bytes, format, sample_rate)
 }
 
-/// Decodes raw `bytes` of `format`; see [`decode_base64`].
+/// Decodes raw `bytes` of `format`; see [`decode_base64`]. Opus (with the
+/// `opus` feature) comes out at the Opus rate nearest `sample_rate`
+/// ([`crate::opus::decode`]): read `Pcm::sample_rate`.
 pub fn decode_bytes(bytes: &[u8], format: AudioFormat, sample_rate: u32) -> Result<Pcm, ProtocolError> {
     match format {
         AudioFormat::Pcm16 => {
@@ -47,7 +50,10 @@ pub fn decode_bytes(bytes: &[u8], format: AudioFormat, sample_rate: u32) -> Resu
             Ok(Pcm { sample_rate, samples })
         }
         AudioFormat::Wav => decode_wav(bytes, sample_rate),
-        AudioFormat::Opus => Err(audio_error("opus audio cannot be decoded here; send pcm16 or wav")),
+        #[cfg(feature = "opus")]
+        AudioFormat::Opus => crate::opus::decode(bytes, sample_rate),
+        #[cfg(not(feature = "opus"))]
+        AudioFormat::Opus => Err(audio_error("opus audio cannot be decoded here (built without the `opus` feature)")),
     }
 }
 
