@@ -112,6 +112,7 @@ fn job(id: &str) -> JobAssign {
         audio_format: AudioFormat::Pcm16,
         sample_rate: 16_000,
         deadline_ms: Some(10_000),
+        tts_format: None,
     }
 }
 

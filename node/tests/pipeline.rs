@@ -82,6 +82,7 @@ fn job() -> JobAssign {
         audio_format: AudioFormat::Pcm16,
         sample_rate: 16_000,
         deadline_ms: None,
+        tts_format: None,
     }
 }
 

@@ -161,6 +161,7 @@ pub fn session_init() -> String {
         session_id: None,
         resume_token: None,
         last_utterance_index: None,
+        tts_format: None,
     })
     .to_json()
 }
