@@ -33,8 +33,7 @@ fn audio_error(message: impl Into<String>) -> ProtocolError {
 /// Decodes base64 `audio` of `format`, checking it against the declared
 /// `sample_rate`. Multi-channel wav is mixed down to mono.
 pub fn decode_base64(audio: &str, format: AudioFormat, sample_rate: u32) -> Result<Pcm, ProtocolError> {
-    let bytes = STANDARD.decode(audio).map_err(|e| audio_error(format!("audio is not valid base64: {e}")))?;
-    decode_bytes(&bytes, format, sample_rate)
+    decode_bytes(&from_base64(audio)?, format, sample_rate)
 }
 
 /// Decodes raw `bytes` of `format`; see [`decode_base64`]. Opus (with the
@@ -112,6 +111,11 @@ pub fn encode_wav(samples: &[i16], sample_rate: u32) -> Vec<u8> {
     out.extend_from_slice(&data_len.to_le_bytes());
     out.extend_from_slice(&encode_pcm16(samples));
     out
+}
+
+/// The bytes of base64 `audio` (undecoded audio, e.g. an Ogg Opus stream).
+pub fn from_base64(audio: &str) -> Result<Vec<u8>, ProtocolError> {
+    STANDARD.decode(audio).map_err(|e| audio_error(format!("audio is not valid base64: {e}")))
 }
 
 /// Base64 text of `bytes`, as the protocol carries audio.

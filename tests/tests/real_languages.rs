@@ -40,6 +40,8 @@ async fn translate(name: &str, src: &str, tgt: &str, clips: &[Vec<i16>]) -> Vec<
     let mut node = NodeProcess::start(&dir, "node", &dispatcher.ws_base(), &NodeSetup::new(Engines::Neural), false);
     node.registered(1).await;
     let mut config = app::config(&dispatcher.session_url());
+    // The engines' own rates are checked below: speech comes back as wav.
+    config.session.tts_format = tolk_sdk::AudioFormat::Wav;
     config.session.src_lang = src.into();
     config.session.tgt_lang = tgt.into();
     config.session.close_timeout_ms = 600_000;

@@ -426,10 +426,7 @@ pub(super) fn audio_ms(u: &Utterance) -> Result<u64, ProtocolError> {
     match u.audio_format {
         AudioFormat::Pcm16 | AudioFormat::Wav => Ok(bytes / 2 * 1000 / u64::from(u.sample_rate.max(1))),
         AudioFormat::Opus => {
-            use base64::Engine as _;
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(u.audio.as_str())
-                .map_err(|e| ProtocolError::invalid_field("audio", format!("audio is not valid base64: {e}")))?;
+            let raw = tolk_protocol::audio::from_base64(u.audio.as_str())?;
             Ok(tolk_protocol::ogg_opus::inspect(&raw)?.duration_ms())
         }
     }
