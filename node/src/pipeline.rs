@@ -61,8 +61,12 @@ pub fn encode_speech(samples: &[i16], sample_rate: u32, format: Option<AudioForm
                 .map_err(|e| Failure::new(JobErrorCode::InferenceBackendError, format!("opus encoding failed: {}", e.message)))?;
             Ok(Speech { bytes, format: AudioFormat::Opus, sample_rate: Some(opus::coding_rate(sample_rate)) })
         }
-        Some(AudioFormat::Pcm16) => Ok(Speech { bytes: audio::encode_pcm16(samples), format: AudioFormat::Pcm16, sample_rate: Some(sample_rate) }),
-        Some(AudioFormat::Wav) | None => Ok(Speech { bytes: audio::encode_wav(samples, sample_rate), format: AudioFormat::Wav, sample_rate: None }),
+        Some(AudioFormat::Pcm16) => {
+            Ok(Speech { bytes: audio::encode_pcm16(samples), format: AudioFormat::Pcm16, sample_rate: Some(sample_rate) })
+        }
+        Some(AudioFormat::Wav) | None => {
+            Ok(Speech { bytes: audio::encode_wav(samples, sample_rate), format: AudioFormat::Wav, sample_rate: None })
+        }
     }
 }
 

@@ -117,7 +117,11 @@ fn job(id: &str) -> JobAssign {
 }
 
 fn ok_outcome() -> Outcome {
-    let out = Output { text_asr: Some("hello".into()), text_translated: Some("hola".into()), tts: Some(Speech { bytes: vec![1, 2, 3], format: AudioFormat::Wav, sample_rate: None }) };
+    let out = Output {
+        text_asr: Some("hello".into()),
+        text_translated: Some("hola".into()),
+        tts: Some(Speech { bytes: vec![1, 2, 3], format: AudioFormat::Wav, sample_rate: None }),
+    };
     Outcome { result: Ok(out), timings: Timings { total_ms: 42, ..Timings::default() } }
 }
 

@@ -132,11 +132,7 @@ fn stages_can_be_switched_off() {
     j.tgt_lang = "en".into();
     let set = EngineSet::new(vec![loaded(ModelKind::Asr, "en", None, text("hi")), loaded(ModelKind::Tts, "en", None, speech())]);
     let out = go(&set, &j).unwrap();
-    assert_eq!(
-        (out.text_asr.as_deref(), out.text_translated, out.tts.is_some()),
-        (Some("hi"), None, true),
-        "speaks the recognised text"
-    );
+    assert_eq!((out.text_asr.as_deref(), out.text_translated, out.tts.is_some()), (Some("hi"), None, true), "speaks the recognised text");
 }
 
 #[test]

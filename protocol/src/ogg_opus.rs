@@ -340,10 +340,8 @@ fn write_page(out: &mut Vec<u8>, flags: u8, granule: u64, seq: u32, packets: &[&
     out.extend_from_slice(&SERIAL.to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
-    let lacing: Vec<u8> = packets
-        .iter()
-        .flat_map(|p| std::iter::repeat_n(255u8, p.len() / 255).chain(std::iter::once((p.len() % 255) as u8)))
-        .collect();
+    let lacing: Vec<u8> =
+        packets.iter().flat_map(|p| std::iter::repeat_n(255u8, p.len() / 255).chain(std::iter::once((p.len() % 255) as u8))).collect();
     out.push(lacing.len() as u8);
     out.extend_from_slice(&lacing);
     for p in packets {

@@ -110,7 +110,8 @@ pub fn encode(samples: &[i16], sample_rate: u32, settings: OpusSettings) -> Resu
         packets.push(out[..n].to_vec());
     }
     let scale = u64::from(GRANULE_RATE / rate);
-    let head = OpusHead { pre_skip: (lookahead as u64 * scale).min(u64::from(u16::MAX)) as u16, input_sample_rate: sample_rate, output_gain: 0 };
+    let head =
+        OpusHead { pre_skip: (lookahead as u64 * scale).min(u64::from(u16::MAX)) as u16, input_sample_rate: sample_rate, output_gain: 0 };
     Ok(ogg_opus::mux(&head, &packets, input.len() as u64 * scale))
 }
 

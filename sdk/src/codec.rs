@@ -17,9 +17,9 @@ fn settings(bitrate_bps: u32, complexity: u8) -> OpusSettings {
 /// Checks an encoding's settings (at configuration time).
 pub(crate) fn validate(encoding: AudioEncoding) -> Result<(), SdkError> {
     match encoding {
-        AudioEncoding::Opus { bitrate_bps, complexity } => settings(bitrate_bps, complexity)
-            .validate()
-            .map_err(|e| SdkError::client_config(e.field.unwrap_or_default(), e.message)),
+        AudioEncoding::Opus { bitrate_bps, complexity } => {
+            settings(bitrate_bps, complexity).validate().map_err(|e| SdkError::client_config(e.field.unwrap_or_default(), e.message))
+        }
         AudioEncoding::Pcm16 | AudioEncoding::Wav => Ok(()),
     }
 }

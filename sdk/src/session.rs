@@ -644,7 +644,14 @@ impl Session {
             Ok(encoded) => encoded,
             Err(e) => return self.deliver(Event::Error(e)),
         };
-        let encoded = EncodedUtterance { audio, format, sample_rate: u.sample_rate, start_ms: u.start_ms, end_ms: u.end_ms, manual_cut: u.manual_cut };
+        let encoded = EncodedUtterance {
+            audio,
+            format,
+            sample_rate: u.sample_rate,
+            start_ms: u.start_ms,
+            end_ms: u.end_ms,
+            manual_cut: u.manual_cut,
+        };
         self.take_encoded(now, encoded);
     }
 
@@ -669,7 +676,8 @@ impl Session {
         let index = self.next_index;
         self.next_index += 1;
         self.buffered_bytes += audio.len();
-        let entry = Entry { audio, audio_format: u.format, sample_rate: u.sample_rate, manual_cut: u.manual_cut, state: EntryState::Unsent };
+        let entry =
+            Entry { audio, audio_format: u.format, sample_rate: u.sample_rate, manual_cut: u.manual_cut, state: EntryState::Unsent };
         self.entries.insert(index, entry);
         self.deliver(Event::Queued(Queued { index, start_ms: u.start_ms, end_ms: u.end_ms, manual_cut: u.manual_cut }));
         self.pump(now);

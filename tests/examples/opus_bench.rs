@@ -198,7 +198,13 @@ fn main() {
         }
         let wer = |e: usize| if asr_here { format!("{:.1} %", e as f64 * 100.0 / words as f64) } else { "(not run)".into() };
         let whisper_wer = if whisper.is_some() { wer(whisper_errors) } else { "–".into() };
-        println!("| {} | {per_s:.0} ({:.1} kbit/s) | {:.1} % | {} | {whisper_wer} |", label(bitrate), per_s * 8.0 / 1000.0, per_s * 100.0 / pcm_up, wer(sphinx_errors));
+        println!(
+            "| {} | {per_s:.0} ({:.1} kbit/s) | {:.1} % | {} | {whisper_wer} |",
+            label(bitrate),
+            per_s * 8.0 / 1000.0,
+            per_s * 100.0 / pcm_up,
+            wer(sphinx_errors)
+        );
     }
 
     // --- Downstream bytes: the node's speech in translation_result ---
@@ -266,9 +272,17 @@ fn main() {
         let ns = thread_cpu_ns() - t0;
         println!("| decode, opus {} kbit/s (any complexity) | {:.2} ms | | |", b / 1000, ns as f64 / 1e6 / (speech_s * f64::from(reps)));
     }
-    println!("\n(libopus {}; CPU of one thread, this machine: {} cores)", opus_version(), std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "\n(libopus {}; CPU of one thread, this machine: {} cores)",
+        opus_version(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
 }
 
 fn opus_version() -> String {
-    Command::new("pkg-config").args(["--modversion", "opus"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
+    Command::new("pkg-config")
+        .args(["--modversion", "opus"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
 }

@@ -394,7 +394,9 @@ pub extern "C" fn tolk_client_op(h: i32, op: u32, len: usize, now: f64) -> usize
             match c.opus {
                 Some((bitrate, complexity)) if c.encoding.len() < MAX_ENCODING => {
                     let pcm = base64::engine::general_purpose::STANDARD.encode(tolk_protocol::audio::encode_pcm16(&u.samples));
-                    encode.push(json!({"do": "encode", "pcm": pcm, "sample_rate": u.sample_rate, "bitrate": bitrate, "complexity": complexity}));
+                    encode.push(
+                        json!({"do": "encode", "pcm": pcm, "sample_rate": u.sample_rate, "bitrate": bitrate, "complexity": complexity}),
+                    );
                     c.encoding.push_back(u);
                 }
                 _ => c.session.handle(now, Input::Utterance(u)),
