@@ -26,6 +26,11 @@ apt_need() {
 # --- sdk, plugins: speech synthesised for tests, measured with sox ---
 apt_need espeak-ng sox
 
+# --- Opus on the wire (issue 14): libopus for tolk-protocol's `opus` feature ---
+# (the SDK, the node and the dispatcher's detectors link it through the `opus`
+# crate, found with pkg-config; mobile builds compile its bundled copy, cmake).
+apt_need libopus-dev pkg-config cmake
+
 # --- node: inference engines (added by the node host) ---
 # The shipped engine plugins link these (node/engines/*): PocketSphinx + its
 # US English model (ASR), Flite (TTS, English), eSpeak NG (TTS, many

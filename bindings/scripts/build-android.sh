@@ -5,7 +5,7 @@
 #
 #   bash bindings/scripts/build-android.sh [OUT]      # default OUT: target/android
 #
-# Needs: the Android NDK (ANDROID_NDK_HOME, r26 or newer), `cargo install
+# Needs: the Android NDK (ANDROID_NDK_HOME, r26 or newer), cmake, `cargo install
 # cargo-ndk`; the Rust targets are added here. In the app: add OUT/jniLibs to
 # `jniLibs.srcDirs` and OUT/kotlin to the Kotlin sources, and depend on JNA's
 # Android build (`net.java.dev.jna:jna:5.13.0@aar`) — the generated Kotlin
@@ -29,6 +29,9 @@ if [ -z "${ANDROID_NDK_HOME:-}" ] || [ ! -d "$ANDROID_NDK_HOME" ]; then
   exit 1
 fi
 rustup target add "${TARGETS[@]}"
+# libopus (Opus on the wire): the `opus` crate's audiopus_sys builds its
+# bundled copy with cmake and links it statically; never a host library.
+export LIBOPUS_NO_PKG=1 LIBOPUS_STATIC=1
 ndk_args=()
 for abi in "${ABIS[@]}"; do ndk_args+=(-t "$abi"); done
 cargo ndk "${ndk_args[@]}" --platform 24 -o "$OUT/jniLibs" build --locked --release -p tolk-ffi

@@ -7,7 +7,8 @@
 #
 #   bash bindings/scripts/build-ios.sh [OUT]          # default OUT: target/ios
 #
-# Needs macOS with Xcode (xcodebuild, lipo); the Rust targets are added here.
+# Needs macOS with Xcode (xcodebuild, lipo) and cmake (libopus is built from
+# the crate's bundled source); the Rust targets are added here.
 # The static library is built with `cargo rustc --crate-type staticlib` so
 # that everyday builds (and CI) do not produce a large .a they never use.
 #
@@ -15,6 +16,9 @@
 # can be installed there, so the Swift sources are generated and checked for
 # staleness (bindings/test-bindings.sh) but never compiled here.
 set -euo pipefail
+# libopus (Opus on the wire): the `opus` crate's audiopus_sys builds its
+# bundled copy with cmake and links it statically; never a host library.
+export LIBOPUS_NO_PKG=1 LIBOPUS_STATIC=1
 cd "$(dirname "$0")/../.."
 OUT="${1:-target/ios}"
 DEVICE=aarch64-apple-ios

@@ -14,6 +14,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use rand::SeedableRng as _;
 use serde::Deserialize;
 
 use crate::Error;
@@ -48,6 +49,7 @@ pub fn load(path: &Path) -> Result<CanarySet, Error> {
         return Err(err(format!("{} canaries; at most {MAX_CANARIES}", file.canary.len())));
     }
     let dir = path.parent().unwrap_or(Path::new("."));
+    let mut rng = rand::rngs::StdRng::from_os_rng();
     let mut canaries = Vec::with_capacity(file.canary.len());
     for (i, e) in file.canary.into_iter().enumerate() {
         let at = |what: String| err(format!("canary {} ({}): {what}", i + 1, e.audio));
@@ -71,6 +73,7 @@ pub fn load(path: &Path) -> Result<CanarySet, Error> {
             return Err(at(format!("{ms} ms of audio; 1 ms to {MAX_CANARY_MS} ms")));
         }
         let samples: Vec<i16> = reader.samples::<i16>().collect::<Result<_, _>>().map_err(|x| at(x.to_string()))?;
+        let opus = opus_variants(&samples, spec.sample_rate, &mut rng).map_err(|x| at(format!("Opus: {x}")))?;
         canaries.push(Canary {
             name: e.audio.clone(),
             src_lang: e.src_lang,
@@ -79,12 +82,36 @@ pub fn load(path: &Path) -> Result<CanarySet, Error> {
             translation: e.translation,
             samples: Arc::from(samples),
             sample_rate: spec.sample_rate,
+            opus,
         });
     }
     if canaries.is_empty() {
         return Err(err("no [[canary]] entries".into()));
     }
     Ok(CanarySet { canaries })
+}
+
+/// Opus versions of a canary encoded as the SDK encodes (24 kbit/s,
+/// complexity 5), each padded with 0–240 ms of silence each side and
+/// scaled by 85–100 %, so no two are byte-equal.
+pub const OPUS_VARIANTS: usize = 6;
+
+fn opus_variants(samples: &[i16], rate: u32, rng: &mut rand::rngs::StdRng) -> Result<Vec<(Arc<str>, u64)>, String> {
+    use base64::Engine as _;
+    use rand::Rng as _;
+    (0..OPUS_VARIANTS)
+        .map(|_| {
+            let pad = |rng: &mut rand::rngs::StdRng| (rate as usize / 100) * rng.random_range(0..=24usize);
+            let (before, after) = (pad(rng), pad(rng));
+            let gain: f32 = rng.random_range(0.85..1.0);
+            let mut v = vec![0i16; before];
+            v.extend(samples.iter().map(|&s| (f32::from(s) * gain).round() as i16));
+            v.resize(v.len() + after, 0);
+            let ogg = tolk_protocol::opus::encode(&v, rate, tolk_protocol::opus::OpusSettings::default()).map_err(|e| e.to_string())?;
+            let ms = tolk_protocol::ogg_opus::inspect(&ogg).map_err(|e| e.to_string())?.duration_ms();
+            Ok((Arc::from(base64::engine::general_purpose::STANDARD.encode(&ogg)), ms))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -132,5 +159,13 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("canaries/canaries.toml");
         let s = load(&path).unwrap();
         assert!(s.canaries.iter().any(|c| c.src_lang == "en" && c.tgt_lang == "es"));
+        // Each canary also as Opus, in distinct variants of about its length.
+        for c in &s.canaries {
+            assert_eq!(c.opus.len(), OPUS_VARIANTS);
+            let ms = c.samples.len() as u64 * 1000 / u64::from(c.sample_rate);
+            assert!(c.opus.iter().all(|(_, m)| *m >= ms && *m <= ms + 520), "{}: {ms} vs {:?}", c.name, c.opus.iter().map(|v| v.1).collect::<Vec<_>>());
+            let distinct: std::collections::HashSet<&str> = c.opus.iter().map(|(b, _)| b.as_ref()).collect();
+            assert_eq!(distinct.len(), OPUS_VARIANTS);
+        }
     }
 }

@@ -70,7 +70,7 @@ fn results_leave_in_index_order_and_skipped_indexes_do_not_block() {
     let out = sim.take_client(client);
     assert_eq!(indexes(&out), vec![0, 1, 2, 5]);
     let err = error_of(&out[0]).unwrap();
-    assert_eq!(err.code, ErrorCode::InvalidMessage, "bad audio is not retried");
+    assert_eq!(err.code, ErrorCode::InvalidAudio, "bad audio is not retried");
     assert_eq!(err.details.as_ref().unwrap()["field"], "audio");
 }
 

@@ -375,6 +375,22 @@ fn emotion_separates_calm_from_excited_speech() {
 }
 
 #[test]
+fn detectors_decode_opus_utterances() {
+    // Opus (extension 12) is relayed untouched; a detector that needs
+    // samples decodes it, and hears what it hears in the wav.
+    let h = detector_host();
+    let want = Features { speech_rate_detection: true, ..Features::default() };
+    for wpm in [100, 240] {
+        let (samples, rate) = espeak(SENTENCES[0], &["-s", &format!("{wpm}")]);
+        let from_wav = h.detect(&as_wav_base64(&samples, rate), AudioFormat::Wav, rate, want).speech_rate.expect("a rate from wav");
+        let opus = tolk_protocol::opus::encode(&samples, rate, Default::default()).unwrap();
+        let b64 = tolk_protocol::audio::to_base64(&opus);
+        let from_opus = h.detect(&b64, AudioFormat::Opus, rate, want).speech_rate.expect("a rate from opus");
+        assert!((from_opus - from_wav).abs() <= 0.15 * from_wav, "{wpm} wpm: {from_opus:.2} from opus, {from_wav:.2} from wav");
+    }
+}
+
+#[test]
 fn detectors_fail_soft_on_silence_and_bad_audio() {
     let h = detector_host();
     let want = Features { emotion_detection: true, speech_rate_detection: true, ..Features::default() };

@@ -32,6 +32,7 @@ fn canaries() -> CanarySet {
             translation: TRANSLATION.into(),
             samples: Arc::from(samples),
             sample_rate: 16_000,
+            opus: Vec::new(),
         }],
     }
 }
@@ -350,6 +351,7 @@ fn probation_checks_every_language_pair_the_node_claims_before_repeating() {
         translation: format!("sentencia {secs}"),
         samples: tone(secs),
         sample_rate: 16_000,
+        opus: Vec::new(),
     };
     let set = CanarySet { canaries: vec![canary(1, "en", "es"), canary(2, "en", "es"), canary(3, "de", "fr")] };
     let mut sim = Sim::new(CoreConfig::default());
@@ -372,4 +374,32 @@ fn probation_checks_every_language_pair_the_node_claims_before_repeating() {
 
 fn canary_of(sim: &mut Sim, conn: ConnId) -> JobAssign {
     canary(sim, conn)
+}
+
+#[test]
+fn canaries_come_in_the_format_real_utterances_come_in() {
+    let mut set = canaries();
+    set.canaries[0].opus = vec![(Arc::from("T2dnUw=="), 1_200), (Arc::from("T2dnUwA="), 1_300)];
+    let mut sim = Sim::new(CoreConfig::default());
+    sim.core.set_trust(TrustConfig { canary_rate: 0.0, ..TrustConfig::default() }, Some(set));
+    // Phones speak Opus (whatever becomes of these utterances, their format counts).
+    let (client, sid, _) = sim.open_session("en", "es");
+    for i in 0..200 {
+        let mut u = utterance(&sid, i, "en", "es");
+        u.audio_format = tolk_protocol::AudioFormat::Opus;
+        sim.client(client, ClientToServer::Utterance(u));
+    }
+    let (node, node_id, _) = sim.register_node(&[("en", "es")], true);
+    let mut formats = Vec::new();
+    for _ in 0..3 {
+        let c = canary(&mut sim, node);
+        formats.push((c.audio_format, c.tts_format));
+        if c.audio_format == tolk_protocol::AudioFormat::Opus {
+            assert!(c.audio.as_str() == "T2dnUw==" || c.audio.as_str() == "T2dnUwA=", "a pre-encoded variant");
+        }
+        sim.advance(400);
+        answer(&mut sim, node, &node_id, &c, TEXT, TRANSLATION);
+    }
+    let opus = formats.iter().filter(|(a, t)| *a == tolk_protocol::AudioFormat::Opus && *t == Some(tolk_protocol::AudioFormat::Opus)).count();
+    assert!(opus >= 2, "mostly Opus, as the phones send: {formats:?}");
 }

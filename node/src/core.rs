@@ -33,7 +33,7 @@ use tolk_protocol::node::{
     Hardware, InstalledModel, JobAssign, JobError, JobResult, ModelUpdate, NodeCommand, NodeError, NodeHeartbeat, NodePlatform,
     NodeRegister, PairingCodeRequest, ResourceUsage,
 };
-use tolk_protocol::{AudioFormat, ErrorCode, Features, JobErrorCode, NodeToServer, ServerToNode, audio};
+use tolk_protocol::{ErrorCode, Features, JobErrorCode, NodeToServer, ServerToNode, audio};
 
 use crate::identity::Identity;
 use crate::machine::Load;
@@ -508,9 +508,9 @@ impl NodeCore {
             Ok(out) => {
                 self.jobs_done += 1;
                 tracing::info!(%job_id, decode_ms = t.decode_ms, asr_ms = t.asr_ms, nmt_ms = t.nmt_ms, tts_ms = t.tts_ms, total_ms = t.total_ms, "job done");
-                let (tts_audio, tts_format) = match out.tts_wav {
-                    Some(wav) => (Some(audio::to_base64(&wav).into()), Some(AudioFormat::Wav)),
-                    None => (None, None),
+                let (tts_audio, tts_format, tts_sample_rate) = match out.tts {
+                    Some(s) => (Some(audio::to_base64(&s.bytes).into()), Some(s.format), s.sample_rate),
+                    None => (None, None, None),
                 };
                 JobResult {
                     job_id: job_id.clone(),
@@ -522,7 +522,7 @@ impl NodeCore {
                     text_translated: out.text_translated.map(|s| clip(s, tolk_protocol::validate::MAX_TEXT_LEN)),
                     tts_audio,
                     tts_format,
-                    tts_sample_rate: None, // wav carries its rate
+                    tts_sample_rate,
                     extra: None,
                     processing_time_ms: Some(t.total_ms),
                     error: None,

@@ -6,7 +6,7 @@
 use tolk_node::core::{Action, CoreConfig, Event, NodeCore};
 use tolk_node::identity::Identity;
 use tolk_node::machine::Load;
-use tolk_node::pipeline::{Failure, Outcome, Output, Timings};
+use tolk_node::pipeline::{Failure, Outcome, Output, Speech, Timings};
 use tolk_protocol::node::{
     Hardware, InstalledModel, JobAssign, JobResult, ModelUpdate, NodeCommand, NodeControl, NodePlatform, NodeRegisterAck, PairingCode,
     Pipeline,
@@ -112,11 +112,16 @@ fn job(id: &str) -> JobAssign {
         audio_format: AudioFormat::Pcm16,
         sample_rate: 16_000,
         deadline_ms: Some(10_000),
+        tts_format: None,
     }
 }
 
 fn ok_outcome() -> Outcome {
-    let out = Output { text_asr: Some("hello".into()), text_translated: Some("hola".into()), tts_wav: Some(vec![1, 2, 3]) };
+    let out = Output {
+        text_asr: Some("hello".into()),
+        text_translated: Some("hola".into()),
+        tts: Some(Speech { bytes: vec![1, 2, 3], format: AudioFormat::Wav, sample_rate: None }),
+    };
     Outcome { result: Ok(out), timings: Timings { total_ms: 42, ..Timings::default() } }
 }
 

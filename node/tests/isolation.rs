@@ -276,6 +276,7 @@ fn overhead_per_real_job_against_in_process() {
         audio_format: AudioFormat::Wav,
         sample_rate,
         deadline_ms: Some(60_000),
+        tts_format: None,
     };
     let entry = |stage: &str, package: &str, id: &str, langs: &str, options: &str| {
         format!(

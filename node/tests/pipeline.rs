@@ -82,6 +82,7 @@ fn job() -> JobAssign {
         audio_format: AudioFormat::Pcm16,
         sample_rate: 16_000,
         deadline_ms: None,
+        tts_format: None,
     }
 }
 
@@ -93,8 +94,9 @@ fn go(set: &EngineSet, job: &JobAssign) -> Result<tolk_node::pipeline::Output, (
 fn the_stages_run_in_order_and_speech_comes_back_as_wav() {
     let out = go(&engines(text("hello"), text("echo"), speech()), &job()).unwrap();
     assert_eq!((out.text_asr.as_deref(), out.text_translated.as_deref()), (Some("hello"), Some("<hello>")));
-    let wav = out.tts_wav.unwrap();
-    let pcm = audio::decode_bytes(&wav, AudioFormat::Wav, 22_050).unwrap();
+    let tts = out.tts.unwrap();
+    assert_eq!((tts.format, tts.sample_rate), (AudioFormat::Wav, None));
+    let pcm = audio::decode_bytes(&tts.bytes, AudioFormat::Wav, 22_050).unwrap();
     assert_eq!(pcm.samples, [100, -100, 100]);
 }
 
@@ -107,7 +109,7 @@ fn a_speech_translation_model_gets_the_audio_not_the_text() {
     let out = go(&set, &zh_en).unwrap();
     assert_eq!(out.text_asr.as_deref(), Some("今天天气不错"));
     assert_eq!(out.text_translated.as_deref(), Some("<4 samples at 16000 zh→en>"));
-    assert!(out.tts_wav.is_some());
+    assert!(out.tts.is_some());
     // Nothing recognised: nothing translated, as with text NMT.
     let quiet = EngineSet::new(vec![
         loaded(ModelKind::Asr, "zh", None, text("")),
@@ -120,7 +122,7 @@ fn a_speech_translation_model_gets_the_audio_not_the_text() {
 #[test]
 fn silence_skips_translation_and_speech() {
     let out = go(&engines(text("  "), err(EngineErrorKind::Backend), err(EngineErrorKind::Backend)), &job()).unwrap();
-    assert_eq!((out.text_asr.as_deref(), out.text_translated.as_deref(), out.tts_wav), (Some("  "), Some(""), None));
+    assert_eq!((out.text_asr.as_deref(), out.text_translated.as_deref(), out.tts), (Some("  "), Some(""), None));
 }
 
 #[test]
@@ -130,11 +132,7 @@ fn stages_can_be_switched_off() {
     j.tgt_lang = "en".into();
     let set = EngineSet::new(vec![loaded(ModelKind::Asr, "en", None, text("hi")), loaded(ModelKind::Tts, "en", None, speech())]);
     let out = go(&set, &j).unwrap();
-    assert_eq!(
-        (out.text_asr.as_deref(), out.text_translated, out.tts_wav.is_some()),
-        (Some("hi"), None, true),
-        "speaks the recognised text"
-    );
+    assert_eq!((out.text_asr.as_deref(), out.text_translated, out.tts.is_some()), (Some("hi"), None, true), "speaks the recognised text");
 }
 
 #[test]
@@ -146,7 +144,9 @@ fn failures_carry_the_protocol_codes() {
     bad.audio = audio::to_base64(&[1, 2, 3]).into();
     assert_eq!(go(&set, &bad).unwrap_err().0, JobErrorCode::InvalidAudio, "odd pcm16 length");
     bad.audio_format = AudioFormat::Opus;
-    assert_eq!(go(&set, &bad).unwrap_err().0, JobErrorCode::InvalidAudio, "opus is not decoded here");
+    let (code, message) = go(&set, &bad).unwrap_err();
+    assert_eq!(code, JobErrorCode::InvalidAudio, "three bytes are no Ogg Opus stream");
+    assert!(message.contains("not an Ogg stream"), "{message}");
 
     let mut zh = job();
     zh.tgt_lang = "zh".into();
@@ -178,4 +178,38 @@ fn a_cancelled_job_stops_at_the_next_stage_boundary() {
     let outcome = run(&set, &job(), &cancel);
     assert_eq!(outcome.result.unwrap_err().code, JobErrorCode::Timeout);
     assert_eq!((outcome.timings.nmt_ms, outcome.timings.tts_ms), (0, 0), "no stage ran after the abandon");
+}
+
+fn tone(rate: u32, ms: u32) -> Vec<i16> {
+    (0..rate * ms / 1000).map(|i| ((f64::from(i) * 0.05).sin() * 6000.0) as i16).collect()
+}
+
+#[test]
+fn opus_in_is_decoded_at_its_rate_and_speech_goes_out_as_opus_when_asked() {
+    let st = LoadedEngine { speech_input: true, ..loaded(ModelKind::Nmt, "en", Some("es"), text("echo")) };
+    let tts = Ok(Response::Speech { samples: tone(22_050, 1_000), sample_rate: 22_050 });
+    let set = EngineSet::new(vec![loaded(ModelKind::Asr, "en", None, text("hello")), st, loaded(ModelKind::Tts, "es", None, tts)]);
+    for rate in [16_000, 48_000] {
+        let opus = tolk_protocol::opus::encode(&tone(rate, 1_500), rate, Default::default()).unwrap();
+        let j = JobAssign {
+            src_lang: "en".into(),
+            audio: audio::to_base64(&opus).into(),
+            audio_format: AudioFormat::Opus,
+            sample_rate: rate,
+            tts_format: Some(AudioFormat::Opus),
+            ..job()
+        };
+        let out = go(&set, &j).unwrap();
+        // The engine got every sample, at the capture rate.
+        assert_eq!(out.text_translated.as_deref(), Some(format!("<{} samples at {rate} en→es>", rate * 3 / 2).as_str()));
+        let tts = out.tts.unwrap();
+        assert_eq!((tts.format, tts.sample_rate), (AudioFormat::Opus, Some(24_000)), "22.05 kHz speech is coded at 24 kHz");
+        let info = tolk_protocol::ogg_opus::inspect(&tts.bytes).unwrap();
+        assert_eq!((info.head.input_sample_rate, info.duration_ms()), (22_050, 1_000));
+        assert!(tts.bytes.len() < 4_000, "24 kbit/s: {} bytes for a second", tts.bytes.len());
+    }
+    // pcm16 asked: pcm16 with its rate.
+    let j = JobAssign { tts_format: Some(AudioFormat::Pcm16), ..job() };
+    let tts = go(&engines(text("hello"), text("echo"), speech()), &j).unwrap().tts.unwrap();
+    assert_eq!((tts.format, tts.sample_rate, tts.bytes.len()), (AudioFormat::Pcm16, Some(22_050), 6));
 }

@@ -1,5 +1,6 @@
 //! Decoding and encoding of utterance audio, for those that need samples (the
-//! dispatcher's detectors, nodes, the SDK). Relays never call this.
+//! dispatcher's detectors, nodes, the SDK). Relays never call this. Opus
+//! needs the `opus` feature (libopus).
 
 use std::io::Cursor;
 
@@ -32,11 +33,12 @@ fn audio_error(message: impl Into<String>) -> ProtocolError {
 /// Decodes base64 `audio` of `format`, checking it against the declared
 /// `sample_rate`. Multi-channel wav is mixed down to mono.
 pub fn decode_base64(audio: &str, format: AudioFormat, sample_rate: u32) -> Result<Pcm, ProtocolError> {
-    let bytes = STANDARD.decode(audio).map_err(|e| audio_error(format!("audio is not valid base64: {e}")))?;
-    decode_bytes(&bytes, format, sample_rate)
+    decode_bytes(&from_base64(audio)?, format, sample_rate)
 }
 
-/// Decodes raw `bytes` of `format`; see [`decode_base64`].
+/// Decodes raw `bytes` of `format`; see [`decode_base64`]. Opus (with the
+/// `opus` feature) comes out at the Opus rate nearest `sample_rate`
+/// ([`crate::opus::decode`]): read `Pcm::sample_rate`.
 pub fn decode_bytes(bytes: &[u8], format: AudioFormat, sample_rate: u32) -> Result<Pcm, ProtocolError> {
     match format {
         AudioFormat::Pcm16 => {
@@ -47,7 +49,10 @@ pub fn decode_bytes(bytes: &[u8], format: AudioFormat, sample_rate: u32) -> Resu
             Ok(Pcm { sample_rate, samples })
         }
         AudioFormat::Wav => decode_wav(bytes, sample_rate),
-        AudioFormat::Opus => Err(audio_error("opus audio cannot be decoded here; send pcm16 or wav")),
+        #[cfg(feature = "opus")]
+        AudioFormat::Opus => crate::opus::decode(bytes, sample_rate),
+        #[cfg(not(feature = "opus"))]
+        AudioFormat::Opus => Err(audio_error("opus audio cannot be decoded here (built without the `opus` feature)")),
     }
 }
 
@@ -106,6 +111,11 @@ pub fn encode_wav(samples: &[i16], sample_rate: u32) -> Vec<u8> {
     out.extend_from_slice(&data_len.to_le_bytes());
     out.extend_from_slice(&encode_pcm16(samples));
     out
+}
+
+/// The bytes of base64 `audio` (undecoded audio, e.g. an Ogg Opus stream).
+pub fn from_base64(audio: &str) -> Result<Vec<u8>, ProtocolError> {
+    STANDARD.decode(audio).map_err(|e| audio_error(format!("audio is not valid base64: {e}")))
 }
 
 /// Base64 text of `bytes`, as the protocol carries audio.

@@ -73,6 +73,9 @@ open_string_enum! {
         Unauthorized = "UNAUTHORIZED",
         /// Extension: too many wrong pairing codes from one address.
         RateLimited = "RATE_LIMITED",
+        /// Extension 12: an utterance's audio is not what its `audio_format`
+        /// says (e.g. a truncated Ogg Opus stream); the message says why.
+        InvalidAudio = "INVALID_AUDIO",
     }
 }
 
@@ -119,7 +122,8 @@ pub enum AudioFormat {
     Pcm16,
     /// A RIFF/WAVE file (PCM 16-bit).
     Wav,
-    /// Opus packets (relayed; the dispatcher does not decode them).
+    /// Extension 12: one Ogg Opus stream (RFC 7845), mono, per utterance
+    /// or result; relayed unchanged, validated and measured by the dispatcher.
     Opus,
 }
 

@@ -19,7 +19,9 @@
 //! - [`models`]: which installed models serve a job (dispatcher and node share it).
 //! - [`validate`]: value checks beyond what types express.
 //! - `raw`: [`Base64Audio`], audio kept as raw JSON text (spliced, never re-escaped).
-//! - [`audio`]: decoding and encoding pcm16 and wav audio.
+//! - [`audio`]: decoding and encoding pcm16 and wav audio (and Opus, below).
+//! - [`ogg_opus`]: the Ogg Opus container: strict validation, length, muxing (pure Rust).
+//! - `opus` (feature `opus`): encoding and decoding Opus with libopus.
 //! - [`schema`]: JSON Schema generation (checked in under `protocol/schema/`).
 
 pub mod audio;
@@ -27,6 +29,9 @@ pub mod common;
 mod error;
 pub mod models;
 pub mod node;
+pub mod ogg_opus;
+#[cfg(feature = "opus")]
+pub mod opus;
 mod raw;
 pub mod schema;
 pub mod session;

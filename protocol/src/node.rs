@@ -254,6 +254,10 @@ pub struct JobAssign {
     /// Extension: milliseconds the node has before the dispatcher moves the job elsewhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// Extension 12: the session's `tts_format`, the format the result's
+    /// speech should be in; absent, the node's choice (wav).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tts_format: Option<AudioFormat>,
 }
 
 /// Why a job failed.

@@ -40,6 +40,10 @@ pub struct SessionInit {
     /// Extension: the highest index whose outcome the client has received.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_utterance_index: Option<u64>,
+    /// Extension 12: the format the client wants its results' speech in
+    /// (`pcm16`, `wav` or `opus`); absent, the node's choice (wav).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tts_format: Option<AudioFormat>,
 }
 
 /// Server → client: the session is open (or resumed).

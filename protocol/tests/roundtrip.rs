@@ -87,9 +87,10 @@ fn client_to_server() -> impl Strategy<Value = ClientToServer> {
             prop::option::of(lang()),
             prop::option::of(features()),
             prop::option::of(code()),
-            prop::option::of((id(), id(), prop::option::of(any::<u64>())))
+            prop::option::of((id(), id(), prop::option::of(any::<u64>()))),
+            prop::option::of(format())
         )
-            .prop_map(|(client_version, src_lang, tgt_lang, dialect, features, pairing_code, resume)| {
+            .prop_map(|(client_version, src_lang, tgt_lang, dialect, features, pairing_code, resume, tts_format)| {
                 let (session_id, resume_token, last) = match resume {
                     Some((s, t, l)) => (Some(s), Some(t), l),
                     None => (None, None, None),
@@ -105,6 +106,7 @@ fn client_to_server() -> impl Strategy<Value = ClientToServer> {
                     session_id,
                     resume_token,
                     last_utterance_index: last,
+                    tts_format,
                 })
             }),
         (
@@ -286,7 +288,7 @@ fn server_to_node() -> impl Strategy<Value = ServerToNode> {
             b64(),
             format(),
             rate(),
-            prop::option::of(any::<u64>())
+            (prop::option::of(any::<u64>()), prop::option::of(format()))
         )
             .prop_map(
                 |(
@@ -300,7 +302,7 @@ fn server_to_node() -> impl Strategy<Value = ServerToNode> {
                     audio,
                     audio_format,
                     sample_rate,
-                    deadline_ms,
+                    (deadline_ms, tts_format),
                 )| {
                     ServerToNode::JobAssign(JobAssign {
                         job_id,
@@ -315,6 +317,7 @@ fn server_to_node() -> impl Strategy<Value = ServerToNode> {
                         audio_format,
                         sample_rate,
                         deadline_ms,
+                        tts_format,
                     })
                 }
             ),

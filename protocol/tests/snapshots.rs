@@ -30,6 +30,7 @@ fn session_messages() {
         session_id: None,
         resume_token: None,
         last_utterance_index: None,
+        tts_format: None,
     };
     snap("session_init", &C::SessionInit(init.clone()));
     snap(
@@ -38,6 +39,7 @@ fn session_messages() {
             session_id: Some("s-1".into()),
             resume_token: Some("r-1".into()),
             last_utterance_index: Some(7),
+            tts_format: Some(AudioFormat::Opus),
             ..init
         }),
     );
@@ -151,6 +153,7 @@ fn node_messages() {
             audio_format: AudioFormat::Pcm16,
             sample_rate: 16000,
             deadline_ms: Some(30000),
+            tts_format: Some(AudioFormat::Opus),
         }),
     );
     snap(

@@ -71,6 +71,10 @@ pub enum SdkError {
     /// A frame from the server that does not parse; it is ignored.
     #[error("bad frame from the server: {0}")]
     BadFrame(String),
+    /// Audio could not be encoded (a bad Opus setting) or a result's speech
+    /// could not be decoded (bad Opus from the server).
+    #[error("audio codec: {0}")]
+    Audio(String),
     /// An utterance was not taken: the buffer of unanswered utterances is full
     /// (the server is unreachable for long, or slower than the speaker).
     #[error("utterance dropped: {0}")]

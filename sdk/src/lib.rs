@@ -38,10 +38,13 @@
 //!   configured by [`SessionConfig`].
 //! - [`client`]: [`Client`], the tokio shell (one worker thread per client),
 //!   with its [`Listener`]; configured by [`ClientConfig`].
+//! - `codec`: utterances to pcm16, wav or Ogg Opus (libopus), Opus results
+//!   back to PCM; the session calls it.
 //! - [`SdkError`]: the crate's one error enum.
 
 pub mod chunker;
 pub mod client;
+mod codec;
 mod error;
 pub mod session;
 
@@ -49,7 +52,8 @@ pub use chunker::{Chunker, ChunkerConfig, Utterance};
 pub use client::{Client, ClientConfig, Listener};
 pub use error::SdkError;
 pub use session::{
-    Action, AudioEncoding, ConnectionState, Event, Input, Millis, Queued, Session, SessionConfig, Translation, UtteranceFailure, failure,
+    Action, AudioEncoding, ConnectionState, EncodedUtterance, Event, Input, Millis, Queued, Session, SessionConfig, Translation,
+    UtteranceFailure, failure,
 };
 pub use tolk_protocol::session::ClientPlatform;
 pub use tolk_protocol::{AudioFormat, Features};

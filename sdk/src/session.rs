@@ -95,13 +95,42 @@ pub mod failure {
 }
 
 /// How utterance audio goes on the wire.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AudioEncoding {
-    /// Raw little-endian PCM16 (the smallest).
-    #[default]
+    /// Raw little-endian PCM16 (256 kbit/s at 16 kHz).
     Pcm16,
     /// A RIFF/WAVE file per utterance (44 bytes more).
     Wav,
+    /// One Ogg Opus stream per utterance (extension 12), the default:
+    /// about a tenth of pcm16 at 24 kbit/s.
+    Opus {
+        /// Target bitrate, 6000 to 510000 bit/s.
+        bitrate_bps: u32,
+        /// libopus complexity, 0 (least CPU) to 10 (best).
+        complexity: u8,
+    },
+}
+
+impl Default for AudioEncoding {
+    /// Opus at 24 kbit/s, complexity 5 (see README: as accurate for ASR as
+    /// pcm16, at a fraction of the CPU of complexity 10).
+    fn default() -> Self {
+        Self::Opus { bitrate_bps: 24_000, complexity: 5 }
+    }
+}
+
+/// An utterance already encoded by the app (the web page encodes Opus with
+/// WebCodecs), taken as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedUtterance {
+    /// The bytes of one utterance in `format` (for Opus, one Ogg Opus stream).
+    pub audio: Vec<u8>,
+    pub format: AudioFormat,
+    /// The rate it was captured at.
+    pub sample_rate: u32,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub manual_cut: bool,
 }
 
 /// Settings of a [`Session`]. Times are in milliseconds.
@@ -121,6 +150,12 @@ pub struct SessionConfig {
     /// Six digits from a node: bind the session to that node.
     pub pairing_code: Option<String>,
     pub audio_encoding: AudioEncoding,
+    /// The format results' speech is asked for (`session_init.tts_format`).
+    pub tts_format: AudioFormat,
+    /// Opus results are decoded to pcm16 for the app (`tts_format` then
+    /// says `pcm16`, `tts_sample_rate` the rate); `false` hands over the Ogg
+    /// Opus bytes as they came.
+    pub decode_tts: bool,
     /// A heartbeat every this often on a live connection.
     pub heartbeat_interval_ms: u64,
     /// A live connection that brings no frame for this long is dead (the
@@ -159,7 +194,9 @@ impl Default for SessionConfig {
             dialect: None,
             features: Features::default(),
             pairing_code: None,
-            audio_encoding: AudioEncoding::Pcm16,
+            audio_encoding: AudioEncoding::default(),
+            tts_format: AudioFormat::Opus,
+            decode_tts: true,
             heartbeat_interval_ms: 5_000,
             dead_after_ms: 15_000,
             handshake_timeout_ms: 10_000,
@@ -198,7 +235,7 @@ impl SessionConfig {
         if self.reconnect_max_ms < self.reconnect_min_ms {
             return Err(SdkError::client_config("reconnect_max_ms", "shorter than reconnect_min_ms"));
         }
-        Ok(())
+        crate::codec::validate(self.audio_encoding)
     }
 
     fn init_frame(&self, resume: Option<(&Ident, Option<u64>)>) -> SessionInit {
@@ -217,6 +254,7 @@ impl SessionConfig {
             session_id,
             resume_token,
             last_utterance_index: last,
+            tts_format: Some(self.tts_format),
         }
     }
 }
@@ -234,6 +272,8 @@ pub enum Input<'a> {
     Frame(&'a str),
     /// The app has an utterance to translate.
     Utterance(Utterance),
+    /// The app has an utterance it encoded itself.
+    Encoded(EncodedUtterance),
     /// The app is done: drain, close the session, stop.
     Close,
     /// The app is gone: close now without waiting for outcomes.
@@ -489,6 +529,7 @@ impl Session {
             }
             Input::Frame(text) => self.on_frame(now, text),
             Input::Utterance(u) => self.take_utterance(now, u),
+            Input::Encoded(u) => self.take_encoded(now, u),
             Input::Close => {
                 if self.closing.is_none() {
                     self.closing = Some(now + self.cfg.close_timeout_ms);
@@ -599,11 +640,29 @@ impl Session {
         if u.samples.is_empty() {
             return;
         }
-        let (bytes, audio_format) = match self.cfg.audio_encoding {
-            AudioEncoding::Pcm16 => (tolk_protocol::audio::encode_pcm16(&u.samples), AudioFormat::Pcm16),
-            AudioEncoding::Wav => (tolk_protocol::audio::encode_wav(&u.samples, u.sample_rate), AudioFormat::Wav),
+        let (audio, format) = match crate::codec::encode(self.cfg.audio_encoding, &u.samples, u.sample_rate) {
+            Ok(encoded) => encoded,
+            Err(e) => return self.deliver(Event::Error(e)),
         };
-        let audio: tolk_protocol::Base64Audio = tolk_protocol::audio::to_base64(&bytes).into();
+        let encoded = EncodedUtterance {
+            audio,
+            format,
+            sample_rate: u.sample_rate,
+            start_ms: u.start_ms,
+            end_ms: u.end_ms,
+            manual_cut: u.manual_cut,
+        };
+        self.take_encoded(now, encoded);
+    }
+
+    fn take_encoded(&mut self, now: Millis, u: EncodedUtterance) {
+        if self.closing.is_some() {
+            return self.deliver(Event::Error(SdkError::Closed));
+        }
+        if u.audio.is_empty() {
+            return;
+        }
+        let audio: tolk_protocol::Base64Audio = tolk_protocol::audio::to_base64(&u.audio).into();
         if self.entries.len() >= self.cfg.max_unanswered || self.buffered_bytes + audio.len() > self.cfg.max_buffered_bytes {
             let why = format!(
                 "{} utterances ({} bytes) are waiting for outcomes; the limit is {} ({} bytes)",
@@ -617,7 +676,8 @@ impl Session {
         let index = self.next_index;
         self.next_index += 1;
         self.buffered_bytes += audio.len();
-        let entry = Entry { audio, audio_format, sample_rate: u.sample_rate, manual_cut: u.manual_cut, state: EntryState::Unsent };
+        let entry =
+            Entry { audio, audio_format: u.format, sample_rate: u.sample_rate, manual_cut: u.manual_cut, state: EntryState::Unsent };
         self.entries.insert(index, entry);
         self.deliver(Event::Queued(Queued { index, start_ms: u.start_ms, end_ms: u.end_ms, manual_cut: u.manual_cut }));
         self.pump(now);
@@ -698,6 +758,25 @@ impl Session {
                 }
             },
         };
+        let (mut tts_format, mut tts_sample_rate) = (r.tts_format, r.tts_sample_rate);
+        // Opus results become pcm16 for the app unless it wants the bytes.
+        let tts_audio = match tts_audio {
+            Some(bytes) if self.cfg.decode_tts && tts_format == Some(AudioFormat::Opus) => {
+                match crate::codec::decode_opus(&bytes, tts_sample_rate.unwrap_or(48_000)) {
+                    Ok((samples, rate)) => {
+                        (tts_format, tts_sample_rate) = (Some(AudioFormat::Pcm16), Some(rate));
+                        Some(tolk_protocol::audio::encode_pcm16(&samples))
+                    }
+                    Err(e) => {
+                        // The texts still arrive; only the speech is lost.
+                        self.deliver(Event::Error(e));
+                        (tts_format, tts_sample_rate) = (None, None);
+                        None
+                    }
+                }
+            }
+            other => other,
+        };
         let extra = r.extra.unwrap_or_default();
         Translation {
             index: r.utterance_index,
@@ -705,8 +784,8 @@ impl Session {
             text_asr: r.text_asr,
             text_translated: r.text_translated,
             tts_audio,
-            tts_format: r.tts_format,
-            tts_sample_rate: r.tts_sample_rate,
+            tts_format,
+            tts_sample_rate,
             emotion: extra.emotion,
             speech_rate: extra.speech_rate,
             voice_style: extra.voice_style,

@@ -158,13 +158,49 @@ async fn speech_in_gives_one_ordered_result_per_sentence() {
         // The node measured exactly the audio the chunker cut.
         assert_eq!(t.text_translated, format!("utterance {i}: {sent_ms} ms"));
         assert_eq!(t.text_asr, format!("{sent_ms} ms of audio"));
-        assert_eq!(t.tts_audio.as_deref(), Some(&tolk_protocol::audio::encode_pcm16(&[0, 1000, 0, -1000])[..]));
+        // Opus both ways by default: the node got Opus (and measured its
+        // exact length above), answered Opus (100 ms), and the app gets it
+        // decoded to pcm16.
         assert_eq!((t.tts_format, t.tts_sample_rate), (Some(tolk_sdk::AudioFormat::Pcm16), Some(16_000)));
+        assert_eq!(t.tts_audio.as_ref().map(Vec::len), Some(1600 * 2), "100 ms at 16 kHz");
         // Sentence plus pre-roll (300 ms) plus tail (≤ 200 ms), give or take
         // what the VAD trims off espeak's soft edges.
         let len = lengths[i];
         println!("sentence {i}: {len} ms spoken, {sent_ms} ms sent");
         assert!(sent_ms + 300 >= len && sent_ms <= len + 600, "sentence {i}: {len} ms spoken, {sent_ms} ms sent");
+    }
+}
+
+#[tokio::test]
+async fn pcm16_both_ways_and_opus_bytes_for_apps_that_want_them() {
+    let server = dispatcher(Config::default()).await;
+    let _node = fake_node::start(&format!("ws://{}", server.addr), fake_node::Behaviour::default()).await;
+    let mut config = client_config(format!("ws://{}/ws/session", server.addr));
+    config.session.audio_encoding = tolk_sdk::AudioEncoding::Pcm16;
+    config.session.tts_format = tolk_sdk::AudioFormat::Pcm16;
+    let (client, mut rx) = start(config);
+    push(&client, &speech().0);
+    client.close().unwrap();
+    let mut events = vec![];
+    until_closed(&mut rx, &mut events).await;
+    assert_all_results_in_order(&events, SENTENCES.len());
+    for t in results(&events) {
+        assert_eq!(t.tts_audio.as_deref(), Some(&tolk_protocol::audio::encode_pcm16(&[0, 1000, 0, -1000])[..]));
+        assert_eq!((t.tts_format, t.tts_sample_rate), (Some(tolk_sdk::AudioFormat::Pcm16), Some(16_000)));
+    }
+
+    let mut config = client_config(format!("ws://{}/ws/session", server.addr));
+    config.session.decode_tts = false;
+    let (client, mut rx) = start(config);
+    push(&client, &speech().0);
+    client.close().unwrap();
+    let mut events = vec![];
+    until_closed(&mut rx, &mut events).await;
+    assert_all_results_in_order(&events, SENTENCES.len());
+    for t in results(&events) {
+        assert_eq!(t.tts_format, Some(tolk_sdk::AudioFormat::Opus));
+        let opus = t.tts_audio.as_deref().unwrap();
+        assert_eq!(tolk_protocol::ogg_opus::inspect(opus).unwrap().duration_ms(), 100, "the Ogg Opus bytes as the node sent them");
     }
 }
 

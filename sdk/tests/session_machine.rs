@@ -176,7 +176,7 @@ fn invalid_settings_are_refused_up_front() {
 
 #[test]
 fn utterances_get_increasing_indexes_and_wait_for_the_session() {
-    let mut h = H::new(config());
+    let mut h = H::new(SessionConfig { audio_encoding: AudioEncoding::Pcm16, ..config() });
     h.push(500);
     h.push(700);
     let queued: Vec<u64> = h.events().iter().filter_map(|e| if let Event::Queued(q) = e { Some(q.index) } else { None }).collect();
@@ -205,6 +205,39 @@ fn wav_encoding_sends_a_wav_file() {
     assert_eq!(u["audio_format"], "wav");
     let pcm = tolk_protocol::audio::decode_base64(u["audio"].as_str().unwrap(), tolk_protocol::AudioFormat::Wav, 16_000).unwrap();
     assert_eq!(pcm.samples, utt(200).samples);
+}
+
+#[test]
+fn opus_is_the_default_both_ways() {
+    let mut h = H::new(config());
+    h.open(SID, TOKEN);
+    h.push(1_000);
+    let sent = h.sent();
+    assert_eq!(sent[0]["tts_format"], "opus", "results' speech asked for as Opus");
+    let u = sent.iter().find(|f| f["type"] == "utterance").unwrap();
+    assert_eq!((u["audio_format"].as_str(), u["sample_rate"].as_u64()), (Some("opus"), Some(16_000)));
+    let b64 = u["audio"].as_str().unwrap();
+    let pcm = tolk_protocol::audio::decode_base64(b64, tolk_protocol::AudioFormat::Opus, 16_000).unwrap();
+    assert_eq!(pcm.samples.len(), utt(1_000).samples.len(), "the whole utterance, no more");
+    assert!(b64.len() < 32_000 / 10, "{} base64 bytes for a second: a tenth of pcm16", b64.len());
+    // An Opus result reaches the app as pcm16.
+    let speech: Vec<i16> = (0..4_800).map(|i| ((f64::from(i) * 0.1).sin() * 5000.0) as i16).collect();
+    let opus = tolk_protocol::opus::encode(&speech, 24_000, Default::default()).unwrap();
+    h.frame(json!({"type":"translation_result","session_id":SID,"utterance_index":0,"job_id":"j-0","text_translated":"hi",
+                   "tts_audio":tolk_protocol::audio::to_base64(&opus),"tts_format":"opus","tts_sample_rate":24000}));
+    let t = h.events().into_iter().find_map(|e| if let Event::Result(t) = e { Some(t) } else { None }).unwrap();
+    assert_eq!((t.tts_format, t.tts_sample_rate), (Some(tolk_sdk::AudioFormat::Pcm16), Some(24_000)));
+    assert_eq!(t.tts_audio.map(|a| a.len()), Some(4_800 * 2));
+    // Bad Opus speech: the texts still arrive, with an error event naming why.
+    h.push(100);
+    h.frame(json!({"type":"translation_result","session_id":SID,"utterance_index":1,"job_id":"j-1","text_translated":"hey",
+                   "tts_audio":tolk_protocol::audio::to_base64(&opus[..opus.len() / 2]),"tts_format":"opus","tts_sample_rate":24000}));
+    let ev = h.events();
+    assert!(ev.iter().any(|e| matches!(e, Event::Error(SdkError::Audio(m)) if m.contains("truncated"))), "{ev:?}");
+    assert!(ev.iter().any(|e| matches!(e, Event::Result(t) if t.index == 1 && t.text_translated == "hey" && t.tts_audio.is_none())));
+    // Opus settings are checked up front.
+    let bad = SessionConfig { audio_encoding: AudioEncoding::Opus { bitrate_bps: 24_000, complexity: 11 }, ..config() };
+    assert!(matches!(Session::new(bad, 0, 0, 0).unwrap_err(), SdkError::InvalidClientConfig { field, .. } if field == "complexity"));
 }
 
 #[test]
@@ -528,7 +561,7 @@ fn a_full_buffer_refuses_new_utterances_without_losing_old_ones() {
     assert_eq!(ev.iter().filter(|e| matches!(e, Event::Queued(_))).count(), 3);
     assert!(matches!(ev.last(), Some(Event::Error(SdkError::BufferFull(_)))));
     // Byte bound too.
-    let mut h = H::new(SessionConfig { max_buffered_bytes: 10_000, ..config() });
+    let mut h = H::new(SessionConfig { max_buffered_bytes: 10_000, audio_encoding: AudioEncoding::Pcm16, ..config() });
     h.push(200); // 6400 bytes of pcm16 → 8536 of base64
     h.push(200);
     let ev = h.events();

@@ -156,7 +156,22 @@ try {
   const resume = inits.find((f) => f.resume_token);
   check(resume && resume.session_id && Number.isInteger(resume.last_utterance_index), `a resume with session_id, resume_token, last_utterance_index: ${JSON.stringify(inits)}`);
   const utt = sent.filter((f) => f.type === 'utterance');
-  check(utt.every((u) => u.audio_format === 'pcm16' && u.sample_rate === 16000), 'utterances go as 16 kHz pcm16');
+  // Opus on the wire (extension 12): WebCodecs encodes each utterance, the
+  // page muxes it into one Ogg Opus stream; results come back as Ogg Opus
+  // and play through the browser's decoder.
+  const opus = await app.evaluate(() => ({ support: window.tolk.opus, encoded: window.tolk.encoded }));
+  check(opus.support && opus.support.encode && opus.support.play, `Chromium encodes and plays Opus: ${JSON.stringify(opus.support)}`);
+  check(utt.every((u) => u.audio_format === 'opus' && u.sample_rate === 16000), `utterances go as Opus, captured at 16 kHz: ${JSON.stringify(utt.map((u) => u.audio_format))}`);
+  for (const u of utt) {
+    const b = Buffer.from(u.audio, 'base64');
+    check(b.subarray(0, 4).toString() === 'OggS' && b.subarray(28, 36).toString() === 'OpusHead' && b[37] === 1, `utterance ${u.utterance_index}: a mono Ogg Opus stream`);
+  }
+  const pcmBytes = opus.encoded.reduce((n, e) => n + e.pcm_bytes, 0);
+  const opusBytes = opus.encoded.reduce((n, e) => n + e.opus_bytes, 0);
+  check(opus.encoded.length >= EXPECT && opusBytes * 5 < pcmBytes, `Opus is a fraction of pcm16: ${opusBytes} of ${pcmBytes} bytes`);
+  note(`opus: ${opus.encoded.length} utterances encoded, ${opusBytes} bytes for ${pcmBytes} of pcm16 (${((100 * opusBytes) / pcmBytes).toFixed(1)} %)`);
+  check(inits[0].tts_format === 'opus', `session_init asks for Opus speech: ${JSON.stringify(inits[0])}`);
+  check(t.played.every((p) => p.format === 'opus'), `results' speech is Opus: ${JSON.stringify(t.played.map((p) => p.format))}`);
   const firstSend = [...new Set(utt.map((u) => u.utterance_index))];
   check(JSON.stringify(firstSend) === JSON.stringify([...firstSend].sort((a, b) => a - b)), `indexes increase: ${firstSend}`);
   check(inits[0].pairing_code === pairingCode, 'the pairing code goes in session_init');

@@ -175,3 +175,21 @@ impl App {
         assert!(self.failures().is_empty(), "every outcome is a result: {:#?}", self.failures());
     }
 }
+
+/// The speech of a result as samples and their rate, whichever format the
+/// SDK handed over (pcm16, Opus decoded by default, or wav).
+pub fn speech_of(t: &Translation) -> (Vec<i16>, u32) {
+    let bytes = t.tts_audio.clone().unwrap_or_else(|| panic!("#{} has no speech", t.index));
+    match t.tts_format {
+        Some(tolk_sdk::AudioFormat::Pcm16) => {
+            let rate = t.tts_sample_rate.unwrap_or_else(|| panic!("#{}: pcm16 without a rate", t.index));
+            (bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect(), rate)
+        }
+        Some(tolk_sdk::AudioFormat::Wav) => {
+            let r = hound::WavReader::new(std::io::Cursor::new(bytes)).unwrap();
+            let rate = r.spec().sample_rate;
+            (r.into_samples::<i16>().collect::<Result<_, _>>().unwrap(), rate)
+        }
+        other => panic!("#{}: speech as {other:?}", t.index),
+    }
+}

@@ -60,11 +60,10 @@ async fn streamed_speech_comes_back_from_two_nodes_recognised_translated_spoken_
         // Translated: exactly Apertium's Spanish for the recognised text.
         assert!(!t.text_translated.is_empty() && t.text_translated != t.text_asr, "{t:?}");
         assert_eq!(t.text_translated, apertium(&t.text_asr));
-        // Spoken: a wav of speech, neither empty nor silent.
-        assert_eq!(t.tts_format, Some(tolk_sdk::AudioFormat::Wav));
-        let wav = hound::WavReader::new(std::io::Cursor::new(t.tts_audio.clone().expect("speech"))).unwrap();
-        let rate = wav.spec().sample_rate;
-        let samples: Vec<i16> = wav.into_samples::<i16>().collect::<Result<_, _>>().unwrap();
+        // Spoken: speech, neither empty nor silent; Opus from the node (the
+        // SDK's default), decoded by the SDK: eSpeak's 22.05 kHz coded at 24.
+        assert_eq!((t.tts_format, t.tts_sample_rate), (Some(tolk_sdk::AudioFormat::Pcm16), Some(24_000)));
+        let (samples, rate) = app::speech_of(t);
         let secs = samples.len() as f64 / f64::from(rate);
         let n_words = speech::words(&t.text_translated).len() as f64;
         assert!(secs >= 0.1 * n_words && secs <= 1.5 * n_words + 1.0, "#{}: {secs:.2} s of speech for {n_words} words", t.index);

@@ -146,7 +146,13 @@ fn the_served_wasm_is_built_from_the_current_sdk_sources() {
     let root = workspace_root();
     // As `dispatcher/web/client-wasm/build.rs` hashes them.
     let mut h = 0xcbf2_9ce4_8422_2325_u64;
-    for path in ["sdk/src/chunker.rs", "sdk/src/session.rs", "sdk/src/error.rs", "dispatcher/web/client-wasm/src/lib.rs"] {
+    for path in [
+        "sdk/src/chunker.rs",
+        "sdk/src/session.rs",
+        "sdk/src/error.rs",
+        "dispatcher/web/client-wasm/src/lib.rs",
+        "dispatcher/web/client-wasm/src/codec.rs",
+    ] {
         for b in std::fs::read(root.join(path)).unwrap() {
             h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }

@@ -35,13 +35,17 @@ pub enum Platform {
     Web,
 }
 
-/// How utterance audio goes on the wire.
+/// How audio goes on the wire: utterances (`audio_encoding`) and results'
+/// speech (`tts_format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
 pub enum AudioEncoding {
-    /// Raw little-endian PCM16 (the default).
+    /// Raw little-endian PCM16.
     Pcm16,
     /// A WAV file per utterance.
     Wav,
+    /// One Ogg Opus stream per utterance (the default; `opus_bitrate_bps`,
+    /// `opus_complexity`).
+    Opus,
 }
 
 /// Settings of a [`TolkClient`]. Only `url`, `src_lang` and `tgt_lang` are
@@ -75,9 +79,22 @@ pub struct TolkConfig {
     /// Sample rate of the audio pushed: 8000, 16000, 32000 or 48000.
     #[uniffi(default = 16000)]
     pub sample_rate: u32,
-    /// Defaults to PCM16.
+    /// Defaults to Opus.
     #[uniffi(default = None)]
     pub audio_encoding: Option<AudioEncoding>,
+    /// Opus target bitrate, 6000 to 510000 bit/s.
+    #[uniffi(default = 24000)]
+    pub opus_bitrate_bps: u32,
+    /// Opus complexity, 0 (least CPU) to 10 (best).
+    #[uniffi(default = 5)]
+    pub opus_complexity: u8,
+    /// The format results' speech is asked for; defaults to Opus.
+    #[uniffi(default = None)]
+    pub tts_format: Option<AudioEncoding>,
+    /// Opus results are decoded to PCM16 (`tts_format` "pcm16"); `false`
+    /// hands over the Ogg Opus bytes.
+    #[uniffi(default = true)]
+    pub decode_tts: bool,
     /// VAD mode, 0 (keeps most) to 3 (keeps least).
     #[uniffi(default = 2)]
     pub vad_aggressiveness: u8,
@@ -122,8 +139,17 @@ impl TolkConfig {
             pairing_code: self.pairing_code,
             audio_encoding: match self.audio_encoding {
                 Some(AudioEncoding::Wav) => tolk_sdk::AudioEncoding::Wav,
-                Some(AudioEncoding::Pcm16) | None => tolk_sdk::AudioEncoding::Pcm16,
+                Some(AudioEncoding::Pcm16) => tolk_sdk::AudioEncoding::Pcm16,
+                Some(AudioEncoding::Opus) | None => {
+                    tolk_sdk::AudioEncoding::Opus { bitrate_bps: self.opus_bitrate_bps, complexity: self.opus_complexity }
+                }
             },
+            tts_format: match self.tts_format {
+                Some(AudioEncoding::Wav) => tolk_sdk::AudioFormat::Wav,
+                Some(AudioEncoding::Pcm16) => tolk_sdk::AudioFormat::Pcm16,
+                Some(AudioEncoding::Opus) | None => tolk_sdk::AudioFormat::Opus,
+            },
+            decode_tts: self.decode_tts,
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             dead_after_ms: self.dead_after_ms,
             close_timeout_ms: self.close_timeout_ms,
@@ -156,7 +182,8 @@ pub enum TolkError {
     /// A setting is invalid; `message` names it.
     #[error("{message}")]
     InvalidConfig { message: String },
-    /// Audio that is not whole PCM16 samples.
+    /// Audio that is not whole PCM16 samples, or speech that could not be
+    /// encoded or decoded (bad Opus from the server).
     #[error("{message}")]
     InvalidAudio { message: String },
     /// The client is closed (or closing).
@@ -192,7 +219,7 @@ impl From<SdkError> for TolkError {
             | SdkError::InvalidAggressiveness(_)
             | SdkError::InvalidConfig { .. }
             | SdkError::InvalidClientConfig { .. } => Self::InvalidConfig { message },
-            SdkError::OddPcmLength(_) => Self::InvalidAudio { message },
+            SdkError::OddPcmLength(_) | SdkError::Audio(_) => Self::InvalidAudio { message },
             SdkError::Closed => Self::Closed { message },
             SdkError::Busy => Self::Busy { message },
             SdkError::SessionRefused { code, .. } => Self::SessionRefused { code, message },
@@ -234,7 +261,7 @@ pub struct TranslationResult {
     pub job_id: String,
     pub text_asr: String,
     pub text_translated: String,
-    /// Synthesized speech, decoded.
+    /// Synthesized speech: PCM16 (Opus decoded) unless `decode_tts` is off.
     pub tts_audio: Option<Vec<u8>>,
     /// `pcm16`, `wav` or `opus`.
     pub tts_format: Option<String>,
@@ -383,6 +410,10 @@ mod tests {
             speech_rate_detection: false,
             sample_rate: 16000,
             audio_encoding: None,
+            opus_bitrate_bps: 24000,
+            opus_complexity: 5,
+            tts_format: None,
+            decode_tts: true,
             vad_aggressiveness: 2,
             hang_over_ms: 600,
             max_utterance_ms: 30000,

@@ -970,17 +970,24 @@ class _UniffiFfiConverterUInt32(_UniffiConverterPrimitiveInt):
 
 class AudioEncoding(enum.Enum):
     """
-    How utterance audio goes on the wire.
+    How audio goes on the wire: utterances (`audio_encoding`) and results'
+    speech (`tts_format`).
 """
     
     PCM16 = 0
     """
-    Raw little-endian PCM16 (the default).
+    Raw little-endian PCM16.
 """
     
     WAV = 1
     """
     A WAV file per utterance.
+"""
+    
+    OPUS = 2
+    """
+    One Ogg Opus stream per utterance (the default; `opus_bitrate_bps`,
+    `opus_complexity`).
 """
     
 
@@ -993,6 +1000,8 @@ class _UniffiFfiConverterTypeAudioEncoding(_UniffiConverterRustBuffer):
             return AudioEncoding.PCM16
         if variant == 2:
             return AudioEncoding.WAV
+        if variant == 3:
+            return AudioEncoding.OPUS
         raise InternalError("Raw enum value doesn't match any cases")
 
     @staticmethod
@@ -1000,6 +1009,8 @@ class _UniffiFfiConverterTypeAudioEncoding(_UniffiConverterRustBuffer):
         if value == AudioEncoding.PCM16:
             return
         if value == AudioEncoding.WAV:
+            return
+        if value == AudioEncoding.OPUS:
             return
         raise ValueError(value)
 
@@ -1009,6 +1020,8 @@ class _UniffiFfiConverterTypeAudioEncoding(_UniffiConverterRustBuffer):
             buf.write_i32(1)
         if value == AudioEncoding.WAV:
             buf.write_i32(2)
+        if value == AudioEncoding.OPUS:
+            buf.write_i32(3)
 
 
 
@@ -1056,7 +1069,7 @@ class TolkConfig:
     Settings of a [`TolkClient`]. Only `url`, `src_lang` and `tgt_lang` are
     required; the defaults are the SDK's (a test checks they agree).
 """
-    def __init__(self, *, url:str, src_lang:str, tgt_lang:str, dialect:typing.Optional[str] = _DEFAULT, pairing_code:typing.Optional[str] = _DEFAULT, platform:typing.Optional[Platform] = _DEFAULT, client_version:typing.Optional[str] = _DEFAULT, emotion_detection:bool = False, voice_style_detection:bool = False, speech_rate_detection:bool = False, sample_rate:int = 16000, audio_encoding:typing.Optional[AudioEncoding] = _DEFAULT, vad_aggressiveness:int = 2, hang_over_ms:int = 600, max_utterance_ms:int = 30000, heartbeat_interval_ms:int = 5000, dead_after_ms:int = 15000, close_timeout_ms:int = 15000, extra_root_certs_pem:typing.Optional[str] = _DEFAULT):
+    def __init__(self, *, url:str, src_lang:str, tgt_lang:str, dialect:typing.Optional[str] = _DEFAULT, pairing_code:typing.Optional[str] = _DEFAULT, platform:typing.Optional[Platform] = _DEFAULT, client_version:typing.Optional[str] = _DEFAULT, emotion_detection:bool = False, voice_style_detection:bool = False, speech_rate_detection:bool = False, sample_rate:int = 16000, audio_encoding:typing.Optional[AudioEncoding] = _DEFAULT, opus_bitrate_bps:int = 24000, opus_complexity:int = 5, tts_format:typing.Optional[AudioEncoding] = _DEFAULT, decode_tts:bool = True, vad_aggressiveness:int = 2, hang_over_ms:int = 600, max_utterance_ms:int = 30000, heartbeat_interval_ms:int = 5000, dead_after_ms:int = 15000, close_timeout_ms:int = 15000, extra_root_certs_pem:typing.Optional[str] = _DEFAULT):
         self.url = url
         self.src_lang = src_lang
         self.tgt_lang = tgt_lang
@@ -1084,6 +1097,13 @@ class TolkConfig:
             self.audio_encoding = None
         else:
             self.audio_encoding = audio_encoding
+        self.opus_bitrate_bps = opus_bitrate_bps
+        self.opus_complexity = opus_complexity
+        if tts_format is _DEFAULT:
+            self.tts_format = None
+        else:
+            self.tts_format = tts_format
+        self.decode_tts = decode_tts
         self.vad_aggressiveness = vad_aggressiveness
         self.hang_over_ms = hang_over_ms
         self.max_utterance_ms = max_utterance_ms
@@ -1099,7 +1119,7 @@ class TolkConfig:
 
     
     def __str__(self):
-        return "TolkConfig(url={}, src_lang={}, tgt_lang={}, dialect={}, pairing_code={}, platform={}, client_version={}, emotion_detection={}, voice_style_detection={}, speech_rate_detection={}, sample_rate={}, audio_encoding={}, vad_aggressiveness={}, hang_over_ms={}, max_utterance_ms={}, heartbeat_interval_ms={}, dead_after_ms={}, close_timeout_ms={}, extra_root_certs_pem={})".format(self.url, self.src_lang, self.tgt_lang, self.dialect, self.pairing_code, self.platform, self.client_version, self.emotion_detection, self.voice_style_detection, self.speech_rate_detection, self.sample_rate, self.audio_encoding, self.vad_aggressiveness, self.hang_over_ms, self.max_utterance_ms, self.heartbeat_interval_ms, self.dead_after_ms, self.close_timeout_ms, self.extra_root_certs_pem)
+        return "TolkConfig(url={}, src_lang={}, tgt_lang={}, dialect={}, pairing_code={}, platform={}, client_version={}, emotion_detection={}, voice_style_detection={}, speech_rate_detection={}, sample_rate={}, audio_encoding={}, opus_bitrate_bps={}, opus_complexity={}, tts_format={}, decode_tts={}, vad_aggressiveness={}, hang_over_ms={}, max_utterance_ms={}, heartbeat_interval_ms={}, dead_after_ms={}, close_timeout_ms={}, extra_root_certs_pem={})".format(self.url, self.src_lang, self.tgt_lang, self.dialect, self.pairing_code, self.platform, self.client_version, self.emotion_detection, self.voice_style_detection, self.speech_rate_detection, self.sample_rate, self.audio_encoding, self.opus_bitrate_bps, self.opus_complexity, self.tts_format, self.decode_tts, self.vad_aggressiveness, self.hang_over_ms, self.max_utterance_ms, self.heartbeat_interval_ms, self.dead_after_ms, self.close_timeout_ms, self.extra_root_certs_pem)
     def __eq__(self, other):
         if self.url != other.url:
             return False
@@ -1124,6 +1144,14 @@ class TolkConfig:
         if self.sample_rate != other.sample_rate:
             return False
         if self.audio_encoding != other.audio_encoding:
+            return False
+        if self.opus_bitrate_bps != other.opus_bitrate_bps:
+            return False
+        if self.opus_complexity != other.opus_complexity:
+            return False
+        if self.tts_format != other.tts_format:
+            return False
+        if self.decode_tts != other.decode_tts:
             return False
         if self.vad_aggressiveness != other.vad_aggressiveness:
             return False
@@ -1157,6 +1185,10 @@ class _UniffiFfiConverterTypeTolkConfig(_UniffiConverterRustBuffer):
             speech_rate_detection=_UniffiFfiConverterBoolean.read(buf),
             sample_rate=_UniffiFfiConverterUInt32.read(buf),
             audio_encoding=_UniffiFfiConverterOptionalTypeAudioEncoding.read(buf),
+            opus_bitrate_bps=_UniffiFfiConverterUInt32.read(buf),
+            opus_complexity=_UniffiFfiConverterUInt8.read(buf),
+            tts_format=_UniffiFfiConverterOptionalTypeAudioEncoding.read(buf),
+            decode_tts=_UniffiFfiConverterBoolean.read(buf),
             vad_aggressiveness=_UniffiFfiConverterUInt8.read(buf),
             hang_over_ms=_UniffiFfiConverterUInt32.read(buf),
             max_utterance_ms=_UniffiFfiConverterUInt32.read(buf),
@@ -1180,6 +1212,10 @@ class _UniffiFfiConverterTypeTolkConfig(_UniffiConverterRustBuffer):
         _UniffiFfiConverterBoolean.check_lower(value.speech_rate_detection)
         _UniffiFfiConverterUInt32.check_lower(value.sample_rate)
         _UniffiFfiConverterOptionalTypeAudioEncoding.check_lower(value.audio_encoding)
+        _UniffiFfiConverterUInt32.check_lower(value.opus_bitrate_bps)
+        _UniffiFfiConverterUInt8.check_lower(value.opus_complexity)
+        _UniffiFfiConverterOptionalTypeAudioEncoding.check_lower(value.tts_format)
+        _UniffiFfiConverterBoolean.check_lower(value.decode_tts)
         _UniffiFfiConverterUInt8.check_lower(value.vad_aggressiveness)
         _UniffiFfiConverterUInt32.check_lower(value.hang_over_ms)
         _UniffiFfiConverterUInt32.check_lower(value.max_utterance_ms)
@@ -1202,6 +1238,10 @@ class _UniffiFfiConverterTypeTolkConfig(_UniffiConverterRustBuffer):
         _UniffiFfiConverterBoolean.write(value.speech_rate_detection, buf)
         _UniffiFfiConverterUInt32.write(value.sample_rate, buf)
         _UniffiFfiConverterOptionalTypeAudioEncoding.write(value.audio_encoding, buf)
+        _UniffiFfiConverterUInt32.write(value.opus_bitrate_bps, buf)
+        _UniffiFfiConverterUInt8.write(value.opus_complexity, buf)
+        _UniffiFfiConverterOptionalTypeAudioEncoding.write(value.tts_format, buf)
+        _UniffiFfiConverterBoolean.write(value.decode_tts, buf)
         _UniffiFfiConverterUInt8.write(value.vad_aggressiveness, buf)
         _UniffiFfiConverterUInt32.write(value.hang_over_ms, buf)
         _UniffiFfiConverterUInt32.write(value.max_utterance_ms, buf)
@@ -1718,7 +1758,8 @@ class TolkError:  # type: ignore
     _UniffiTempTolkError.InvalidConfig = InvalidConfig # type: ignore
     class InvalidAudio(_UniffiTempTolkError):
         """
-        Audio that is not whole PCM16 samples.
+        Audio that is not whole PCM16 samples, or speech that could not be
+        encoded or decoded (bad Opus from the server).
 """
         
         def __init__(self, message):

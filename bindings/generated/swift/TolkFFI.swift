@@ -1283,9 +1283,26 @@ public struct TolkConfig: Equatable, Hashable {
      */
     public var sampleRate: UInt32
     /**
-     * Defaults to PCM16.
+     * Defaults to Opus.
      */
     public var audioEncoding: AudioEncoding?
+    /**
+     * Opus target bitrate, 6000 to 510000 bit/s.
+     */
+    public var opusBitrateBps: UInt32
+    /**
+     * Opus complexity, 0 (least CPU) to 10 (best).
+     */
+    public var opusComplexity: UInt8
+    /**
+     * The format results' speech is asked for; defaults to Opus.
+     */
+    public var ttsFormat: AudioEncoding?
+    /**
+     * Opus results are decoded to PCM16 (`tts_format` "pcm16"); `false`
+     * hands over the Ogg Opus bytes.
+     */
+    public var decodeTts: Bool
     /**
      * VAD mode, 0 (keeps most) to 3 (keeps least).
      */
@@ -1340,8 +1357,21 @@ public struct TolkConfig: Equatable, Hashable {
          * Sample rate of the audio pushed: 8000, 16000, 32000 or 48000.
          */sampleRate: UInt32 = UInt32(16000), 
         /**
-         * Defaults to PCM16.
+         * Defaults to Opus.
          */audioEncoding: AudioEncoding? = nil, 
+        /**
+         * Opus target bitrate, 6000 to 510000 bit/s.
+         */opusBitrateBps: UInt32 = UInt32(24000), 
+        /**
+         * Opus complexity, 0 (least CPU) to 10 (best).
+         */opusComplexity: UInt8 = UInt8(5), 
+        /**
+         * The format results' speech is asked for; defaults to Opus.
+         */ttsFormat: AudioEncoding? = nil, 
+        /**
+         * Opus results are decoded to PCM16 (`tts_format` "pcm16"); `false`
+         * hands over the Ogg Opus bytes.
+         */decodeTts: Bool = true, 
         /**
          * VAD mode, 0 (keeps most) to 3 (keeps least).
          */vadAggressiveness: UInt8 = UInt8(2), 
@@ -1372,6 +1402,10 @@ public struct TolkConfig: Equatable, Hashable {
         self.speechRateDetection = speechRateDetection
         self.sampleRate = sampleRate
         self.audioEncoding = audioEncoding
+        self.opusBitrateBps = opusBitrateBps
+        self.opusComplexity = opusComplexity
+        self.ttsFormat = ttsFormat
+        self.decodeTts = decodeTts
         self.vadAggressiveness = vadAggressiveness
         self.hangOverMs = hangOverMs
         self.maxUtteranceMs = maxUtteranceMs
@@ -1409,6 +1443,10 @@ public struct FfiConverterTypeTolkConfig: FfiConverterRustBuffer {
                 speechRateDetection: FfiConverterBool.read(from: &buf), 
                 sampleRate: FfiConverterUInt32.read(from: &buf), 
                 audioEncoding: FfiConverterOptionTypeAudioEncoding.read(from: &buf), 
+                opusBitrateBps: FfiConverterUInt32.read(from: &buf), 
+                opusComplexity: FfiConverterUInt8.read(from: &buf), 
+                ttsFormat: FfiConverterOptionTypeAudioEncoding.read(from: &buf), 
+                decodeTts: FfiConverterBool.read(from: &buf), 
                 vadAggressiveness: FfiConverterUInt8.read(from: &buf), 
                 hangOverMs: FfiConverterUInt32.read(from: &buf), 
                 maxUtteranceMs: FfiConverterUInt32.read(from: &buf), 
@@ -1432,6 +1470,10 @@ public struct FfiConverterTypeTolkConfig: FfiConverterRustBuffer {
         FfiConverterBool.write(value.speechRateDetection, into: &buf)
         FfiConverterUInt32.write(value.sampleRate, into: &buf)
         FfiConverterOptionTypeAudioEncoding.write(value.audioEncoding, into: &buf)
+        FfiConverterUInt32.write(value.opusBitrateBps, into: &buf)
+        FfiConverterUInt8.write(value.opusComplexity, into: &buf)
+        FfiConverterOptionTypeAudioEncoding.write(value.ttsFormat, into: &buf)
+        FfiConverterBool.write(value.decodeTts, into: &buf)
         FfiConverterUInt8.write(value.vadAggressiveness, into: &buf)
         FfiConverterUInt32.write(value.hangOverMs, into: &buf)
         FfiConverterUInt32.write(value.maxUtteranceMs, into: &buf)
@@ -1467,7 +1509,7 @@ public struct TranslationResult: Equatable, Hashable {
     public var textAsr: String
     public var textTranslated: String
     /**
-     * Synthesized speech, decoded.
+     * Synthesized speech: PCM16 (Opus decoded) unless `decode_tts` is off.
      */
     public var ttsAudio: Data?
     /**
@@ -1486,7 +1528,7 @@ public struct TranslationResult: Equatable, Hashable {
     // declare one manually.
     public init(index: UInt64, jobId: String, textAsr: String, textTranslated: String, 
         /**
-         * Synthesized speech, decoded.
+         * Synthesized speech: PCM16 (Opus decoded) unless `decode_tts` is off.
          */ttsAudio: Data?, 
         /**
          * `pcm16`, `wav` or `opus`.
@@ -1635,19 +1677,25 @@ public func FfiConverterTypeUtteranceFailure_lower(_ value: UtteranceFailure) ->
 
 
 /**
- * How utterance audio goes on the wire.
+ * How audio goes on the wire: utterances (`audio_encoding`) and results'
+ * speech (`tts_format`).
  */
 
 public enum AudioEncoding: Equatable, Hashable {
     
     /**
-     * Raw little-endian PCM16 (the default).
+     * Raw little-endian PCM16.
      */
     case pcm16
     /**
      * A WAV file per utterance.
      */
     case wav
+    /**
+     * One Ogg Opus stream per utterance (the default; `opus_bitrate_bps`,
+     * `opus_complexity`).
+     */
+    case opus
 
 
 
@@ -1673,6 +1721,8 @@ public struct FfiConverterTypeAudioEncoding: FfiConverterRustBuffer {
         
         case 2: return .wav
         
+        case 3: return .opus
+        
         default: throw UniffiInternalError.unexpectedEnumCase
         }
     }
@@ -1687,6 +1737,10 @@ public struct FfiConverterTypeAudioEncoding: FfiConverterRustBuffer {
         
         case .wav:
             writeInt(&buf, Int32(2))
+        
+        
+        case .opus:
+            writeInt(&buf, Int32(3))
         
         }
     }
@@ -1910,7 +1964,8 @@ enum TolkError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
     case InvalidConfig(message: String
     )
     /**
-     * Audio that is not whole PCM16 samples.
+     * Audio that is not whole PCM16 samples, or speech that could not be
+     * encoded or decoded (bad Opus from the server).
      */
     case InvalidAudio(message: String
     )

@@ -70,11 +70,41 @@ fun speechGivesOrderedResults(url: String, pcm: ByteArray, sentences: Int) {
     for ((i, r) in results.withIndex()) {
         val ms = queued[i].endMs - queued[i].startMs
         check(r.textTranslated == "utterance $i: $ms ms") { "node measured the audio sent: ${r.textTranslated} vs $ms ms" }
-        check(r.ttsAudio?.size == 8 && r.ttsFormat == "pcm16" && r.ttsSampleRate == 16000u) { "tts audio passes: $r" }
+        // Opus both ways (the default): the node measured the Opus it got
+        // exactly (above) and answered 100 ms of Opus, decoded here to PCM16.
+        check(r.ttsAudio?.size == 3200 && r.ttsFormat == "pcm16" && r.ttsSampleRate == 16000u) { "opus speech decoded: $r" }
     }
     val states = events.filterIsInstance<Ev.State>().map { it.state }
     check(states.first() is ConnectionState.Connecting && states[1] is ConnectionState.Connected && states.last() is ConnectionState.Closed) { "$states" }
     println("  push_audio: %.1f us per 100 ms piece (%d pieces)".format(pushUs, pushes))
+}
+
+/** The encoding is the app's choice: PCM16 both ways, or the Opus bytes as they came. */
+fun encodingsAreChosen(url: String, pcm: ByteArray, sentences: Int) {
+    val pcmBoth = config(url).copy(audioEncoding = AudioEncoding.PCM16, ttsFormat = AudioEncoding.PCM16)
+    val rawOpus = config(url).copy(opusBitrateBps = 16000u, opusComplexity = 10u, decodeTts = false)
+    for ((cfg, want) in listOf(pcmBoth to "pcm16", rawOpus to "opus")) {
+        val rec = Recorder()
+        val client = TolkClient(cfg, rec)
+        client.pushAudio(pcm)
+        client.closeSession()
+        val events = rec.untilClosed()
+        val results = events.filterIsInstance<Ev.Result>().map { it.result }
+        check(results.map { it.index } == (0 until sentences).map { it.toULong() }) { "$want: $events" }
+        for (r in results) {
+            val audio = r.ttsAudio ?: throw AssertionError("$want: no speech: $r")
+            check(r.ttsFormat == want) { "$want: $r" }
+            if (want == "pcm16") check(audio.size == 8) { "the node's pcm16 as it was: $r" }
+            else check(String(audio.copyOfRange(0, 4)) == "OggS") { "Ogg Opus bytes: $r" }
+        }
+    }
+    val bad = config(url).copy(opusComplexity = 11u)
+    try {
+        TolkClient(bad, Recorder())
+        throw AssertionError("complexity 11 must be refused")
+    } catch (e: TolkException.InvalidConfig) {
+        check(e.message?.contains("complexity") == true) { "readable message: ${e.message}" }
+    }
 }
 
 /** Manual cut: push speech without its trailing silence, cut, get it. */
@@ -162,6 +192,7 @@ fun main(args: Array<String>) {
     val tests = listOf<Pair<String, () -> Unit>>(
         "speech gives one ordered result per sentence" to { speechGivesOrderedResults(url, pcm, sentences) },
         "manual cut" to { manualCut(url, pcm) },
+        "opus or pcm16, each way, is the app's choice" to { encodingsAreChosen(url, pcm, sentences) },
         "a throwing listener does not stop the client" to { aThrowingListenerDoesNotStopTheClient(url, pcm, sentences) },
         "errors are typed, with readable messages" to { errorsAreTyped(url) },
         "push_audio cost" to { pushCost(url) },

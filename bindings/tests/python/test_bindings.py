@@ -73,10 +73,35 @@ def test_speech_gives_ordered_results(url, pcm, sentences):
     for i, r in enumerate(results):
         ms = queued[i].end_ms - queued[i].start_ms
         assert r.text_translated == f"utterance {i}: {ms} ms", (r, ms)
-        assert r.tts_audio is not None and len(r.tts_audio) == 8 and r.tts_format == "pcm16" and r.tts_sample_rate == 16000, r
+        # Opus both ways (the default): the node measured the Opus it got
+        # exactly (above) and answered 100 ms of Opus, decoded here to pcm16.
+        assert r.tts_audio is not None and len(r.tts_audio) == 3200 and r.tts_format == "pcm16" and r.tts_sample_rate == 16000, r
     states = of(events, "state")
     assert states[0].is_CONNECTING() and states[1].is_CONNECTED() and states[-1].is_CLOSED(), states
     print(f"  push_audio: {push_us:.1f} us per 100 ms piece ({pushes} pieces)")
+
+
+def test_encodings_are_the_apps_choice(url, pcm, sentences):
+    pcm_both = config(url, audio_encoding=t.AudioEncoding.PCM16, tts_format=t.AudioEncoding.PCM16)
+    raw_opus = config(url, opus_bitrate_bps=16000, opus_complexity=10, decode_tts=False)
+    for cfg, want in [(pcm_both, "pcm16"), (raw_opus, "opus")]:
+        rec = Recorder()
+        client = t.TolkClient(cfg, rec)
+        client.push_audio(pcm)
+        client.close()
+        results = of(rec.until_closed(), "result")
+        assert [r.index for r in results] == list(range(sentences)), (want, results)
+        for r in results:
+            assert r.tts_format == want, r
+            if want == "pcm16":
+                assert len(r.tts_audio) == 8, r
+            else:
+                assert r.tts_audio[:4] == b"OggS", r
+    try:
+        t.TolkClient(config(url, opus_complexity=11), Recorder())
+        raise AssertionError("complexity 11 must be refused")
+    except t.TolkError.InvalidConfig as e:
+        assert "complexity" in str(e), str(e)
 
 
 def test_a_raising_listener_does_not_stop_the_client(url, pcm, sentences):

@@ -14,7 +14,7 @@ use super::nodes::BUSY_BACKOFF_MS;
 use super::policy::{Candidate, JobInfo, LeastLoaded};
 use super::queue::ClassId;
 use super::timer::Timer;
-use super::{Action, ConnId, Core, Frame, Millis, add_index};
+use super::{Action, ConnId, Core, Frame, Millis};
 
 #[derive(Debug)]
 pub(super) enum JobState {
@@ -459,9 +459,11 @@ impl Core {
         }
         let give_up = match &kind {
             FailKind::BadAudio(m) => {
-                let mut e = ProtocolError::invalid_field("audio", format!("the audio could not be processed: {m}")).to_message();
-                add_index(&mut e, job.index);
-                Some(e)
+                // The node's INVALID_AUDIO (e.g. Opus packets that do not
+                // decode, which only a decoder sees), passed on as such.
+                let message = format!("the audio could not be processed: {m}");
+                let details = serde_json::json!({ "utterance_index": job.index, "field": "audio" });
+                Some(ErrorMessage { code: ErrorCode::InvalidAudio, message, details: Some(details) })
             }
             FailKind::Busy(_) if busy => None,
             FailKind::Retry(_) | FailKind::Busy(_) if job.attempts >= self.cfg.max_attempts => Some(ErrorMessage::for_utterance(

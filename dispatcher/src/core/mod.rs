@@ -179,6 +179,8 @@ pub struct Core {
     stats: CoreStats,
     trust: trust::Trust,
     shedder: admission::CpuShedder,
+    /// The recent share of Opus among accepted utterances (canaries mirror it).
+    opus_share: f64,
     out: Vec<Action>,
     next_node_key: u32,
 }
@@ -235,6 +237,7 @@ impl Core {
             stats: CoreStats::default(),
             trust: trust::Trust::default(),
             shedder,
+            opus_share: 0.0,
             out: Vec::new(),
             next_node_key: 0,
         };

@@ -25,6 +25,8 @@ pub(super) struct Session {
     pub src_lang: String,
     pub tgt_lang: String,
     pub features: Features,
+    /// Extension 12: the speech format the client asked its results in.
+    pub tts_format: Option<AudioFormat>,
     pub paired_node: Option<String>,
     pub last_node: Option<String>,
     pub order: OrderBuffer<Frame>,
@@ -122,6 +124,7 @@ impl Core {
                 src_lang: init.src_lang,
                 tgt_lang: init.tgt_lang,
                 features,
+                tts_format: init.tts_format,
                 paired_node: paired_node.clone(),
                 last_node: None,
                 order: OrderBuffer::new(self.cfg.max_retained_outcomes, self.cfg.max_retained_bytes),
@@ -258,7 +261,11 @@ impl Core {
                 return self.refuse(conn, ErrorCode::RateLimited, msg, index, retry);
             }
         }
+        let opus = f64::from(u8::from(u.audio_format == AudioFormat::Opus));
+        self.opus_share = 0.98 * self.opus_share + 0.02 * opus;
+        let Some(s) = self.sessions.get(id) else { return };
         let session_features = s.features;
+        let tts_format = s.tts_format;
         let paired_node = s.paired_node.clone();
         if !self.cfg.sample_rates.contains(&u.sample_rate) {
             self.stats.utterances += 1;
@@ -267,6 +274,18 @@ impl Core {
             add_index(&mut msg, index);
             return self.finish(id, index, Outcome::Error(msg));
         }
+        // Opus is checked here, before any node spends time on it: a stream
+        // that is not one complete mono Ogg Opus stream is refused naming
+        // why; a valid one tells its length (for the deadline and policies).
+        let audio_ms = match audio_ms(&u) {
+            Ok(ms) => ms,
+            Err(why) => {
+                self.stats.utterances += 1;
+                let details = serde_json::json!({ "utterance_index": index, "field": "audio" });
+                let msg = ErrorMessage { code: ErrorCode::InvalidAudio, message: why.message, details: Some(details) };
+                return self.finish(id, index, Outcome::Error(msg));
+            }
+        };
         let features = u.features.unwrap_or(session_features);
         if let Some(mut err) = self.unsupported_features(features) {
             self.stats.utterances += 1;
@@ -288,7 +307,6 @@ impl Core {
         };
         let (format, rate) = (u.audio_format, u.sample_rate);
         let pipeline = Pipeline { use_asr: true, use_nmt: !u.src_lang.eq_ignore_ascii_case(&u.tgt_lang), use_tts: true };
-        let audio_ms = estimate_audio_ms(&u);
         let deadline_ms = self.cfg.job_timeout_base_ms + audio_ms * self.cfg.job_timeout_per_audio_s_ms / 1000;
         let job_id = format!("j-{}", {
             let mut b = [0u8; 16];
@@ -321,6 +339,7 @@ impl Core {
             audio_format: u.audio_format,
             sample_rate: u.sample_rate,
             deadline_ms: Some(deadline_ms),
+            tts_format,
         });
         self.next_seq += 1;
         let job = Job {
@@ -414,12 +433,17 @@ impl Core {
     }
 }
 
-/// Audio length from the base64 length alone (no decoding): exact for
-/// pcm16, close for wav, unknown (0) for opus.
-pub(super) fn estimate_audio_ms(u: &Utterance) -> u64 {
+/// Audio length from the base64 length alone for pcm16 and wav (exact for
+/// pcm16, close for wav); for Opus, from the stream's final granule position,
+/// after validating the stream ([`tolk_protocol::ogg_opus::inspect`]: pages,
+/// CRCs, OpusHead, mono, bounded length). Decodes no audio.
+pub(super) fn audio_ms(u: &Utterance) -> Result<u64, ProtocolError> {
     let bytes = (u.audio.len() as u64 * 3 / 4).saturating_sub(if u.audio_format == AudioFormat::Wav { 44 } else { 0 });
     match u.audio_format {
-        AudioFormat::Pcm16 | AudioFormat::Wav => bytes / 2 * 1000 / u64::from(u.sample_rate.max(1)),
-        AudioFormat::Opus => 0,
+        AudioFormat::Pcm16 | AudioFormat::Wav => Ok(bytes / 2 * 1000 / u64::from(u.sample_rate.max(1))),
+        AudioFormat::Opus => {
+            let raw = tolk_protocol::audio::from_base64(u.audio.as_str())?;
+            Ok(tolk_protocol::ogg_opus::inspect(&raw)?.duration_ms())
+        }
     }
 }

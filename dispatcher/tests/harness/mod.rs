@@ -240,6 +240,7 @@ pub fn init(src: &str, tgt: &str, code: Option<&str>) -> ClientToServer {
         session_id: None,
         resume_token: None,
         last_utterance_index: None,
+        tts_format: None,
     })
 }
 

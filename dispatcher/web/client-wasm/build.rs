@@ -2,7 +2,8 @@
 //! `tests/tests/web_chunker.rs` can tell when the checked-in
 //! `tolk_client.wasm` is older than the SDK code it claims to be.
 
-const SOURCES: &[&str] = &["../../../sdk/src/chunker.rs", "../../../sdk/src/session.rs", "../../../sdk/src/error.rs", "src/lib.rs"];
+const SOURCES: &[&str] =
+    &["../../../sdk/src/chunker.rs", "../../../sdk/src/session.rs", "../../../sdk/src/error.rs", "src/lib.rs", "src/codec.rs"];
 
 fn main() {
     // FNV-1a, 64 bits: change detection, not security.

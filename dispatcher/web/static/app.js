@@ -14,7 +14,7 @@ const $ = (id) => document.getElementById(id);
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
-const tolk = (window.tolk = { ready: false, states: [], queued: [], results: [], failed: [], played: [], errors: [] });
+const tolk = (window.tolk = { ready: false, states: [], queued: [], results: [], failed: [], played: [], errors: [], encoded: [], opus: null });
 
 // ------------------------------------------------------------------ wasm
 
@@ -41,7 +41,146 @@ class Wasm {
 }
 
 // Operations of tolk_client_op (see client-wasm/src/lib.rs).
-const OP = { PUSH: 0, CUT: 1, FLUSH: 2, CONNECTED: 3, CONNECT_FAILED: 4, LOST: 5, FRAME: 6, CLOSE: 7, ABORT: 8, TIMERS: 9 };
+const OP = { PUSH: 0, CUT: 1, FLUSH: 2, CONNECTED: 3, CONNECT_FAILED: 4, LOST: 5, FRAME: 6, CLOSE: 7, ABORT: 8, TIMERS: 9, ENCODED: 10, ENCODE_FAILED: 11 };
+
+// ------------------------------------------------------------------ opus
+//
+// Opus on the wire (protocol extension 12): each utterance is one Ogg Opus
+// stream (RFC 7845), mono. WebCodecs' AudioEncoder makes the Opus packets;
+// the Ogg framing is written here (a few dozen lines: pages, lacing, CRC),
+// as the Rust side does in tolk_protocol::ogg_opus::mux. Results' Opus is
+// decoded by the browser (decodeAudioData) in the player.
+
+/** Whether this browser can encode Opus (WebCodecs) and play Ogg Opus. */
+async function opusSupport(sampleRate) {
+  let encode = false;
+  try {
+    encode = typeof AudioEncoder !== 'undefined' && (await AudioEncoder.isConfigSupported({ codec: 'opus', sampleRate, numberOfChannels: 1, bitrate: 24000 })).supported === true;
+  } catch (_) {
+    encode = false;
+  }
+  const play = new Audio().canPlayType('audio/ogg; codecs=opus') !== '';
+  return { encode, play };
+}
+
+const CRC_TABLE = (() => {
+  const t = new Uint32Array(256);
+  for (let i = 0; i < 256; i++) {
+    let r = i << 24;
+    for (let k = 0; k < 8; k++) r = r & 0x80000000 ? (r << 1) ^ 0x04c11db7 : r << 1;
+    t[i] = r >>> 0;
+  }
+  return t;
+})();
+
+function oggCrc(bytes) {
+  let crc = 0;
+  for (let i = 0; i < bytes.length; i++) crc = ((crc << 8) ^ CRC_TABLE[((crc >>> 24) ^ bytes[i]) & 0xff]) >>> 0;
+  return crc;
+}
+
+/** 48 kHz samples in an Opus packet, from its TOC byte (RFC 6716 3.1). */
+function packetSamples(p) {
+  const toc = p[0];
+  const config = toc >> 3;
+  const frame = config < 12 ? [480, 960, 1920, 2880][config % 4] : config < 16 ? [480, 960][config % 2] : [120, 240, 480, 960][config % 4];
+  const code = toc & 3;
+  const frames = code === 0 ? 1 : code < 3 ? 2 : p[1] & 0x3f;
+  return frame * frames;
+}
+
+function oggPage(flags, granule, seq, packets) {
+  const lacing = [];
+  for (const p of packets) {
+    for (let n = p.length; ; n -= 255) {
+      lacing.push(Math.min(n, 255));
+      if (n < 255) break;
+    }
+  }
+  const body = packets.reduce((n, p) => n + p.length, 0);
+  const page = new Uint8Array(27 + lacing.length + body);
+  const v = new DataView(page.buffer);
+  page.set([0x4f, 0x67, 0x67, 0x53], 0); // "OggS"
+  page[5] = flags;
+  v.setBigUint64(6, BigInt(granule), true);
+  v.setUint32(14, 0x546f6c6b, true); // serial: one stream per utterance
+  v.setUint32(18, seq, true);
+  page[26] = lacing.length;
+  page.set(lacing, 27);
+  let at = 27 + lacing.length;
+  for (const p of packets) {
+    page.set(p, at);
+    at += p.length;
+  }
+  v.setUint32(22, oggCrc(page), true);
+  return page;
+}
+
+/** One Ogg Opus stream of `packets`: headers, then audio pages, the last
+ *  marked end-of-stream with the granule that trims the encoder's padding. */
+function muxOggOpus(packets, preSkip, inputRate, samples48k) {
+  const head = new Uint8Array(19);
+  const hv = new DataView(head.buffer);
+  head.set(enc.encode('OpusHead'), 0);
+  head[8] = 1; // version
+  head[9] = 1; // mono
+  hv.setUint16(10, preSkip, true);
+  hv.setUint32(12, inputRate, true);
+  const vendor = enc.encode('tolk-web');
+  const tags = new Uint8Array(8 + 4 + vendor.length + 4);
+  tags.set(enc.encode('OpusTags'), 0);
+  new DataView(tags.buffer).setUint32(8, vendor.length, true);
+  tags.set(vendor, 12);
+  const total = packets.reduce((n, p) => n + packetSamples(p), 0);
+  // Never past what the packets hold (the dispatcher refuses that).
+  const end = Math.max(preSkip, Math.min(preSkip + samples48k, total));
+  const pages = [oggPage(2, 0, 0, [head]), oggPage(0, 0, 1, [tags])];
+  let granule = 0;
+  for (let i = 0; i < packets.length; i += 50) {
+    const chunk = packets.slice(i, i + 50);
+    granule += chunk.reduce((n, p) => n + packetSamples(p), 0);
+    const last = i + 50 >= packets.length;
+    pages.push(oggPage(last ? 4 : 0, last ? end : Math.min(granule, end), pages.length, chunk));
+  }
+  const out = new Uint8Array(pages.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of pages) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/** Encodes mono pcm16 as one Ogg Opus stream with WebCodecs. */
+async function encodeOggOpus(pcm, sampleRate, bitrate, complexity) {
+  const packets = [];
+  let description = null;
+  let failure = null;
+  const encoder = new AudioEncoder({
+    output: (chunk, meta) => {
+      const b = new Uint8Array(chunk.byteLength);
+      chunk.copyTo(b);
+      packets.push(b);
+      if (meta && meta.decoderConfig && meta.decoderConfig.description) description = meta.decoderConfig.description;
+    },
+    error: (e) => {
+      failure = e;
+    },
+  });
+  encoder.configure({ codec: 'opus', sampleRate, numberOfChannels: 1, bitrate, opus: { frameDuration: 20000, complexity } });
+  encoder.encode(new AudioData({ format: 's16', sampleRate, numberOfFrames: pcm.length, numberOfChannels: 1, timestamp: 0, data: pcm }));
+  await encoder.flush();
+  encoder.close();
+  if (failure) throw failure;
+  if (!packets.length) throw new Error('the Opus encoder gave no packet');
+  // The encoder's own OpusHead (when it gives one) knows its pre-skip.
+  let preSkip = 312;
+  if (description) {
+    const d = description instanceof ArrayBuffer ? new Uint8Array(description) : new Uint8Array(description.buffer, description.byteOffset, description.byteLength);
+    if (d.length >= 12 && dec.decode(d.subarray(0, 8)) === 'OpusHead') preSkip = d[10] | (d[11] << 8);
+  }
+  return muxOggOpus(packets, preSkip, sampleRate, Math.round((pcm.length * 48000) / sampleRate));
+}
 
 /** The session's shell: runs its actions, feeds it sockets and timers. */
 class Shell {
@@ -52,6 +191,9 @@ class Shell {
     this.ws = null;
     this.gen = 0; // sockets of an older generation are ignored
     this.timer = null;
+    // Utterances to encode as Opus, one after another so they reach the
+    // session in the order they were cut.
+    this.encoding = Promise.resolve();
     const len = wasm.write(enc.encode(JSON.stringify(settings)));
     const seed = crypto.getRandomValues(new Uint32Array(1))[0];
     this.h = wasm.x.tolk_client_new(len, performance.now(), Date.now(), seed);
@@ -94,7 +236,25 @@ class Shell {
         return this.dropSocket();
       case 'deliver':
         return this.onEvent(a.event);
+      case 'encode':
+        return this.encode(a);
     }
+  }
+
+  /** Encodes an utterance the session handed out; on failure it goes as pcm16. */
+  encode(a) {
+    this.encoding = this.encoding.then(async () => {
+      const raw = fromBase64(a.pcm);
+      const pcm = new Int16Array(raw.buffer, raw.byteOffset, raw.byteLength >> 1);
+      try {
+        const ogg = await encodeOggOpus(pcm, a.sample_rate, a.bitrate, a.complexity);
+        tolk.encoded.push({ pcm_bytes: raw.byteLength, opus_bytes: ogg.length });
+        this.op(OP.ENCODED, ogg);
+      } catch (e) {
+        logLine(`opus encoding failed, sent as pcm16: ${e.message}`);
+        this.op(OP.ENCODE_FAILED);
+      }
+    });
   }
 
   connect() {
@@ -361,12 +521,16 @@ async function start() {
     mic = new Microphone();
     await mic.start(ctx, onPcm);
     const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws/session`;
-    session = new Shell(wasm, url, { src_lang: $('src').value, tgt_lang: $('tgt').value, pairing_code: code, sample_rate: ctx.sampleRate }, onEvent);
+    const opus = (tolk.opus = await opusSupport(ctx.sampleRate));
+    const settings = { src_lang: $('src').value, tgt_lang: $('tgt').value, pairing_code: code, sample_rate: ctx.sampleRate };
+    if (opus.encode) Object.assign(settings, { audio_encoding: 'opus', opus_bitrate_bps: 24000, opus_complexity: 5 });
+    if (opus.play) settings.tts_format = 'opus';
+    session = new Shell(wasm, url, settings, onEvent);
     tolk.dropConnection = () => session && session.ws && session.ws.close(4000, 'dropped on purpose');
     $('stop').disabled = false;
     $('talk').disabled = false;
     setBadge($('speech'), 'listening', false);
-    logLine(`listening at ${ctx.sampleRate} Hz: ${$('src').value} → ${$('tgt').value}`);
+    logLine(`listening at ${ctx.sampleRate} Hz: ${$('src').value} → ${$('tgt').value}; sending ${opus.encode ? 'Opus' : 'pcm16'}, speech back as ${opus.play ? 'Opus' : 'wav'}`);
   } catch (e) {
     logLine(`cannot start: ${e.message}`);
     if (session) session.op(OP.ABORT);
@@ -391,8 +555,10 @@ function stop() {
   if (mic) mic.stop();
   mic = null;
   if (session) {
-    session.op(OP.FLUSH);
-    session.op(OP.CLOSE);
+    const s = session;
+    s.op(OP.FLUSH);
+    // The last utterances may still be encoding: close after them.
+    s.encoding.then(() => s.op(OP.CLOSE));
   }
 }
 

@@ -112,6 +112,7 @@ pub async fn start(base: &str, behaviour: Behaviour) -> FakeNode {
 fn answer(node_id: &str, job: &Value) -> Value {
     let format = match job["audio_format"].as_str() {
         Some("wav") => tolk_protocol::AudioFormat::Wav,
+        Some("opus") => tolk_protocol::AudioFormat::Opus,
         _ => tolk_protocol::AudioFormat::Pcm16,
     };
     let rate = job["sample_rate"].as_u64().unwrap_or(16_000) as u32;
@@ -124,9 +125,17 @@ fn answer(node_id: &str, job: &Value) -> Value {
             result["success"] = json!(true);
             result["text_asr"] = json!(format!("{ms} ms of audio"));
             result["text_translated"] = json!(format!("utterance {index}: {ms} ms"));
-            // A short beep of "speech" so the TTS path is exercised.
-            result["tts_audio"] = json!(tolk_protocol::audio::to_base64(&tolk_protocol::audio::encode_pcm16(&[0, 1000, 0, -1000])));
-            result["tts_format"] = json!("pcm16");
+            // A short beep of "speech" so the TTS path is exercised: 4
+            // samples of pcm16, or 100 ms of Opus when the job asks for it.
+            if job["tts_format"].as_str() == Some("opus") {
+                let beep: Vec<i16> = (0..1600).map(|i| if i % 16 < 8 { 1000 } else { -1000 }).collect();
+                let opus = tolk_protocol::opus::encode(&beep, 16_000, Default::default()).unwrap_or_default();
+                result["tts_audio"] = json!(tolk_protocol::audio::to_base64(&opus));
+                result["tts_format"] = json!("opus");
+            } else {
+                result["tts_audio"] = json!(tolk_protocol::audio::to_base64(&tolk_protocol::audio::encode_pcm16(&[0, 1000, 0, -1000])));
+                result["tts_format"] = json!("pcm16");
+            }
             result["tts_sample_rate"] = json!(16_000);
             result["processing_time_ms"] = json!(1);
         }

@@ -161,6 +161,7 @@ pub fn session_init() -> String {
         session_id: None,
         resume_token: None,
         last_utterance_index: None,
+        tts_format: None,
     })
     .to_json()
 }
@@ -274,6 +275,7 @@ mod tests {
             audio_format: AudioFormat::Pcm16,
             sample_rate: 16_000,
             deadline_ms: Some(1),
+            tts_format: None,
         })
         .to_json();
         assert_eq!(str_field(&assign, key::TYPE), Some("job_assign"));

@@ -45,6 +45,11 @@ pub struct Canary {
     /// Mono 16-bit samples.
     pub samples: Arc<[i16]>,
     pub sample_rate: u32,
+    /// The same speech as Ogg Opus, as phones send it (base64, each variant
+    /// padded and scaled differently), and each one's length in ms. Encoded
+    /// by the shell when it loads the set: encoding does not belong under
+    /// the core's lock.
+    pub opus: Vec<(Arc<str>, u64)>,
 }
 
 /// The canaries the operator configured (loaded by the shell).
@@ -300,22 +305,21 @@ impl Core {
     fn send_canary(&mut self, now: Millis, id: &str, conn: ConnId, pick: usize) {
         let Some(c) = self.trust.set.as_ref().and_then(|s| s.canaries.get(pick)).cloned() else { return };
         // Fresh ids of the same form as real ones, and audio that differs
-        // every time: padded with 0–240 ms of silence each side and scaled
-        // by 85–100 %, so a node cannot recognise a canary by its bytes.
+        // from one canary to the next, so a node cannot recognise one by
+        // its bytes.
         let job_id = format!("j-{}", self.random_hex(16));
         let session_id = format!("s-{}", self.random_hex(16));
         let index = self.rng.random_range(1..=40u64);
-        let pad = |rng: &mut rand::rngs::StdRng| (c.sample_rate as usize / 100) * rng.random_range(0..=24usize);
-        let (before, after) = (pad(&mut self.rng), pad(&mut self.rng));
-        let gain: f32 = self.rng.random_range(0.85..1.0);
-        let mut bytes = Vec::with_capacity((before + c.samples.len() + after) * 2);
-        bytes.resize(before * 2, 0);
-        for &s in c.samples.iter() {
-            let v = (f32::from(s) * gain).round() as i16;
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-        bytes.resize(bytes.len() + after * 2, 0);
-        let audio_ms = (bytes.len() / 2) as u64 * 1000 / u64::from(c.sample_rate.max(1));
+        // In the format real utterances come in (their recent share of Opus),
+        // so that a node cannot answer one format honestly and the other not.
+        let as_opus = !c.opus.is_empty() && self.rng.random::<f64>() < self.opus_share;
+        let (audio, audio_format, audio_ms) = if as_opus {
+            let (b64, ms) = &c.opus[self.rng.random_range(0..c.opus.len())];
+            (tolk_protocol::Base64Audio::from(b64.as_ref()), AudioFormat::Opus, *ms)
+        } else {
+            let (b64, ms) = self.perturbed_pcm16(&c);
+            (b64.into(), AudioFormat::Pcm16, ms)
+        };
         let pipeline = canary_pipeline(&c);
         let deadline_ms = self.cfg.job_timeout_base_ms + audio_ms * self.cfg.job_timeout_per_audio_s_ms / 1000;
         let assign = ServerToNode::JobAssign(JobAssign {
@@ -327,10 +331,11 @@ impl Core {
             dialect: None,
             features: Features::default(),
             pipeline,
-            audio: base64::engine::general_purpose::STANDARD.encode(&bytes).into(),
-            audio_format: AudioFormat::Pcm16,
+            audio,
+            audio_format,
             sample_rate: c.sample_rate,
             deadline_ms: Some(deadline_ms),
+            tts_format: as_opus.then_some(AudioFormat::Opus),
         });
         let Some(n) = self.nodes.get_mut(id) else { return };
         n.running.insert(job_id.clone());
@@ -344,6 +349,24 @@ impl Core {
         );
         self.stats.canaries_sent += 1;
         self.out.push(Action::Send { conn, frame: Frame::node(assign) });
+    }
+
+    /// The canary's speech as pcm16 base64, padded with 0–240 ms of silence
+    /// each side and scaled by 85–100 % (so no two are byte-equal), and its
+    /// length in ms.
+    fn perturbed_pcm16(&mut self, c: &Canary) -> (String, u64) {
+        let pad = |rng: &mut rand::rngs::StdRng| (c.sample_rate as usize / 100) * rng.random_range(0..=24usize);
+        let (before, after) = (pad(&mut self.rng), pad(&mut self.rng));
+        let gain: f32 = self.rng.random_range(0.85..1.0);
+        let mut bytes = Vec::with_capacity((before + c.samples.len() + after) * 2);
+        bytes.resize(before * 2, 0);
+        for &s in c.samples.iter() {
+            let v = (f32::from(s) * gain).round() as i16;
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        bytes.resize(bytes.len() + after * 2, 0);
+        let audio_ms = (bytes.len() / 2) as u64 * 1000 / u64::from(c.sample_rate.max(1));
+        (base64::engine::general_purpose::STANDARD.encode(&bytes), audio_ms)
     }
 
     /// A `job_result` for a canary: scored here, never forwarded. `false`

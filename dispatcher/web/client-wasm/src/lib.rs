@@ -29,6 +29,8 @@
 //! # Layout
 //! - [`chunker`], [`session`]: the SDK's modules, included as they are.
 //! - [`SdkError`]: the SDK's error type, included as it is.
+//! - `codec`: the session's codecs here: pcm16 and wav; Opus is the page's
+//!   (WebCodecs), handed back through op 10.
 //! - this file: the handle table, the buffers and the exported functions.
 
 // `#[no_mangle]` exports are the whole point of this crate; they are the only
@@ -39,26 +41,35 @@
 
 #[path = "../../../../sdk/src/chunker.rs"]
 pub mod chunker;
+mod codec;
 #[path = "../../../../sdk/src/error.rs"]
 mod error;
 #[path = "../../../../sdk/src/session.rs"]
 pub mod session;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use base64::Engine as _;
 pub use chunker::{Chunker, ChunkerConfig, Utterance};
 pub use error::SdkError;
 use serde_json::{Value, json};
-pub use session::{Action, ConnectionState, Event, Input, Session, SessionConfig};
+pub use session::{Action, AudioEncoding, ConnectionState, EncodedUtterance, Event, Input, Session, SessionConfig};
 use tolk_protocol::session::ClientPlatform;
 
 /// A client as the page drives it: the chunker feeds the session.
 struct Client {
     chunker: Chunker,
     session: Session,
+    /// Opus bitrate and complexity when the page encodes utterances as Opus.
+    opus: Option<(u32, u8)>,
+    /// Utterances handed to the page to encode, oldest first: the page
+    /// encodes one at a time and answers in order (op 10 or 11).
+    encoding: VecDeque<Utterance>,
 }
+
+/// Utterances the page may be encoding at once; beyond, they go as pcm16.
+const MAX_ENCODING: usize = 32;
 
 enum Handle {
     Chunker { chunker: Box<Chunker>, out: Vec<Utterance> },
@@ -241,12 +252,21 @@ fn opt_str(v: &Value, key: &str) -> Option<String> {
 
 /// The session and chunker settings from the page's JSON; every field is
 /// optional and defaults to the SDK's, but `platform` is always `web`.
-fn settings(v: &Value) -> (SessionConfig, ChunkerConfig) {
+fn settings(v: &Value) -> (SessionConfig, ChunkerConfig, Option<(u32, u8)>) {
+    // The session itself sends pcm16 here (`codec.rs`); Opus utterances come
+    // encoded from the page. Results' speech is left as it came: the
+    // browser decodes and plays wav and Opus alike.
     let mut s = SessionConfig {
         client_version: concat!("tolk-web/", env!("CARGO_PKG_VERSION")).to_owned(),
         platform: ClientPlatform::Web,
+        audio_encoding: AudioEncoding::Pcm16,
+        tts_format: tolk_protocol::AudioFormat::Wav,
+        decode_tts: false,
         ..SessionConfig::default()
     };
+    if opt_str(v, "tts_format").as_deref() == Some("opus") {
+        s.tts_format = tolk_protocol::AudioFormat::Opus;
+    }
     if let Some(l) = opt_str(v, "src_lang") {
         s.src_lang = l;
     }
@@ -266,7 +286,12 @@ fn settings(v: &Value) -> (SessionConfig, ChunkerConfig) {
     if let Some(rate) = num("sample_rate").and_then(|r| u32::try_from(r).ok()) {
         c.sample_rate = rate;
     }
-    (s, c)
+    let opus = (opt_str(v, "audio_encoding").as_deref() == Some("opus")).then(|| {
+        let bitrate = num("opus_bitrate_bps").and_then(|b| u32::try_from(b).ok()).unwrap_or(24_000);
+        let complexity = num("opus_complexity").and_then(|c| u8::try_from(c).ok()).unwrap_or(5);
+        (bitrate.clamp(6_000, 510_000), complexity.min(10))
+    });
+    (s, c, opus)
 }
 
 fn state_json(s: &ConnectionState) -> Value {
@@ -319,7 +344,7 @@ fn actions_json(actions: Vec<Action>) -> Value {
 #[unsafe(no_mangle)]
 pub extern "C" fn tolk_client_new(len: usize, now: f64, epoch_ms: f64, seed: f64) -> i32 {
     let v: Value = serde_json::from_slice(&input_bytes(len)).unwrap_or(Value::Null);
-    let (scfg, ccfg) = settings(&v);
+    let (scfg, ccfg, opus) = settings(&v);
     let chunker = match Chunker::new(ccfg) {
         Ok(c) => c,
         Err(e) => {
@@ -328,7 +353,7 @@ pub extern "C" fn tolk_client_new(len: usize, now: f64, epoch_ms: f64, seed: f64
         }
     };
     match Session::new(scfg, seed as u64, epoch_ms as u64, now as u64) {
-        Ok(session) => insert(Handle::Client(Box::new(Client { chunker, session }))),
+        Ok(session) => insert(Handle::Client(Box::new(Client { chunker, session, opus, encoding: VecDeque::new() }))),
         Err(e) => {
             output(&json!({"error": e.to_string()}));
             -1
@@ -341,13 +366,20 @@ pub extern "C" fn tolk_client_new(len: usize, now: f64, epoch_ms: f64, seed: f64
 /// "deliver", ...}`). `op`:
 /// 0 push `len` samples (bytes / 2) of microphone audio; 1 manual cut;
 /// 2 flush (recording stopped); 3 connected; 4 connect failed; 5 connection
-/// lost; 6 a text frame of `len` bytes; 7 close; 8 abort; 9 timers due.
+/// lost; 6 a text frame of `len` bytes; 7 close; 8 abort; 9 timers due;
+/// 10 the oldest utterance handed out to encode, as `len` bytes of Ogg Opus;
+/// 11 that utterance could not be encoded (it goes as pcm16).
+///
+/// With `audio_encoding: "opus"`, an utterance the chunker cuts is not given
+/// to the session at once: an action `{"do": "encode", "pcm": base64 pcm16,
+/// "sample_rate", "bitrate", "complexity"}` asks the page to encode it, and
+/// op 10 (or 11) gives it to the session, in the order they were cut.
 #[unsafe(no_mangle)]
 pub extern "C" fn tolk_client_op(h: i32, op: u32, len: usize, now: f64) -> usize {
     let now = now as u64;
-    let bytes = if matches!(op, 0 | 4 | 5 | 6) { input_bytes(len) } else { Vec::new() };
-    let actions = with_handle(h, |handle| {
-        let Handle::Client(c) = handle else { return Vec::new() };
+    let bytes = if matches!(op, 0 | 4 | 5 | 6 | 10) { input_bytes(len) } else { Vec::new() };
+    let result = with_handle(h, |handle| {
+        let Handle::Client(c) = handle else { return (Vec::new(), Vec::new()) };
         let utterances = match op {
             0 => {
                 let samples: Vec<i16> = bytes.chunks_exact(2).map(|p| i16::from_le_bytes([p[0], p[1]])).collect();
@@ -357,8 +389,39 @@ pub extern "C" fn tolk_client_op(h: i32, op: u32, len: usize, now: f64) -> usize
             2 => c.chunker.flush().into_iter().collect(),
             _ => Vec::new(),
         };
+        let mut encode = Vec::new();
         for u in utterances {
-            c.session.handle(now, Input::Utterance(u));
+            match c.opus {
+                Some((bitrate, complexity)) if c.encoding.len() < MAX_ENCODING => {
+                    let pcm = base64::engine::general_purpose::STANDARD.encode(tolk_protocol::audio::encode_pcm16(&u.samples));
+                    encode.push(
+                        json!({"do": "encode", "pcm": pcm, "sample_rate": u.sample_rate, "bitrate": bitrate, "complexity": complexity}),
+                    );
+                    c.encoding.push_back(u);
+                }
+                _ => c.session.handle(now, Input::Utterance(u)),
+            }
+        }
+        match op {
+            10 => {
+                if let Some(u) = c.encoding.pop_front() {
+                    let e = EncodedUtterance {
+                        audio: bytes.clone(),
+                        format: tolk_protocol::AudioFormat::Opus,
+                        sample_rate: u.sample_rate,
+                        start_ms: u.start_ms,
+                        end_ms: u.end_ms,
+                        manual_cut: u.manual_cut,
+                    };
+                    c.session.handle(now, Input::Encoded(e));
+                }
+            }
+            11 => {
+                if let Some(u) = c.encoding.pop_front() {
+                    c.session.handle(now, Input::Utterance(u));
+                }
+            }
+            _ => {}
         }
         let text = String::from_utf8_lossy(&bytes);
         match op {
@@ -371,10 +434,16 @@ pub extern "C" fn tolk_client_op(h: i32, op: u32, len: usize, now: f64) -> usize
             9 => c.session.on_timeout(now),
             _ => {}
         }
-        c.session.take_actions()
+        (c.session.take_actions(), encode)
     });
-    match actions {
-        Some(a) => output(&actions_json(a)),
+    match result {
+        Some((actions, encode)) => {
+            let mut list = actions_json(actions);
+            if let Value::Array(items) = &mut list {
+                items.extend(encode);
+            }
+            output(&list)
+        }
         None => 0,
     }
 }

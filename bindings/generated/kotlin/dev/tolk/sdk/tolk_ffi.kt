@@ -2227,9 +2227,30 @@ data class TolkConfig (
     var `sampleRate`: kotlin.UInt = 16000u 
     , 
     /**
-     * Defaults to PCM16.
+     * Defaults to Opus.
      */
     var `audioEncoding`: AudioEncoding? = null 
+    , 
+    /**
+     * Opus target bitrate, 6000 to 510000 bit/s.
+     */
+    var `opusBitrateBps`: kotlin.UInt = 24000u 
+    , 
+    /**
+     * Opus complexity, 0 (least CPU) to 10 (best).
+     */
+    var `opusComplexity`: kotlin.UByte = 5u 
+    , 
+    /**
+     * The format results' speech is asked for; defaults to Opus.
+     */
+    var `ttsFormat`: AudioEncoding? = null 
+    , 
+    /**
+     * Opus results are decoded to PCM16 (`tts_format` "pcm16"); `false`
+     * hands over the Ogg Opus bytes.
+     */
+    var `decodeTts`: kotlin.Boolean = true 
     , 
     /**
      * VAD mode, 0 (keeps most) to 3 (keeps least).
@@ -2290,6 +2311,10 @@ public object FfiConverterTypeTolkConfig: FfiConverterRustBuffer<TolkConfig> {
             FfiConverterBoolean.read(buf),
             FfiConverterUInt.read(buf),
             FfiConverterOptionalTypeAudioEncoding.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterUByte.read(buf),
+            FfiConverterOptionalTypeAudioEncoding.read(buf),
+            FfiConverterBoolean.read(buf),
             FfiConverterUByte.read(buf),
             FfiConverterUInt.read(buf),
             FfiConverterUInt.read(buf),
@@ -2313,6 +2338,10 @@ public object FfiConverterTypeTolkConfig: FfiConverterRustBuffer<TolkConfig> {
             FfiConverterBoolean.allocationSize(value.`speechRateDetection`) +
             FfiConverterUInt.allocationSize(value.`sampleRate`) +
             FfiConverterOptionalTypeAudioEncoding.allocationSize(value.`audioEncoding`) +
+            FfiConverterUInt.allocationSize(value.`opusBitrateBps`) +
+            FfiConverterUByte.allocationSize(value.`opusComplexity`) +
+            FfiConverterOptionalTypeAudioEncoding.allocationSize(value.`ttsFormat`) +
+            FfiConverterBoolean.allocationSize(value.`decodeTts`) +
             FfiConverterUByte.allocationSize(value.`vadAggressiveness`) +
             FfiConverterUInt.allocationSize(value.`hangOverMs`) +
             FfiConverterUInt.allocationSize(value.`maxUtteranceMs`) +
@@ -2335,6 +2364,10 @@ public object FfiConverterTypeTolkConfig: FfiConverterRustBuffer<TolkConfig> {
             FfiConverterBoolean.write(value.`speechRateDetection`, buf)
             FfiConverterUInt.write(value.`sampleRate`, buf)
             FfiConverterOptionalTypeAudioEncoding.write(value.`audioEncoding`, buf)
+            FfiConverterUInt.write(value.`opusBitrateBps`, buf)
+            FfiConverterUByte.write(value.`opusComplexity`, buf)
+            FfiConverterOptionalTypeAudioEncoding.write(value.`ttsFormat`, buf)
+            FfiConverterBoolean.write(value.`decodeTts`, buf)
             FfiConverterUByte.write(value.`vadAggressiveness`, buf)
             FfiConverterUInt.write(value.`hangOverMs`, buf)
             FfiConverterUInt.write(value.`maxUtteranceMs`, buf)
@@ -2360,7 +2393,7 @@ data class TranslationResult (
     var `textTranslated`: kotlin.String
     , 
     /**
-     * Synthesized speech, decoded.
+     * Synthesized speech: PCM16 (Opus decoded) unless `decode_tts` is off.
      */
     var `ttsAudio`: kotlin.ByteArray?
     , 
@@ -2488,19 +2521,25 @@ public object FfiConverterTypeUtteranceFailure: FfiConverterRustBuffer<Utterance
 
 
 /**
- * How utterance audio goes on the wire.
+ * How audio goes on the wire: utterances (`audio_encoding`) and results'
+ * speech (`tts_format`).
  */
 
 enum class AudioEncoding {
     
     /**
-     * Raw little-endian PCM16 (the default).
+     * Raw little-endian PCM16.
      */
     PCM16,
     /**
      * A WAV file per utterance.
      */
-    WAV;
+    WAV,
+    /**
+     * One Ogg Opus stream per utterance (the default; `opus_bitrate_bps`,
+     * `opus_complexity`).
+     */
+    OPUS;
 
     
 
@@ -2746,7 +2785,8 @@ sealed class TolkException: kotlin.Exception() {
     }
     
     /**
-     * Audio that is not whole PCM16 samples.
+     * Audio that is not whole PCM16 samples, or speech that could not be
+     * encoded or decoded (bad Opus from the server).
      */
     class InvalidAudio(
         
