@@ -173,6 +173,7 @@ impl Collector for CoreCollector {
         counter(&mut e, "cpu_shed", "Utterances refused because the dispatcher's own CPU was the limit", s.cpu_shed)?;
         gauge(&mut e, "shedding", "1 while new utterances are admitted at the rate outcomes are delivered (the dispatcher's CPU is the limit)", u64::from(s.shedding))?;
         counter(&mut e, "canaries_sent", "Canary jobs sent to nodes", s.canaries_sent)?;
+        counter(&mut e, "canaries_opus", "Canary jobs sent as Ogg Opus (as phones send), of those sent", s.canaries_opus)?;
         family(
             &mut e,
             "canaries",

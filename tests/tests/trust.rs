@@ -125,6 +125,36 @@ async fn an_honest_node_earns_trust_and_a_garbage_node_is_quarantined() {
     for r in app.results() {
         assert!(!r.text_asr.contains("watches"), "a quarantined node's answer reached a user: {}", app.summary());
     }
+    // Phones speak Opus: once most utterances are Opus, so are canaries. 60
+    // short Opus utterances move the share; a re-verification then runs on
+    // Opus canaries, which the real node passes.
+    let (mut ws, ack) = wire::open_session(dispatcher.addr, &wire::session_init()).await;
+    let sid = ack["session_id"].as_str().unwrap().to_owned();
+    let tone: Vec<i16> = (0..8_000).map(|i| ((i as f32 * 0.05).sin() * 3_000.0) as i16).collect();
+    let ogg = tolk_protocol::opus::encode(&tone, 16_000, tolk_protocol::opus::OpusSettings::default()).unwrap();
+    let mut answered = 0;
+    for i in 0..60u64 {
+        let mut u = wire::utterance(&sid, i, &[0; 160]);
+        u["audio_format"] = json!("opus");
+        u["audio"] = json!(tolk_protocol::audio::to_base64(&ogg));
+        wire::send(&mut ws, &u).await;
+        // One at a time: the node serves them as they come.
+        while answered <= i {
+            if wire::outcome_index(&wire::recv(&mut ws).await).is_some() {
+                answered += 1;
+            }
+        }
+    }
+    let (status, _) = wire::http(dispatcher.addr, "POST", &format!("/admin/nodes/{honest_id}/probation"), Some(tolk_e2e::ADMIN_TOKEN)).await;
+    assert_eq!(status, 200);
+    let t = eventually("the real node is trusted again, on Opus canaries", LIMIT, || async {
+        let t = trust_state(&dispatcher, &honest_id).await;
+        (t["state"] == "trusted").then_some(t)
+    })
+    .await;
+    assert_eq!((t["canaries_passed"].as_u64(), t["canaries_failed"].as_u64()), (Some(6), Some(0)), "{t}");
+    assert!(dispatcher.metric("tolk_canaries_opus_total").await >= 1.0, "the re-verification's canaries were Opus (most of them)");
+
     let answered = farm.is_finished();
     assert!(!answered, "the farmer is still connected, just never used");
     farm.abort();

@@ -262,7 +262,7 @@ impl Core {
             }
         }
         let opus = f64::from(u8::from(u.audio_format == AudioFormat::Opus));
-        self.opus_share = 0.98 * self.opus_share + 0.02 * opus;
+        self.opus_share = 0.95 * self.opus_share + 0.05 * opus;
         let Some(s) = self.sessions.get(id) else { return };
         let session_features = s.features;
         let tts_format = s.tts_format;

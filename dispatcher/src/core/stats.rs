@@ -88,6 +88,8 @@ pub struct CoreStats {
     /// Utterances refused because the dispatcher's own CPU was the limit.
     pub cpu_shed: u64,
     pub canaries_sent: u64,
+    /// Of those, sent as Opus.
+    pub canaries_opus: u64,
     /// Canary verdicts: `pass`, `fail`, `inconclusive`.
     pub canary_outcomes: BTreeMap<String, u64>,
     /// Failed canaries by reason (`text`, `translation`, `too_fast`, `no_speech`).
@@ -132,6 +134,7 @@ impl Default for CoreStats {
             detection_timeouts: 0,
             cpu_shed: 0,
             canaries_sent: 0,
+            canaries_opus: 0,
             canary_outcomes: BTreeMap::new(),
             canary_failures: BTreeMap::new(),
             nodes_quarantined: 0,

@@ -348,6 +348,7 @@ impl Core {
             Inflight { node: id.to_owned(), canary: pick, session_id, index, audio_ms, pipeline, started: now, deadline: now + deadline_ms },
         );
         self.stats.canaries_sent += 1;
+        self.stats.canaries_opus += u64::from(as_opus);
         self.out.push(Action::Send { conn, frame: Frame::node(assign) });
     }
 
