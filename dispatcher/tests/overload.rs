@@ -241,7 +241,13 @@ fn below_capacity_nothing_is_refused() {
 #[test]
 fn when_the_dispatchers_own_cpu_is_the_limit_it_admits_what_it_serves_and_refuses_the_rest_at_once() {
     use tolk_dispatcher::core::Input;
-    let mut sim = Sim::new(CoreConfig { max_jobs_per_node: 10_000, max_pending_per_session: 10_000, ..CoreConfig::default() });
+    let mut sim = Sim::new(CoreConfig {
+        max_jobs_per_node: 10_000,
+        max_pending_per_session: 10_000,
+        shed_lag_high_ms: 20.0,
+        shed_lag_low_ms: 5.0,
+        ..CoreConfig::default()
+    });
     let (node, node_id, _) = sim.register_node(&[("en", "es")], true);
     let (client, sid, _) = sim.open_session("en", "es");
     let mut index = 0;
