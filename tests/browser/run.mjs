@@ -93,6 +93,8 @@ try {
   // ---- a node registers: it appears without a reload
   const [nodeId, pairingCode] = (await step('start-node')).split(' ');
   await until(dash, 'the dashboard shows the node connected', (id) => !!document.querySelector(`tr[data-node="${id}"][data-state="connected"]`), nodeId, 30_000);
+  // Its trust column: no canary set in this run, so every node is "unchecked".
+  await until(dash, 'the dashboard shows the node\'s trust', (id) => [...document.querySelectorAll(`tr[data-node="${id}"] td`)].some((td) => td.textContent === 'unchecked'), nodeId, 10_000);
   const before = await dash.evaluate(() => ({ results: window.dash.last.outcomes.result || 0, utterances: window.dash.last.counters.tolk_utterances_total || 0, snapshots: window.dash.snapshots }));
 
   // ---- the web client speaks

@@ -267,7 +267,6 @@ pub(crate) fn snapshot(d: &Dispatcher, declared: &[LanguagePair]) -> DashboardSn
             "declared by the operator (TOLK_WEB_LANGUAGES), offered while a node with models is connected"
         },
         missing: vec![
-            "node trust (not modelled yet)",
             "per-stage latency (nodes report one processing_time_ms per job; the histograms are per job and per utterance)",
             "recent not-dispatched reasons one by one (counted: tolk_unavailable_total by main reason, tolk_refusals_total by code)",
         ],

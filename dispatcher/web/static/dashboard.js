@@ -174,6 +174,10 @@ function renderNodes(s) {
     cell(tr, fmt(n.cpu_percent), 'num');
     cell(tr, fmt(n.mem_percent), 'num');
     cell(tr, n.accept_public_jobs ? 'yes' : 'paired only');
+    // Canary verification: probation, trusted (✓ verified), quarantined…
+    const t = n.trust || {};
+    const trust = cell(tr, `${t.state || '–'}${t.verified ? ' ✓' : ''}`, t.state === 'quarantined' ? 'bad' : '');
+    trust.title = t.last_failure ? `last failure: ${t.last_failure}` : `canaries passed ${t.canaries_passed ?? 0}, failed ${t.canaries_failed ?? 0}`;
     cell(tr, n.version);
     rows.push(tr);
   }
@@ -185,12 +189,12 @@ function renderNodes(s) {
     tr.className = 'gone';
     cell(tr, id);
     cell(tr, 'gone (forgotten)');
-    for (let i = 0; i < 6; i++) cell(tr, '');
+    for (let i = 0; i < 8; i++) cell(tr, '');
     rows.push(tr);
   }
   if (!rows.length) {
     const tr = document.createElement('tr');
-    cell(tr, 'no node has registered').colSpan = 8;
+    cell(tr, 'no node has registered').colSpan = 10;
     rows.push(tr);
   }
   body.replaceChildren(...rows);
