@@ -98,15 +98,9 @@ pub const OPUS_VARIANTS: usize = 6;
 
 fn opus_variants(samples: &[i16], rate: u32, rng: &mut rand::rngs::StdRng) -> Result<Vec<(Arc<str>, u64)>, String> {
     use base64::Engine as _;
-    use rand::Rng as _;
     (0..OPUS_VARIANTS)
         .map(|_| {
-            let pad = |rng: &mut rand::rngs::StdRng| (rate as usize / 100) * rng.random_range(0..=24usize);
-            let (before, after) = (pad(rng), pad(rng));
-            let gain: f32 = rng.random_range(0.85..1.0);
-            let mut v = vec![0i16; before];
-            v.extend(samples.iter().map(|&s| (f32::from(s) * gain).round() as i16));
-            v.resize(v.len() + after, 0);
+            let v = crate::core::trust::perturb(samples, rate, rng);
             let ogg = tolk_protocol::opus::encode(&v, rate, tolk_protocol::opus::OpusSettings::default()).map_err(|e| e.to_string())?;
             let ms = tolk_protocol::ogg_opus::inspect(&ogg).map_err(|e| e.to_string())?.duration_ms();
             Ok((Arc::from(base64::engine::general_purpose::STANDARD.encode(&ogg)), ms))

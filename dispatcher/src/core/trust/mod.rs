@@ -356,18 +356,9 @@ impl Core {
     /// each side and scaled by 85–100 % (so no two are byte-equal), and its
     /// length in ms.
     fn perturbed_pcm16(&mut self, c: &Canary) -> (String, u64) {
-        let pad = |rng: &mut rand::rngs::StdRng| (c.sample_rate as usize / 100) * rng.random_range(0..=24usize);
-        let (before, after) = (pad(&mut self.rng), pad(&mut self.rng));
-        let gain: f32 = self.rng.random_range(0.85..1.0);
-        let mut bytes = Vec::with_capacity((before + c.samples.len() + after) * 2);
-        bytes.resize(before * 2, 0);
-        for &s in c.samples.iter() {
-            let v = (f32::from(s) * gain).round() as i16;
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-        bytes.resize(bytes.len() + after * 2, 0);
-        let audio_ms = (bytes.len() / 2) as u64 * 1000 / u64::from(c.sample_rate.max(1));
-        (base64::engine::general_purpose::STANDARD.encode(&bytes), audio_ms)
+        let samples = perturb(&c.samples, c.sample_rate, &mut self.rng);
+        let audio_ms = samples.len() as u64 * 1000 / u64::from(c.sample_rate.max(1));
+        (base64::engine::general_purpose::STANDARD.encode(tolk_protocol::audio::encode_pcm16(&samples)), audio_ms)
     }
 
     /// A `job_result` for a canary: scored here, never forwarded. `false`
@@ -542,6 +533,19 @@ impl Core {
         self.canary_tick(now, id);
         Ok(())
     }
+}
+
+/// `samples` padded with 0–240 ms of silence each side and scaled by
+/// 85–100 %: the same speech, never the same bytes twice.
+pub fn perturb(samples: &[i16], sample_rate: u32, rng: &mut rand::rngs::StdRng) -> Vec<i16> {
+    let pad = |rng: &mut rand::rngs::StdRng| (sample_rate as usize / 100) * rng.random_range(0..=24usize);
+    let (before, after) = (pad(rng), pad(rng));
+    let gain: f32 = rng.random_range(0.85..1.0);
+    let mut v = Vec::with_capacity(before + samples.len() + after);
+    v.resize(before, 0);
+    v.extend(samples.iter().map(|&s| (f32::from(s) * gain).round() as i16));
+    v.resize(v.len() + after, 0);
+    v
 }
 
 /// What a canary asks of a node: a public job of its languages.
