@@ -60,7 +60,11 @@ pub fn register(registry: &mut Registry, shell: &ShellMetrics, slot: StatsSlot) 
         "Time inside the dispatcher: a frame read until the frames it caused are written",
         shell.dispatch_seconds.clone(),
     );
-    r.register("scheduling_lag_ms", "How long a task that yielded waited to run again, over the last reading", shell.scheduling_lag.clone());
+    r.register(
+        "scheduling_lag_ms",
+        "How long a task that yielded waited to run again, over the last reading",
+        shell.scheduling_lag.clone(),
+    );
     r.register("worker_busy_share", "Share of the last 100 ms the runtime's worker threads ran (not parked)", shell.worker_busy.clone());
     r.register_collector(Box::new(CoreCollector { slot }));
 }
@@ -81,6 +85,27 @@ fn gauge(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> Resul
     g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
+/// A labelled family of counters (`MetricType::Counter`) or gauges.
+fn labelled<'a>(
+    e: &mut DescriptorEncoder<'_>,
+    kind: MetricType,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl Iterator<Item = (&'a str, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(name, help, None, kind)?;
+    for (k, v) in values {
+        let labels = [(label, k)];
+        let mut f = m.encode_family(&labels)?;
+        match kind {
+            MetricType::Gauge => f.encode_gauge(&i64::try_from(v).unwrap_or(i64::MAX))?,
+            _ => f.encode_counter::<NoLabelSet, _, u64>(&v, None)?,
+        }
+    }
+    Ok(())
+}
+
 fn family<'a>(
     e: &mut DescriptorEncoder<'_>,
     name: &str,
@@ -88,12 +113,7 @@ fn family<'a>(
     label: &str,
     values: impl Iterator<Item = (&'a str, u64)>,
 ) -> Result<(), std::fmt::Error> {
-    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (k, v) in values {
-        let labels = [(label, k)];
-        m.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&v, None)?;
-    }
-    Ok(())
+    labelled(e, MetricType::Counter, name, help, label, values)
 }
 
 fn gauge_family<'a>(
@@ -103,12 +123,7 @@ fn gauge_family<'a>(
     label: &str,
     values: impl Iterator<Item = (&'a str, u64)>,
 ) -> Result<(), std::fmt::Error> {
-    let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (k, v) in values {
-        let labels = [(label, k)];
-        m.encode_family(&labels)?.encode_gauge(&i64::try_from(v).unwrap_or(i64::MAX))?;
-    }
-    Ok(())
+    labelled(e, MetricType::Gauge, name, help, label, values)
 }
 
 fn histogram(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, h: &CoreHistogram) -> Result<(), std::fmt::Error> {
@@ -171,7 +186,12 @@ impl Collector for CoreCollector {
         family(&mut e, "bad_frames", "Frames refused as invalid, by endpoint", "endpoint", s.bad_frames.iter().map(|(k, v)| (*k, *v)))?;
         counter(&mut e, "detection_timeouts", "Results sent without detector features because detection was late", s.detection_timeouts)?;
         counter(&mut e, "cpu_shed", "Utterances refused because the dispatcher's own CPU was the limit", s.cpu_shed)?;
-        gauge(&mut e, "shedding", "1 while new utterances are admitted at the rate outcomes are delivered (the dispatcher's CPU is the limit)", u64::from(s.shedding))?;
+        gauge(
+            &mut e,
+            "shedding",
+            "1 while new utterances are admitted at the rate outcomes are delivered (the dispatcher's CPU is the limit)",
+            u64::from(s.shedding),
+        )?;
         counter(&mut e, "canaries_sent", "Canary jobs sent to nodes", s.canaries_sent)?;
         counter(&mut e, "canaries_opus", "Canary jobs sent as Ogg Opus (as phones send), of those sent", s.canaries_opus)?;
         family(
