@@ -157,7 +157,12 @@ mod tests {
         for c in &s.canaries {
             assert_eq!(c.opus.len(), OPUS_VARIANTS);
             let ms = c.samples.len() as u64 * 1000 / u64::from(c.sample_rate);
-            assert!(c.opus.iter().all(|(_, m)| *m >= ms && *m <= ms + 520), "{}: {ms} vs {:?}", c.name, c.opus.iter().map(|v| v.1).collect::<Vec<_>>());
+            assert!(
+                c.opus.iter().all(|(_, m)| *m >= ms && *m <= ms + 520),
+                "{}: {ms} vs {:?}",
+                c.name,
+                c.opus.iter().map(|v| v.1).collect::<Vec<_>>()
+            );
             let distinct: std::collections::HashSet<&str> = c.opus.iter().map(|(b, _)| b.as_ref()).collect();
             assert_eq!(distinct.len(), OPUS_VARIANTS);
         }

@@ -335,7 +335,12 @@ macro_rules! detector_calls {
                 Ok(Ok((info.name, info.version, features(api.call_provides(store)?))))
             },
             // detect: a fresh instance, init, detect
-            |store: &mut Store<StoreState>, config: &str, samples: &[i16], rate: u32, want: Features| -> wasmtime::Result<Result<Found, String>> {
+            |store: &mut Store<StoreState>,
+             config: &str,
+             samples: &[i16],
+             rate: u32,
+             want: Features|
+             -> wasmtime::Result<Result<Found, String>> {
                 let inst = $pre.instantiate(&mut *store)?;
                 let api = inst.tolk_plugin_detection();
                 api.call_init(&mut *store, config)?.map_err(wasmtime::Error::msg)?;
@@ -357,7 +362,14 @@ impl DetPre {
         }
     }
 
-    fn detect(&self, store: &mut Store<StoreState>, config: &str, samples: &[i16], rate: u32, want: Features) -> wasmtime::Result<Result<Found, String>> {
+    fn detect(
+        &self,
+        store: &mut Store<StoreState>,
+        config: &str,
+        samples: &[i16],
+        rate: u32,
+        want: Features,
+    ) -> wasmtime::Result<Result<Found, String>> {
         match self {
             Self::V02(p) => (detector_calls!(detector_world, p).1)(store, config, samples, rate, want),
             Self::V01(p) => (detector_calls!(detector_v01, p).1)(store, config, samples, rate, want),
@@ -1042,7 +1054,12 @@ impl WasmPolicy {
 /// One `pick` call on a live instance, in the version it speaks: a 0.2.0
 /// plugin gets the flat records (built in `flat`, reused), a 0.1.0 one the
 /// 0.1.0 records.
-fn call_pick(live: &mut LiveScheduler, flat: &mut Vec<u8>, job: &JobInfo<'_>, candidates: &[Candidate<'_>]) -> wasmtime::Result<Option<u32>> {
+fn call_pick(
+    live: &mut LiveScheduler,
+    flat: &mut Vec<u8>,
+    job: &JobInfo<'_>,
+    candidates: &[Candidate<'_>],
+) -> wasmtime::Result<Option<u32>> {
     let session_key = session_key(job.session_id);
     match &live.bindings {
         SchedBindings::V02(b) => {

@@ -400,6 +400,7 @@ fn canaries_come_in_the_format_real_utterances_come_in() {
         sim.advance(400);
         answer(&mut sim, node, &node_id, &c, TEXT, TRANSLATION);
     }
-    let opus = formats.iter().filter(|(a, t)| *a == tolk_protocol::AudioFormat::Opus && *t == Some(tolk_protocol::AudioFormat::Opus)).count();
+    let opus =
+        formats.iter().filter(|(a, t)| *a == tolk_protocol::AudioFormat::Opus && *t == Some(tolk_protocol::AudioFormat::Opus)).count();
     assert!(opus >= 2, "mostly Opus, as the phones send: {formats:?}");
 }

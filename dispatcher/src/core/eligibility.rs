@@ -12,7 +12,6 @@ use tolk_protocol::node::Pipeline;
 use super::Millis;
 use super::nodes::Node;
 
-
 /// What a job needs from a node. Jobs with equal requirements form one
 /// queue class (`queue::Class`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -222,11 +221,21 @@ impl super::Core {
             .map(|((id, n), _)| super::jobs::candidate(id, n, last.as_deref()))
             .collect();
         let session_id = q.session.clone().unwrap_or_default();
-        let info = super::policy::JobInfo { session_id: &session_id, utterance_index: 0, audio_ms: 0, attempt: 0, paired: req.paired_node.is_some() };
+        let info = super::policy::JobInfo {
+            session_id: &session_id,
+            utterance_index: 0,
+            audio_ms: 0,
+            attempt: 0,
+            paired: req.paired_node.is_some(),
+        };
         let picked = if candidates.is_empty() {
             None
         } else {
-            let i = self.policy.pick(&info, &candidates).filter(|&i| i < candidates.len()).or_else(|| super::policy::LeastLoaded::choose(&candidates));
+            let i = self
+                .policy
+                .pick(&info, &candidates)
+                .filter(|&i| i < candidates.len())
+                .or_else(|| super::policy::LeastLoaded::choose(&candidates));
             i.and_then(|i| candidates.get(i)).map(|c| c.node_id.to_owned())
         };
         for row in &mut rows {

@@ -106,13 +106,23 @@ pub enum Action {
 /// Admin commands (the shell's HTTP API).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminCommand {
-    Drain { node_id: String },
-    Shutdown { node_id: String },
-    ReloadConfig { node_id: String },
+    Drain {
+        node_id: String,
+    },
+    Shutdown {
+        node_id: String,
+    },
+    ReloadConfig {
+        node_id: String,
+    },
     /// Back on probation: verify the node again with canaries.
-    Probation { node_id: String },
+    Probation {
+        node_id: String,
+    },
     /// Trust the node without canaries (the operator vouches for it).
-    Vouch { node_id: String },
+    Vouch {
+        node_id: String,
+    },
 }
 
 /// A node as the admin API lists it.

@@ -153,7 +153,10 @@ impl Core {
         // Trust belongs to the identity: a reconnect neither clears a
         // quarantine nor repeats a passed probation.
         let trust = match &previous {
-            Some(p) if reg.accept_public_jobs && matches!(p.trust.state, TrustState::Probation | TrustState::Trusted | TrustState::Quarantined) => {
+            Some(p)
+                if reg.accept_public_jobs
+                    && matches!(p.trust.state, TrustState::Probation | TrustState::Trusted | TrustState::Quarantined) =>
+            {
                 let mut t = p.trust.clone();
                 t.inflight = None;
                 t

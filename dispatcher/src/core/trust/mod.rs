@@ -345,7 +345,16 @@ impl Core {
         tracing::debug!(node = id, canary = %c.name, state = n.trust.state.as_str(), "canary sent");
         self.trust.inflight.insert(
             job_id,
-            Inflight { node: id.to_owned(), canary: pick, session_id, index, audio_ms, pipeline, started: now, deadline: now + deadline_ms },
+            Inflight {
+                node: id.to_owned(),
+                canary: pick,
+                session_id,
+                index,
+                audio_ms,
+                pipeline,
+                started: now,
+                deadline: now + deadline_ms,
+            },
         );
         self.stats.canaries_sent += 1;
         self.stats.canaries_opus += u64::from(as_opus);

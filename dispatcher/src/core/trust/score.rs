@@ -12,7 +12,10 @@ pub enum Verdict {
     Pass,
     /// Wrong: `reason` is a metric label (`text`, `translation`,
     /// `too_fast`, `no_speech`), `detail` says what was seen.
-    Fail { reason: &'static str, detail: String },
+    Fail {
+        reason: &'static str,
+        detail: String,
+    },
     /// Proves nothing either way (the node answered an error).
     Inconclusive(String),
 }
@@ -46,13 +49,19 @@ pub fn judge(expected: &Expected<'_>, r: &JobResult, took_ms: u64, t: &Threshold
     if took_ms.saturating_mul(1000) < t.min_ms_per_audio_s.saturating_mul(expected.audio_ms) {
         return Verdict::Fail {
             reason: "too_fast",
-            detail: format!("answered {} ms of audio in {took_ms} ms (at least {} ms per second expected)", expected.audio_ms, t.min_ms_per_audio_s),
+            detail: format!(
+                "answered {} ms of audio in {took_ms} ms (at least {} ms per second expected)",
+                expected.audio_ms, t.min_ms_per_audio_s
+            ),
         };
     }
     let heard = r.text_asr.as_deref().unwrap_or_default();
     let err = error_rate(expected.text, heard);
     if err > t.max_text_error {
-        return Verdict::Fail { reason: "text", detail: format!("recognised {heard:?}, expected {:?} (error rate {err:.2})", expected.text) };
+        return Verdict::Fail {
+            reason: "text",
+            detail: format!("recognised {heard:?}, expected {:?} (error rate {err:.2})", expected.text),
+        };
     }
     if expected.wants_translation {
         let translated = r.text_translated.as_deref().unwrap_or_default();
