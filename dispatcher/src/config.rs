@@ -138,6 +138,56 @@ pub struct Config {
     pub plugins: crate::plugins::PluginsConfig,
     /// Trust in volunteer nodes: canary jobs, probation, quarantine.
     pub trust: TrustConfig,
+    /// Several dispatchers as one cluster over NATS (off without `nats_url`).
+    pub cluster: ClusterConfig,
+}
+
+/// Cluster mode (`[cluster]`, extension 13): dispatchers sharing one fleet
+/// and one namespace over NATS. Off without `nats_url`: the dispatcher is
+/// then one process holding all its state, as without a cluster.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `nats://host:4222` (several, comma-separated, for a NATS cluster).
+    /// The NATS server needs JetStream (`nats-server -js`).
+    pub nats_url: Option<String>,
+    /// This dispatcher's name in the cluster: unique, `[A-Za-z0-9_-]`;
+    /// random when unset.
+    pub name: Option<String>,
+    /// The secret every dispatcher of the cluster shares: node and resume
+    /// tokens are derived from it, so they are valid on all of them.
+    /// Required in cluster mode (at least 16 bytes).
+    pub secret: Option<String>,
+    /// Subjects and bucket names start with this (one NATS, several clusters).
+    pub prefix: String,
+    /// How often this dispatcher announces its nodes.
+    pub announce_ms: u64,
+    /// A dispatcher not heard from for this long is gone: its nodes' jobs are retried.
+    pub peer_timeout_ms: u64,
+    /// How long the cluster keeps an unconfirmed outcome (a resume later
+    /// than this re-runs the utterance).
+    pub outcome_ttl_ms: u64,
+    /// How long it keeps a session's record without a resume or a new outcome.
+    pub session_ttl_ms: u64,
+    /// Messages and store writes waiting for NATS; beyond it they are
+    /// dropped (and counted): a job then times out and is retried.
+    pub queue: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            nats_url: None,
+            name: None,
+            secret: None,
+            prefix: "tolk".into(),
+            announce_ms: 250,
+            peer_timeout_ms: 3_000,
+            outcome_ttl_ms: 600_000,
+            session_ttl_ms: 86_400_000,
+            queue: 16_384,
+        }
+    }
 }
 
 /// Trust in volunteer nodes (`[trust]`): a new public node is on probation
@@ -211,6 +261,7 @@ impl Default for Config {
             core: CoreConfig::default(),
             plugins: crate::plugins::PluginsConfig::default(),
             trust: TrustConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -231,7 +282,8 @@ impl Config {
 
     /// Applies `TOLK_LISTEN`, `TOLK_ADMIN_TOKEN`, `TOLK_NODE_AUTH_TOKEN`,
     /// `TOLK_TLS_CERT`, `TOLK_TLS_KEY`, `TOLK_MAX_FRAME_BYTES`, `TOLK_PLUGIN_DIR`,
-    /// `TOLK_SCHEDULER`, `TOLK_LOG_JSON`.
+    /// `TOLK_SCHEDULER`, `TOLK_LOG_JSON`, `TOLK_CLUSTER_NATS_URL`,
+    /// `TOLK_CLUSTER_NAME`, `TOLK_CLUSTER_SECRET`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), Error> {
         if let Some(v) = get("TOLK_LISTEN") {
             self.listen = v;
@@ -257,6 +309,15 @@ impl Config {
         if let Some(v) = get("TOLK_SCHEDULER") {
             self.plugins.scheduler = Some(v);
         }
+        if let Some(v) = get("TOLK_CLUSTER_NATS_URL") {
+            self.cluster.nats_url = Some(v).filter(|v| !v.is_empty());
+        }
+        if let Some(v) = get("TOLK_CLUSTER_NAME") {
+            self.cluster.name = Some(v);
+        }
+        if let Some(v) = get("TOLK_CLUSTER_SECRET") {
+            self.cluster.secret = Some(v);
+        }
         if let Some(v) = get("TOLK_LOG_JSON") {
             self.log_json = matches!(v.as_str(), "1" | "true" | "yes");
         }
@@ -278,6 +339,7 @@ mod tests {
         assert_eq!(format!("{:?}", parsed.core), format!("{:?}", d.core), "the example documents every core default");
         assert_eq!(format!("{:?}", parsed.plugins), format!("{:?}", d.plugins), "and every plugin default");
         assert_eq!(parsed.trust, d.trust, "and every trust default");
+        assert_eq!(parsed.cluster, d.cluster, "and every cluster default");
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! - [`metrics`]: Prometheus export of the core's stats and the shell's own measurements.
 
 pub mod canaries;
+pub mod cluster;
 pub mod config;
 pub mod core;
 mod error;

@@ -98,6 +98,8 @@ struct Shared {
     timer_wake: Notify,
     shutting_down: AtomicBool,
     plugins: Option<PluginHost>,
+    /// The NATS link in cluster mode (set when `run` starts it).
+    link: Arc<std::sync::OnceLock<crate::cluster::Link>>,
 }
 
 /// A running dispatcher's shared handle (cheap to clone).
@@ -132,6 +134,19 @@ impl Dispatcher {
             tracing::info!(canaries = set.canaries.len(), "trust: new public nodes are on probation until they pass their canaries");
         }
         core.set_trust(config.trust.clone(), canaries);
+        let link = Arc::new(std::sync::OnceLock::new());
+        if config.cluster.nats_url.is_some() {
+            let mut rng = StdRng::from_os_rng();
+            let random_name = || {
+                let mut b = [0u8; 6];
+                rand::RngCore::fill_bytes(&mut rng, &mut b);
+                format!("d-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+            };
+            let (name, secret) = crate::cluster::settings(&config.cluster, random_name)?;
+            core.set_secret(secret.as_bytes());
+            core.set_cluster(crate::core::cluster::ClusterSettings { id: name, peer_timeout_ms: config.cluster.peer_timeout_ms });
+            registry.sub_registry_with_prefix("tolk").register_collector(Box::new(crate::cluster::LinkCollector(link.clone())));
+        }
         let plugins = match PluginHost::new(config.plugins.clone(), &mut registry) {
             Ok(host) => host,
             Err(e) => {
@@ -157,6 +172,7 @@ impl Dispatcher {
                 timer_wake: Notify::new(),
                 shutting_down: AtomicBool::new(false),
                 plugins,
+                link,
             }),
         })
     }
@@ -206,10 +222,31 @@ impl Dispatcher {
             }
             let mut dropped = Vec::new();
             let mut undetected = Vec::new();
+            let mut unfound = Vec::new();
+            let link = self.shared.link.get();
             for action in actions {
                 let (conn, out) = match action {
                     Action::Send { conn, frame } => (conn, Out::Frame(frame, read_at)),
                     Action::Close { conn } => (conn, Out::Close),
+                    Action::Peer { to, msg } => {
+                        if let Some(link) = link {
+                            link.send(to, msg);
+                        }
+                        continue;
+                    }
+                    Action::Store(op) => {
+                        if let Some(link) = link {
+                            link.store(op);
+                        }
+                        continue;
+                    }
+                    Action::LookupSession { conn, session_id, last } => {
+                        match link {
+                            Some(link) => link.lookup(conn, session_id, last, self.clone()),
+                            None => unfound.push((conn, session_id, last)),
+                        }
+                        continue;
+                    }
                     Action::Detect { job_id, audio, format, sample_rate, features } => {
                         match &self.shared.plugins {
                             Some(host) => self.spawn_detection(host.clone(), job_id, audio, format, sample_rate, features),
@@ -228,6 +265,9 @@ impl Dispatcher {
             }
             for job_id in undetected {
                 state.core.handle(now, Input::Detected { job_id, extra: Default::default() });
+            }
+            for (conn, session_id, last) in unfound {
+                state.core.handle(now, Input::SessionFound { conn, session_id, last, found: None });
             }
             for conn in dropped {
                 // Dropping the peer ends both of its tasks and closes the socket.
@@ -298,6 +338,12 @@ impl Dispatcher {
     /// connection.
     pub async fn run(self, listener: std::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
         listener.set_nonblocking(true)?;
+        let cluster_name = self.lock().core.cluster_id().map(str::to_owned);
+        if let Some(name) = cluster_name {
+            let link = crate::cluster::Link::start(&self.shared.config.cluster, name.clone(), self.clone()).await?;
+            let _ = self.shared.link.set(link);
+            tracing::info!(name = %name, "cluster mode: one fleet with the other dispatchers over NATS");
+        }
         let handle = axum_server::Handle::new();
         let timers = tokio::spawn(self.clone().timer_task());
         let load = tokio::spawn(self.clone().load_task());
@@ -524,6 +570,9 @@ async fn ws_node(State(d): State<Dispatcher>, ConnectInfo(addr): ConnectInfo<Soc
 async fn readyz(State(d): State<Dispatcher>) -> impl IntoResponse {
     if d.shared.shutting_down.load(Ordering::SeqCst) {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+    } else if d.shared.link.get().is_some_and(|l| !l.connected()) {
+        // Still serving its own sessions and nodes: ready, but say so.
+        (StatusCode::OK, "degraded: the cluster's NATS is unreachable; serving local sessions and nodes")
     } else {
         (StatusCode::OK, "ready")
     }

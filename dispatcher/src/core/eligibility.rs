@@ -74,7 +74,7 @@ pub(super) fn check(n: &Node, id: &str, req: &Requirements, supplied: Features) 
 /// [`check`] without trust: whether the node can do the work at all (what
 /// a canary for `req` may be sent to).
 pub(super) fn check_serves(n: &Node, id: &str, req: &Requirements, supplied: Features) -> Result<(), Reason> {
-    if n.conn.is_none() {
+    if !n.live() {
         return Err(Reason::Disconnected);
     }
     if n.draining {

@@ -58,6 +58,15 @@ impl Frame {
         Self::lazy(Pending::Node(msg))
     }
 
+    /// A frame whose text is known already: it came from another
+    /// dispatcher or from the cluster's store, and is passed on verbatim.
+    pub fn from_text(text: String) -> Self {
+        let weight = text.len();
+        let cell = OnceLock::new();
+        let _ = cell.set(text.into_boxed_str());
+        Self(Arc::new(Inner { text: cell, pending: Mutex::new(None), weight }))
+    }
+
     /// The JSON text, serialized now if no one has yet.
     pub fn text(&self) -> &str {
         self.0.text.get_or_init(|| {

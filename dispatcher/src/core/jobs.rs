@@ -9,12 +9,22 @@ use tolk_protocol::session::TranslationResult;
 use tolk_protocol::{JobErrorCode, ProtocolError, ServerToClient};
 
 use super::admission::{self, Admit, ClassLoad, Limits};
+use super::cluster::PeerMsg;
 use super::eligibility::{self, Reasons};
 use super::nodes::BUSY_BACKOFF_MS;
 use super::policy::{Candidate, JobInfo, LeastLoaded};
 use super::queue::ClassId;
 use super::timer::Timer;
 use super::{Action, ConnId, Core, Frame, Millis};
+
+/// How a job reaches the node chosen.
+#[derive(Debug)]
+enum Route {
+    /// Its connection here.
+    Local(ConnId),
+    /// Through the dispatcher of the cluster holding it.
+    Peer(String),
+}
 
 #[derive(Debug)]
 pub(super) enum JobState {
@@ -231,12 +241,19 @@ impl Core {
         };
         let Some(node_id) = picked.and_then(|i| candidates.get(i)).map(|c| c.node_id.to_owned()) else { return false };
         drop(candidates);
-        let Some(conn) = self.nodes.get(&node_id).and_then(|n| n.conn) else { return false };
-        self.start(now, job_id, &node_id, conn);
+        let route = match self.nodes.get(&node_id) {
+            Some(n) => match (n.conn, &n.remote) {
+                (Some(conn), _) => Route::Local(conn),
+                (None, Some(r)) if r.connected => Route::Peer(r.dispatcher.clone()),
+                _ => return false,
+            },
+            None => return false,
+        };
+        self.start(now, job_id, &node_id, route);
         true
     }
 
-    fn start(&mut self, now: Millis, job_id: &str, node_id: &str, conn: ConnId) {
+    fn start(&mut self, now: Millis, job_id: &str, node_id: &str, route: Route) {
         let deadline_base = self.cfg.job_timeout_base_ms;
         let per_s = self.cfg.job_timeout_per_audio_s_ms;
         let Some(job) = self.jobs.get_mut(job_id) else { return };
@@ -245,6 +262,7 @@ impl Core {
         job.attempts += 1;
         job.deadline = now + deadline_ms;
         let (frame, session, class, seq, retried) = (job.frame.clone(), job.session.clone(), job.class, job.seq, job.attempts > 1);
+        let index = job.index;
         self.classes.dequeue(class, seq);
         if retried {
             self.stats.retries += 1;
@@ -257,7 +275,23 @@ impl Core {
         }
         self.stats.jobs_assigned += 1;
         self.timers.arm(now + deadline_ms, Timer::Job(job_id.to_owned()));
-        self.out.push(Action::Send { conn, frame });
+        match route {
+            Route::Local(conn) => self.out.push(Action::Send { conn, frame }),
+            Route::Peer(dispatcher) => {
+                // The node is another dispatcher's: the job stays ours (its
+                // deadline, retries, outcome), the frame travels verbatim.
+                self.stats.jobs_forwarded += 1;
+                let msg = PeerMsg::Job {
+                    job_id: job_id.to_owned(),
+                    node_id: node_id.to_owned(),
+                    session_id: session,
+                    utterance_index: index,
+                    deadline_ms,
+                    frame,
+                };
+                self.out.push(Action::Peer { to: Some(dispatcher), msg });
+            }
+        }
     }
 
     /// A slot may be free on `node_id`: run the oldest queued jobs it can
@@ -295,10 +329,26 @@ impl Core {
         }
     }
 
-    pub(super) fn on_job_result(&mut self, now: Millis, conn: ConnId, node_id: &str, r: JobResult) {
-        if self.on_canary_result(now, conn, node_id, &r) {
-            return;
-        }
+    /// A node's answer: from its connection here (`conn`), or passed back
+    /// by the dispatcher holding it (`None`).
+    pub(super) fn on_job_result(&mut self, now: Millis, conn: Option<ConnId>, node_id: &str, r: JobResult) {
+        let r = match conn {
+            Some(conn) => {
+                if self.on_canary_result(now, conn, node_id, &r) {
+                    return;
+                }
+                // A job run here for another dispatcher goes back to it.
+                match self.on_proxied_result(now, node_id, r) {
+                    Ok(()) => return,
+                    Err(r) => r,
+                }
+            }
+            None => r,
+        };
+        self.on_own_job_result(now, conn, node_id, r);
+    }
+
+    fn on_own_job_result(&mut self, now: Millis, conn: Option<ConnId>, node_id: &str, r: JobResult) {
         let holds = self.jobs.get(&r.job_id).is_some_and(|j| {
             matches!(&j.state, JobState::Running { node, .. } if node == node_id)
                 && j.session == r.session_id
@@ -308,7 +358,10 @@ impl Core {
             // A late answer for a job that was moved, or a forged one.
             self.stats.rejected_results += 1;
             let err = ProtocolError::invalid_field("job_id", "this node holds no such job").to_message();
-            return self.send_error(conn, err);
+            if let Some(conn) = conn {
+                self.send_error(conn, err);
+            }
+            return;
         }
         let Some(job) = self.jobs.get(&r.job_id) else { return };
         let started = match job.state {

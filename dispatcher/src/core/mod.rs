@@ -19,12 +19,14 @@
 //! - [`eligibility`]: the one rule of which node may run which job, and why not.
 //! - [`admission`]: overload control, `retry_after_ms`, per-session shares.
 //! - [`trust`]: canary jobs, probation and quarantine of volunteer nodes.
+//! - [`cluster`]: other dispatchers, their nodes, forwarded jobs, stored sessions.
 //! - [`pairing`], [`order`] (per-session reorder buffer), [`policy`], [`timer`], [`stats`].
 //!
 //! Every guarantee of the protocol's extensions lives here; see
 //! `ARCHITECTURE.md` for which function carries which.
 
 pub mod admission;
+pub mod cluster;
 pub mod eligibility;
 mod frame;
 mod jobs;
@@ -89,6 +91,11 @@ pub enum Input {
     /// The shell's scheduling lag, ms (how long a task waited for a worker
     /// thread): the dispatcher's own CPU as a limit (`admission::CpuShedder`).
     Load { lag_ms: f64 },
+    /// A message from another dispatcher of the cluster.
+    Peer { from: String, msg: cluster::PeerMsg },
+    /// What the cluster's store holds for a session a client resumes here
+    /// (`None`: nothing), answering [`Action::LookupSession`].
+    SessionFound { conn: ConnId, session_id: String, last: Option<u64>, found: Option<(cluster::SessionRecord, Vec<(u64, Frame)>)> },
 }
 
 /// What the shell must do.
@@ -101,6 +108,13 @@ pub enum Action {
     /// Run the detectors for `features` on this audio, then feed
     /// `Input::Detected` back, whatever happens.
     Detect { job_id: String, audio: Arc<str>, format: AudioFormat, sample_rate: u32, features: Features },
+    /// Send to dispatcher `to` of the cluster (`None`: to all of them).
+    Peer { to: Option<String>, msg: cluster::PeerMsg },
+    /// Apply to the cluster's store, in the order given.
+    Store(cluster::StoreOp),
+    /// Look the session up in the cluster's store, then feed
+    /// `Input::SessionFound` back, whatever happens.
+    LookupSession { conn: ConnId, session_id: String, last: Option<u64> },
 }
 
 /// Admin commands (the shell's HTTP API).
@@ -138,6 +152,8 @@ pub struct NodeView {
     pub mem_percent: Option<f64>,
     pub models: Vec<String>,
     pub version: String,
+    /// The dispatcher of the cluster it is connected to, when not this one.
+    pub dispatcher: Option<String>,
     /// Smoothed processing time per second of audio, when observed.
     pub ms_per_audio_s: Option<f64>,
     /// Canary verification: probation, trusted, quarantined…
@@ -193,6 +209,10 @@ pub struct Core {
     opus_share: f64,
     out: Vec<Action>,
     next_node_key: u32,
+    /// Node and resume tokens are HMACs of the id under this key, so any
+    /// dispatcher holding it (a cluster shares it) can check them.
+    secret: ring::hmac::Key,
+    cluster: Option<cluster::Cluster>,
 }
 
 impl std::fmt::Debug for Core {
@@ -230,6 +250,9 @@ impl Core {
     /// from the OS in production: it must be a CSPRNG).
     pub fn new(cfg: CoreConfig, rng: StdRng, now: Millis) -> Self {
         let shedder = admission::CpuShedder::new(cfg.shed_lag_high_ms, cfg.shed_lag_low_ms);
+        let mut rng = rng;
+        let mut key = [0u8; 32];
+        rng.fill_bytes(&mut key);
         let mut core = Self {
             cfg,
             rng,
@@ -250,9 +273,31 @@ impl Core {
             opus_share: 0.0,
             out: Vec::new(),
             next_node_key: 0,
+            secret: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
+            cluster: None,
         };
         core.timers.arm(now + SWEEP_EVERY_MS, Timer::Sweep);
         core
+    }
+
+    /// The key node and resume tokens are derived with (a cluster's shared
+    /// secret; without one, a random key per process).
+    pub fn set_secret(&mut self, secret: &[u8]) {
+        self.secret = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    }
+
+    /// The token for `id` in `purpose` ("node", "resume"): 64 hex digits.
+    fn derive_token(&self, purpose: &str, id: &str) -> String {
+        let mut ctx = ring::hmac::Context::with_key(&self.secret);
+        ctx.update(purpose.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(id.as_bytes());
+        ctx.sign().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Whether `token` is the one derived for `id` (constant time).
+    fn token_valid(&self, purpose: &str, id: &str, token: &str) -> bool {
+        constant_time_eq::constant_time_eq(self.derive_token(purpose, id).as_bytes(), token.as_bytes())
     }
 
     /// Replaces the scheduling policy (e.g. with a wasm plugin).
@@ -271,6 +316,9 @@ impl Core {
         let mut s = self.stats.clone();
         s.sessions_active = self.sessions.len() as u64;
         s.nodes_live = self.nodes.values().filter(|n| n.conn.is_some()).count() as u64;
+        s.nodes_remote = self.nodes.values().filter(|n| n.remote.as_ref().is_some_and(|r| r.connected)).count() as u64;
+        s.peers = self.cluster.as_ref().map_or(0, |c| c.peers() as u64);
+        s.jobs_proxied_running = self.cluster.as_ref().map_or(0, |c| c.proxied() as u64);
         s.queue_depth = self.classes.queued() as u64;
         s.jobs_running = self.running_jobs() as u64;
         for n in self.nodes.values().filter(|n| n.conn.is_some()) {
@@ -335,6 +383,8 @@ impl Core {
                 self.shedder.observe(now, lag_ms);
                 self.stats.shedding = self.shedder.limiting();
             }
+            Input::Peer { from, msg } => self.on_peer(now, from, msg),
+            Input::SessionFound { conn, session_id, last, found } => self.on_session_found(now, conn, &session_id, last, found),
         }
     }
 
@@ -346,6 +396,7 @@ impl Core {
                 Timer::Session(id) => self.on_session_timer(now, &id),
                 Timer::Node(id) => self.on_node_timer(now, &id),
                 Timer::Job(id) => self.on_job_timer(now, &id),
+                Timer::Proxied(id) => self.on_proxied_timer(now, &id),
                 Timer::Sweep => {
                     self.sweep(now);
                     self.timers.arm(now + SWEEP_EVERY_MS, Timer::Sweep);
@@ -382,7 +433,7 @@ impl Core {
             .iter()
             .map(|(id, n)| NodeView {
                 node_id: id.clone(),
-                connected: n.conn.is_some(),
+                connected: n.live(),
                 draining: n.draining,
                 accept_public_jobs: n.accept_public,
                 running_jobs: n.running.len() as u32,
@@ -391,6 +442,7 @@ impl Core {
                 mem_percent: n.usage.as_ref().map(|u| u.mem_percent),
                 models: n.models.iter().filter(|m| m.enabled != Some(false)).map(|m| m.model_id.clone()).collect(),
                 version: n.version.clone(),
+                dispatcher: n.remote.as_ref().map(|r| r.dispatcher.clone()),
                 ms_per_audio_s: n.ms_per_audio_s,
                 trust: n.trust.view(),
             })
@@ -404,7 +456,7 @@ impl Core {
         use tolk_protocol::ModelKind;
         use tolk_protocol::models::serves;
         let mut pairs = std::collections::BTreeSet::new();
-        for n in self.nodes.values().filter(|n| n.conn.is_some() && !n.draining) {
+        for n in self.nodes.values().filter(|n| n.live() && !n.draining) {
             for m in n.models.iter().filter(|m| m.kind == ModelKind::Nmt && m.enabled != Some(false)) {
                 let (Some(src), Some(tgt)) = (m.src_lang.as_deref(), m.tgt_lang.as_deref()) else { continue };
                 let asr = n.models.iter().any(|a| serves(a, &ModelKind::Asr, src, None, None));
@@ -466,6 +518,7 @@ impl Core {
     // ----------------------------------------------------------- connections
 
     fn on_closed(&mut self, now: Millis, conn: ConnId) {
+        self.forget_lookup(conn);
         let Some(c) = self.conns.remove(&conn) else { return };
         if let Some(id) = c.session
             && let Some(s) = self.sessions.get_mut(&id)
@@ -497,17 +550,17 @@ impl Core {
     fn sweep(&mut self, now: Millis) {
         // Busy back-offs end with time, not with an event.
         if self.classes.queued() > 0 {
-            let free: Vec<String> =
-                self.nodes.iter().filter(|(_, n)| n.conn.is_some() && n.has_room(now)).map(|(id, _)| id.clone()).collect();
+            let free: Vec<String> = self.nodes.iter().filter(|(_, n)| n.live() && n.has_room(now)).map(|(id, _)| id.clone()).collect();
             for id in free {
                 self.pump_node(now, &id);
             }
         }
         self.sweep_canaries(now);
+        self.sweep_peers(now);
         self.pairing.sweep(now, self.cfg.pairing_window_ms);
         let forget = self.cfg.node_forget_ms;
         let before = self.nodes.len();
-        self.nodes.retain(|_, n| n.conn.is_some() || n.disconnected_at.is_none_or(|at| now < at + forget) || !n.running.is_empty());
+        self.nodes.retain(|_, n| n.live() || n.disconnected_at.is_none_or(|at| now < at + forget) || !n.running.is_empty());
         if self.nodes.len() != before {
             self.node_epoch += 1;
         }

@@ -14,12 +14,13 @@ use super::{ConnId, Core, Millis};
 
 #[derive(Debug)]
 pub(super) struct Node {
-    pub token: String,
     /// Stable number for policies (cheaper to pass than the id).
     pub key: u32,
     /// Jobs it may run at once: the node's own limit within ours.
     pub max_jobs: u32,
     pub conn: Option<ConnId>,
+    /// Held by another dispatcher of the cluster (then `conn` is `None`).
+    pub remote: Option<super::cluster::Remote>,
     pub version: String,
     pub models: Vec<InstalledModel>,
     pub features: Features,
@@ -41,6 +42,11 @@ pub(super) struct Node {
 }
 
 impl Node {
+    /// Connected: here, or to another dispatcher of the cluster.
+    pub fn live(&self) -> bool {
+        self.conn.is_some() || self.remote.as_ref().is_some_and(|r| r.connected)
+    }
+
     /// Jobs counted against its capacity.
     pub fn load(&self) -> u32 {
         (self.running.len() as u32).max(self.reported_running)
@@ -86,7 +92,7 @@ impl Core {
         }
         match msg {
             NodeToServer::NodeHeartbeat(h) => self.on_node_heartbeat(now, &node_id, h),
-            NodeToServer::JobResult(r) => self.on_job_result(now, conn, &node_id, r),
+            NodeToServer::JobResult(r) => self.on_job_result(now, Some(conn), &node_id, r),
             NodeToServer::NodeError(e) => self.on_node_error(&node_id, &e),
             NodeToServer::PairingCodeRequest(_) => self.issue_pairing_code(now, conn, &node_id),
             NodeToServer::NodeRegister(_) => {}
@@ -108,12 +114,11 @@ impl Core {
                 return unauthorized(self, "auth_token missing or wrong");
             }
         }
-        let (node_id, token) = match reg.claimed_node_id() {
+        let node_id = match reg.claimed_node_id() {
             Some(id) => {
-                let ok = match (self.nodes.get(id), &reg.node_token) {
-                    (Some(n), Some(t)) => constant_time_eq::constant_time_eq(n.token.as_bytes(), t.as_bytes()),
-                    _ => false,
-                };
+                // Tokens are derived from the id: valid on every dispatcher
+                // sharing the secret, so a node may reconnect to any of them.
+                let ok = reg.node_token.as_deref().is_some_and(|t| self.token_valid("node", id, t));
                 if !ok {
                     return unauthorized(self, "node_token does not match node_id; register without node_id to get a new identity");
                 }
@@ -126,8 +131,11 @@ impl Core {
                     }
                     self.close(old);
                 }
-                let token = self.nodes.get(&id).map(|n| n.token.clone()).unwrap_or_default();
-                (id, token)
+                // It moved here from another dispatcher: what was sent there is retried.
+                if self.nodes.get(&id).is_some_and(|n| n.remote.as_ref().is_some_and(|r| r.connected)) {
+                    self.node_lost(now, &id, "moved to another dispatcher");
+                }
+                id
             }
             None => {
                 if self.nodes.len() >= self.cfg.max_nodes {
@@ -139,9 +147,10 @@ impl Core {
                     self.send_error(conn, err);
                     return self.close(conn);
                 }
-                (format!("n-{}", self.random_hex(16)), self.random_hex(32))
+                format!("n-{}", self.random_hex(16))
             }
         };
+        let token = self.derive_token("node", &node_id);
         let previous = self.nodes.remove(&node_id);
         let key = previous.as_ref().map_or_else(
             || {
@@ -168,10 +177,10 @@ impl Core {
         self.nodes.insert(
             node_id.clone(),
             Node {
-                token: token.clone(),
                 key,
                 max_jobs,
                 conn: Some(conn),
+                remote: None,
                 version: reg.version,
                 models: reg.installed_models,
                 features: reg.features_supported,
@@ -283,6 +292,9 @@ impl Core {
         let jobs: Vec<String> = n.running.drain().collect();
         self.node_epoch += 1;
         for job_id in jobs {
+            if self.fail_proxied(&job_id, &format!("node {why}")) {
+                continue;
+            }
             self.job_failed(now, &job_id, id, FailKind::Retry(format!("node {why}")));
         }
     }

@@ -115,19 +115,46 @@ impl<T: Clone + Weight> OrderBuffer<T> {
         Some((idx, outcome))
     }
 
-    /// The client has every outcome up to `upto`: forget them.
-    pub fn confirm(&mut self, upto: u64) {
+    /// The client has every outcome up to `upto`: forget them. Returns the
+    /// indexes of the sent outcomes forgotten (a cluster deletes their
+    /// stored copies).
+    pub fn confirm(&mut self, upto: u64) -> Vec<u64> {
         let upto = match self.sent_upto {
             Some(s) => upto.min(s),
-            None => return,
+            None => return Vec::new(),
         };
         let keep = if upto == u64::MAX { BTreeMap::new() } else { self.slots.split_off(&(upto + 1)) };
         let confirmed = std::mem::replace(&mut self.slots, keep);
-        for slot in confirmed.values() {
+        let mut forgotten = Vec::new();
+        for (&idx, slot) in &confirmed {
             if let Slot::Sent(o) = slot {
                 self.retained_bytes -= o.weight();
+                forgotten.push(idx);
             }
         }
+        forgotten
+    }
+
+    /// A buffer rebuilt on another dispatcher of a cluster from the sent,
+    /// unconfirmed outcomes it stored: each as sent, so a resume re-sends
+    /// the ones after the client's last and a re-sent utterance among them
+    /// is a duplicate. Every index the old buffer had sent is at or below
+    /// the highest stored one, so nothing later is refused as too late.
+    pub fn restore_sent(&mut self, outcomes: impl IntoIterator<Item = (u64, T)>) {
+        for (idx, o) in outcomes {
+            if self.slots.contains_key(&idx) {
+                continue;
+            }
+            self.retained_bytes += o.weight();
+            self.slots.insert(idx, Slot::Sent(o));
+            self.sent_upto = Some(self.sent_upto.map_or(idx, |s| s.max(idx)));
+        }
+        self.trim_retained();
+    }
+
+    /// Indexes of the sent outcomes held (what a cluster has stored).
+    pub fn sent_indexes(&self) -> Vec<u64> {
+        self.slots.iter().filter(|(_, s)| matches!(s, Slot::Sent(_))).map(|(&i, _)| i).collect()
     }
 
     /// For a resume: confirms `last` (the highest index whose outcome the

@@ -12,6 +12,8 @@ use super::Millis;
 struct Entry {
     node: String,
     expires_at: Millis,
+    /// The dispatcher of the cluster that issued it (`None`: this one).
+    origin: Option<String>,
 }
 
 #[derive(Debug)]
@@ -44,7 +46,7 @@ impl Pairing {
     pub fn issue(&mut self, rng: &mut impl RngCore, node: &str, expires_at: Millis) -> Option<String> {
         self.codes.retain(|_, e| e.node != node);
         let code = (0..1_000).map(|_| format!("{:06}", rng.next_u32() % 1_000_000)).find(|c| !self.codes.contains_key(c))?;
-        self.codes.insert(code.clone(), Entry { node: node.to_owned(), expires_at });
+        self.codes.insert(code.clone(), Entry { node: node.to_owned(), expires_at, origin: None });
         Some(code)
     }
 
@@ -65,16 +67,47 @@ impl Pairing {
         match self.codes.get(code) {
             Some(e) if e.expires_at > now && node_exists(&e.node) => Ok(e.node.clone()),
             _ => {
-                if self.guesses.len() < GUESS_TABLE_MAX || self.guesses.contains_key(&addr) {
-                    let entry = self.guesses.entry(addr).or_insert(GuessWindow { started: now, failures: 0 });
-                    if now >= entry.started + window {
-                        *entry = GuessWindow { started: now, failures: 0 };
-                    }
-                    entry.failures += 1;
-                }
+                self.count_failure(now, addr, window);
                 Err(Refusal::Unknown)
             }
         }
+    }
+
+    /// One wrong guess from `addr` (here, or on another dispatcher of the cluster).
+    pub fn count_failure(&mut self, now: Millis, addr: IpAddr, window: Millis) {
+        if self.guesses.len() < GUESS_TABLE_MAX || self.guesses.contains_key(&addr) {
+            let entry = self.guesses.entry(addr).or_insert(GuessWindow { started: now, failures: 0 });
+            if now >= entry.started + window {
+                *entry = GuessWindow { started: now, failures: 0 };
+            }
+            entry.failures += 1;
+        }
+    }
+
+    /// Live codes issued here: (code, node, expiry), for the cluster.
+    pub fn local_codes(&self, now: Millis) -> Vec<(String, String, Millis)> {
+        self.codes
+            .iter()
+            .filter(|(_, e)| e.origin.is_none() && e.expires_at > now)
+            .map(|(c, e)| (c.clone(), e.node.clone(), e.expires_at))
+            .collect()
+    }
+
+    /// The live codes dispatcher `origin` issued, replacing what it said
+    /// before (a code issued here wins a clash).
+    pub fn learn(&mut self, origin: &str, codes: impl IntoIterator<Item = (String, String, Millis)>, now: Millis) {
+        self.codes.retain(|_, e| e.origin.as_deref() != Some(origin));
+        for (code, node, expires_at) in codes {
+            if self.codes.len() >= GUESS_TABLE_MAX || expires_at <= now || code.len() != 6 {
+                continue;
+            }
+            self.codes.entry(code).or_insert(Entry { node, expires_at, origin: Some(origin.to_owned()) });
+        }
+    }
+
+    /// Forgets the codes of dispatchers that are gone.
+    pub fn forget_origins(&mut self, gone: &[String]) {
+        self.codes.retain(|_, e| e.origin.as_ref().is_none_or(|o| !gone.contains(o)));
     }
 
     pub fn sweep(&mut self, now: Millis, window: Millis) {

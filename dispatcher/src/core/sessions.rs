@@ -11,12 +11,17 @@ use tolk_protocol::session::{ClientHeartbeat, ServerHeartbeat, SessionCloseAck, 
 use tolk_protocol::{AudioFormat, ClientToServer, ProtocolError, ServerToClient, ServerToNode};
 
 use super::admission;
+use super::cluster::{PeerMsg, SessionRecord, StoreOp};
 use super::eligibility::Requirements;
 use super::jobs::{Detection, Job, JobState, Outcome, Placed};
 use super::order::{Accept, OrderBuffer};
 use super::pairing::Refusal;
 use super::timer::Timer;
 use super::{Action, ConnId, Core, Frame, Millis, add_index};
+
+fn unknown_session() -> ErrorMessage {
+    ErrorMessage { code: ErrorCode::InvalidSession, message: "unknown or expired session; start a new one".into(), details: None }
+}
 
 #[derive(Debug)]
 pub(super) struct Session {
@@ -64,7 +69,7 @@ impl Core {
             ClientToServer::ClientHeartbeat(h) => self.on_client_heartbeat(now, conn, &id, h),
             ClientToServer::SessionClose(_) => {
                 self.send_client(conn, ServerToClient::SessionCloseAck(SessionCloseAck { session_id: id.clone() }));
-                self.drop_session(&id, "closed");
+                self.drop_session(&id, "closed", true);
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.session = None;
                 }
@@ -107,6 +112,10 @@ impl Core {
                     }
                     Err(Refusal::Unknown) => {
                         self.stats.pairing_failures += 1;
+                        if self.cluster.is_some() {
+                            // The guess limit holds across the cluster.
+                            self.out.push(Action::Peer { to: None, msg: PeerMsg::PairingFailure { addr } });
+                        }
                         let message = "Pairing code not found or expired".into();
                         return self.send_error(conn, ErrorMessage { code: ErrorCode::InvalidPairingCode, message, details: None });
                     }
@@ -115,7 +124,17 @@ impl Core {
             None => None,
         };
         let id = format!("s-{}", self.random_hex(16));
-        let resume_token = self.random_hex(32);
+        let resume_token = self.derive_token("resume", &id);
+        self.store(|| StoreOp::PutSession {
+            session_id: id.clone(),
+            record: SessionRecord {
+                src_lang: init.src_lang.clone(),
+                tgt_lang: init.tgt_lang.clone(),
+                features,
+                tts_format: init.tts_format,
+                paired_node: paired_node.clone(),
+            },
+        });
         self.sessions.insert(
             id.clone(),
             Session {
@@ -173,15 +192,20 @@ impl Core {
     }
 
     fn resume(&mut self, now: Millis, conn: ConnId, id: &str, token: &str, last: Option<u64>) {
-        let valid = self.sessions.get(id).is_some_and(|s| constant_time_eq::constant_time_eq(s.resume_token.as_bytes(), token.as_bytes()));
-        if !valid {
-            let err = ErrorMessage {
-                code: ErrorCode::InvalidSession,
-                message: "unknown or expired session; start a new one".into(),
-                details: None,
-            };
-            return self.send_error(conn, err);
+        let valid = self.token_valid("resume", id, token);
+        if valid && !self.sessions.contains_key(id) && self.lookup_session(conn, id, last) {
+            // Held by another dispatcher of the cluster, or by one that died:
+            // the answer comes as `Input::SessionFound`.
+            return;
         }
+        if !valid || !self.sessions.contains_key(id) {
+            return self.send_error(conn, unknown_session());
+        }
+        self.attach(now, conn, id, last);
+    }
+
+    /// The session `id` (known here) continues on `conn`.
+    fn attach(&mut self, now: Millis, conn: ConnId, id: &str, last: Option<u64>) {
         let Some(s) = self.sessions.get_mut(id) else { return };
         let previous = s.conn.replace(conn);
         s.detached_at = None;
@@ -192,7 +216,11 @@ impl Core {
             message: "session resumed".into(),
             resume_token: Some(s.resume_token.clone()),
         };
-        let resend = s.order.resend_after(last);
+        let confirmed = last.map(|l| s.order.confirm(l)).unwrap_or_default();
+        let resend = s.order.resend_after(None);
+        if !confirmed.is_empty() {
+            self.store(|| StoreOp::DeleteOutcomes { session_id: id.to_owned(), indexes: confirmed });
+        }
         if let Some(old) = previous.filter(|&old| old != conn) {
             if let Some(c) = self.conns.get_mut(&old) {
                 c.session = None;
@@ -210,9 +238,68 @@ impl Core {
         self.flush_session(id);
     }
 
+    /// The cluster's store answered a look-up: rebuild the session here
+    /// from its record and its unconfirmed outcomes, and tell the other
+    /// dispatchers it moved.
+    pub(super) fn on_session_found(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        id: &str,
+        last: Option<u64>,
+        found: Option<(SessionRecord, Vec<(u64, Frame)>)>,
+    ) {
+        if !self.take_lookup(conn, id) || !self.conns.get(&conn).is_some_and(|c| c.session.is_none()) {
+            return;
+        }
+        if self.sessions.contains_key(id) {
+            // Resumed here meanwhile on another connection.
+            return self.attach(now, conn, id, last);
+        }
+        let Some((record, outcomes)) = found else {
+            self.stats.session_lookups_missed += 1;
+            return self.send_error(conn, unknown_session());
+        };
+        if self.sessions.len() >= self.cfg.max_sessions {
+            let err = ErrorMessage {
+                code: ErrorCode::InternalError,
+                message: "the server is at capacity; try again later".into(),
+                details: None,
+            };
+            return self.send_error(conn, err);
+        }
+        let mut order = OrderBuffer::new(self.cfg.max_retained_outcomes, self.cfg.max_retained_bytes);
+        order.restore_sent(outcomes);
+        self.sessions.insert(
+            id.to_owned(),
+            Session {
+                resume_token: self.derive_token("resume", id),
+                conn: None,
+                src_lang: record.src_lang.clone(),
+                tgt_lang: record.tgt_lang.clone(),
+                features: record.features,
+                tts_format: record.tts_format,
+                paired_node: record.paired_node.clone(),
+                last_node: None,
+                order,
+                jobs: HashSet::new(),
+                last_activity: now,
+                detached_at: None,
+            },
+        );
+        self.stats.sessions_restored += 1;
+        self.timers.arm(now + self.cfg.session_idle_ms, Timer::Session(id.to_owned()));
+        self.out.push(Action::Peer { to: None, msg: PeerMsg::SessionMoved { session_id: id.to_owned() } });
+        self.store(|| StoreOp::PutSession { session_id: id.to_owned(), record });
+        self.attach(now, conn, id, last);
+    }
+
     fn on_client_heartbeat(&mut self, now: Millis, conn: ConnId, id: &str, h: ClientHeartbeat) {
         if let (Some(last), Some(s)) = (h.last_utterance_index, self.sessions.get_mut(id)) {
-            s.order.confirm(last);
+            let confirmed = s.order.confirm(last);
+            if !confirmed.is_empty() {
+                self.store(|| StoreOp::DeleteOutcomes { session_id: id.to_owned(), indexes: confirmed });
+            }
         }
         self.send_client(conn, ServerToClient::ServerHeartbeat(ServerHeartbeat { session_id: id.to_owned(), timestamp: now }));
     }
@@ -386,12 +473,26 @@ impl Core {
         let Some(s) = self.sessions.get_mut(session) else { return };
         // A detached session keeps its outcomes until a resume.
         let Some(conn) = s.conn else { return };
-        while let Some((_, frame)) = s.order.pop_ready() {
+        let stored = self.cluster.is_some();
+        while let Some((index, frame)) = s.order.pop_ready() {
+            if stored {
+                // Kept by the cluster until confirmed: a resume on another
+                // dispatcher re-sends it. Stored in send order.
+                let op = StoreOp::PutOutcome { session_id: session.to_owned(), index, frame: frame.clone() };
+                self.out.push(Action::Store(op));
+            }
             self.out.push(Action::Send { conn, frame });
         }
     }
 
-    fn drop_session(&mut self, id: &str, why: &str) {
+    /// Forgets session `id`; with `forget_stored`, the cluster's copy too
+    /// (not when it moved to another dispatcher, which serves it now).
+    pub(super) fn drop_session(&mut self, id: &str, why: &str, forget_stored: bool) {
+        let Some(s) = self.sessions.get(id) else { return };
+        if forget_stored {
+            let outcomes = s.order.sent_indexes();
+            self.store(|| StoreOp::DeleteSession { session_id: id.to_owned(), outcomes });
+        }
         let Some(s) = self.sessions.get(id) else { return };
         let jobs: Vec<String> = s.jobs.iter().cloned().collect();
         for job_id in jobs {
@@ -429,7 +530,7 @@ impl Core {
             }
         }
         self.stats.sessions_expired += 1;
-        self.drop_session(id, "expired");
+        self.drop_session(id, "expired", true);
     }
 }
 

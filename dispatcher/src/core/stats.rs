@@ -58,6 +58,11 @@ pub struct CoreStats {
     pub shedding: bool,
     /// Connected nodes by trust state.
     pub nodes_by_trust: BTreeMap<&'static str, u64>,
+    /// Cluster: other dispatchers' live nodes, peers heard from, jobs run
+    /// here for other dispatchers now.
+    pub nodes_remote: u64,
+    pub peers: u64,
+    pub jobs_proxied_running: u64,
     // counters
     pub sessions_opened: u64,
     pub sessions_resumed: u64,
@@ -96,6 +101,20 @@ pub struct CoreStats {
     pub canary_failures: BTreeMap<&'static str, u64>,
     /// Times a node was quarantined.
     pub nodes_quarantined: u64,
+    /// Cluster: jobs sent to another dispatcher's node, their answers
+    /// received; jobs run here for another dispatcher, their answers passed
+    /// back; jobs refused for other dispatchers; peer messages refused.
+    pub jobs_forwarded: u64,
+    pub forwarded_results: u64,
+    pub jobs_proxied: u64,
+    pub proxied_results: u64,
+    pub peer_jobs_refused: u64,
+    pub peer_messages_refused: u64,
+    /// Sessions rebuilt here from the cluster's store, sessions that moved
+    /// to another dispatcher, look-ups that found nothing.
+    pub sessions_restored: u64,
+    pub sessions_moved_away: u64,
+    pub session_lookups_missed: u64,
     /// Job assignment → result, seconds.
     pub job_seconds: Histogram,
     /// Utterance accepted → outcome, seconds.
@@ -110,6 +129,18 @@ impl Default for CoreStats {
             queue_depth: 0,
             jobs_running: 0,
             nodes_by_trust: BTreeMap::new(),
+            nodes_remote: 0,
+            peers: 0,
+            jobs_proxied_running: 0,
+            jobs_forwarded: 0,
+            forwarded_results: 0,
+            jobs_proxied: 0,
+            proxied_results: 0,
+            peer_jobs_refused: 0,
+            peer_messages_refused: 0,
+            sessions_restored: 0,
+            sessions_moved_away: 0,
+            session_lookups_missed: 0,
             shedding: false,
             sessions_opened: 0,
             sessions_resumed: 0,

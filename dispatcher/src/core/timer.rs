@@ -12,6 +12,8 @@ pub(super) enum Timer {
     Session(String),
     Node(String),
     Job(String),
+    /// A job run here for another dispatcher (cluster).
+    Proxied(String),
     Sweep,
 }
 

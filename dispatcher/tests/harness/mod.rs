@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tolk_dispatcher::CoreConfig;
+use tolk_dispatcher::core::cluster::{PeerMsg, StoreOp};
 use tolk_dispatcher::core::{Action, ConnId, Core, Endpoint, Input, Millis};
 use tolk_protocol::common::{ErrorMessage, Features};
 use tolk_protocol::node::*;
@@ -26,6 +27,10 @@ pub struct Sim {
     pub closed: HashSet<ConnId>,
     /// Detection requests the core made: (job_id, features).
     pub detects: Vec<(String, Features)>,
+    /// Cluster mode: messages for other dispatchers, store writes, look-ups.
+    pub peer_out: Vec<(Option<String>, PeerMsg)>,
+    pub store_ops: Vec<StoreOp>,
+    pub lookups: Vec<(ConnId, String, Option<u64>)>,
 }
 
 impl Sim {
@@ -35,7 +40,18 @@ impl Sim {
 
     pub fn seeded(cfg: CoreConfig, seed: u64) -> Self {
         let core = Core::new(cfg, StdRng::seed_from_u64(seed), T0);
-        Self { core, now: T0, next_conn: 1, endpoints: HashMap::new(), inbox: HashMap::new(), closed: HashSet::new(), detects: Vec::new() }
+        Self {
+            core,
+            now: T0,
+            next_conn: 1,
+            endpoints: HashMap::new(),
+            inbox: HashMap::new(),
+            closed: HashSet::new(),
+            detects: Vec::new(),
+            peer_out: Vec::new(),
+            store_ops: Vec::new(),
+            lookups: Vec::new(),
+        }
     }
 
     fn collect(&mut self) {
@@ -51,6 +67,9 @@ impl Sim {
                         self.inbox.entry(conn).or_default().push(frame.to_string());
                     }
                     Action::Detect { job_id, features, .. } => self.detects.push((job_id, features)),
+                    Action::Peer { to, msg } => self.peer_out.push((to, msg)),
+                    Action::Store(op) => self.store_ops.push(op),
+                    Action::LookupSession { conn, session_id, last } => self.lookups.push((conn, session_id, last)),
                     Action::Close { conn } => {
                         // The shell reports the close back to the core.
                         if self.closed.insert(conn) {
@@ -114,6 +133,12 @@ impl Sim {
             self.collect();
         }
         self.now = end;
+    }
+
+    /// Feeds an input from outside the connections (a peer, the store).
+    pub fn input(&mut self, input: Input) {
+        self.core.handle(self.now, input);
+        self.collect();
     }
 
     pub fn detected(&mut self, job_id: &str, extra: tolk_protocol::common::Extra) {
