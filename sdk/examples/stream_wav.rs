@@ -121,7 +121,11 @@ fn main() {
         None => runtime.block_on(async {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
-            tokio::spawn(tolk_dispatcher::shell::Dispatcher::new(tolk_dispatcher::Config::default()).expect("the default configuration").run(listener, std::future::pending()));
+            tokio::spawn(
+                tolk_dispatcher::shell::Dispatcher::new(tolk_dispatcher::Config::default())
+                    .expect("the default configuration")
+                    .run(listener, std::future::pending()),
+            );
             let node = fake_node::start(&format!("ws://{addr}"), fake_node::Behaviour { delay_ms: 100, stagger_ms: 0 }).await;
             println!("local dispatcher on {addr}, fake node {}", node.node_id);
             std::mem::forget(node);

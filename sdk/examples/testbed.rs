@@ -28,9 +28,13 @@ async fn main() {
     }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(tolk_dispatcher::shell::Dispatcher::new(tolk_dispatcher::Config::default()).expect("the default configuration").run(listener, async move {
-        tokio::time::sleep(Duration::from_secs(lifetime)).await;
-    }));
+    let server =
+        tokio::spawn(tolk_dispatcher::shell::Dispatcher::new(tolk_dispatcher::Config::default()).expect("the default configuration").run(
+            listener,
+            async move {
+                tokio::time::sleep(Duration::from_secs(lifetime)).await;
+            },
+        ));
     let node = fake_node::start(&format!("ws://{addr}"), fake_node::Behaviour { delay_ms: 20, stagger_ms: 30 }).await;
     println!("TOLK_URL=ws://{addr}/ws/session");
     std::io::stdout().flush().unwrap();

@@ -16,7 +16,9 @@
 //!
 //! The shell only moves bytes: it opens and drops connections, writes the
 //! frames the session asks for, reads frames and timer wake-ups into it, and
-//! hands events to the listener. Every decision is [`Session`]'s.
+//! hands events to the listener. Every decision is [`Session`]'s, except
+//! which dispatcher URL a connection goes to: that is `UrlRotation`'s, plain
+//! synchronous code below.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,7 +32,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-use crate::session::{Action, Event, Input, Millis, Session, SessionConfig};
+use crate::session::{Action, ConnectionState, Event, Input, Millis, Session, SessionConfig};
 use crate::{Chunker, ChunkerConfig, SdkError, Utterance};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -55,8 +57,14 @@ impl<F: Fn(Event) + Send + 'static> Listener for F {
 /// Settings of a [`Client`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientConfig {
-    /// `ws://HOST:PORT/ws/session` or `wss://...`.
+    /// `ws://HOST:PORT/ws/session` or `wss://...`: the first choice.
     pub url: String,
+    /// Other dispatchers of the same cluster (same form as `url`), empty by
+    /// default. After a failed attempt or a lost connection the next
+    /// connection goes to the next URL (`url`, then these in order, then
+    /// `url` again), where the session resumes: dispatchers of a cluster
+    /// share session state.
+    pub fallback_urls: Vec<String>,
     pub session: SessionConfig,
     /// The sample rate of the audio pushed is `chunker.sample_rate`.
     pub chunker: ChunkerConfig,
@@ -74,6 +82,7 @@ impl ClientConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            fallback_urls: Vec::new(),
             session: SessionConfig::default(),
             chunker: ChunkerConfig::default(),
             extra_root_certs_pem: None,
@@ -110,9 +119,13 @@ impl Client {
     pub fn start(config: ClientConfig, listener: impl Listener) -> Result<Self, SdkError> {
         config.chunker.validate()?;
         config.session.validate()?;
-        let url = config.url.trim().to_owned();
-        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
-            return Err(SdkError::client_config("url", "must start with ws:// or wss://"));
+        let url = ws_url(&config.url).ok_or_else(|| SdkError::client_config("url", "must start with ws:// or wss://"))?;
+        let mut fallbacks = Vec::with_capacity(config.fallback_urls.len());
+        for (i, fallback) in config.fallback_urls.iter().enumerate() {
+            let url = ws_url(fallback).ok_or_else(|| {
+                SdkError::client_config("fallback_urls", format!("entry {i} ({fallback:?}) must start with ws:// or wss://"))
+            })?;
+            fallbacks.push(url);
         }
         if config.command_queue == 0 {
             return Err(SdkError::client_config("command_queue", "must be positive"));
@@ -128,7 +141,8 @@ impl Client {
         };
         let (tx, rx) = mpsc::channel(config.command_queue);
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let worker = Worker { url, tls, session: config.session, chunker: config.chunker, seed, listener };
+        let worker =
+            Worker { urls: UrlRotation::new(url, fallbacks), tls, session: config.session, chunker: config.chunker, seed, listener };
         std::thread::Builder::new()
             .name("tolk-client".to_owned())
             .spawn(move || {
@@ -197,6 +211,53 @@ impl Client {
     }
 }
 
+/// `url` trimmed, if it is a WebSocket URL.
+fn ws_url(url: &str) -> Option<String> {
+    let url = url.trim();
+    (url.starts_with("ws://") || url.starts_with("wss://")).then(|| url.to_owned())
+}
+
+/// Which dispatcher each connection goes to: the first URL first; after a
+/// failed attempt or a lost connection, the next one (wrapping around), so a
+/// dead dispatcher costs one back-off step; a working one is kept.
+///
+/// The session asks for a connection ([`Action::Connect`]) once at start
+/// and afterwards only after the previous attempt failed or the connection
+/// was lost, whoever noticed (the shell: refused, closed, a failed write; the
+/// session: no `session_init_ack`, silence, a refused `session_init`). So
+/// every connection after the first moves on, and the shell needs no
+/// bookkeeping of why the last one ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UrlRotation {
+    /// The first choice, then the fallbacks: never empty.
+    urls: Vec<String>,
+    /// Below `urls.len()`.
+    current: usize,
+    started: bool,
+}
+
+impl UrlRotation {
+    fn new(first: String, fallbacks: Vec<String>) -> Self {
+        let mut urls = vec![first];
+        urls.extend(fallbacks);
+        Self { urls, current: 0, started: false }
+    }
+
+    /// The URL of the connection the session asks for now.
+    fn connect(&mut self) -> &str {
+        if self.started {
+            self.current = (self.current + 1) % self.urls.len();
+        }
+        self.started = true;
+        &self.urls[self.current]
+    }
+
+    /// The URL of the last connection asked for (the first before any).
+    fn current(&self) -> &str {
+        &self.urls[self.current]
+    }
+}
+
 /// Public roots plus `extra_pem`, with the ring provider.
 fn tls_config(extra_pem: Option<&str>) -> Result<Arc<rustls::ClientConfig>, SdkError> {
     use rustls_pki_types::CertificateDer;
@@ -241,7 +302,7 @@ enum Wake {
 }
 
 struct Worker<L> {
-    url: String,
+    urls: UrlRotation,
     tls: Arc<rustls::ClientConfig>,
     session: SessionConfig,
     chunker: ChunkerConfig,
@@ -250,7 +311,7 @@ struct Worker<L> {
 }
 
 impl<L: Listener> Worker<L> {
-    async fn run(self, mut rx: mpsc::Receiver<Command>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let start = Instant::now();
         let now = || Millis::try_from(start.elapsed().as_millis()).unwrap_or(Millis::MAX);
         let epoch_ms =
@@ -282,7 +343,8 @@ impl<L: Listener> Worker<L> {
                     match action {
                         Action::Connect => {
                             socket = None;
-                            connecting = Some(Box::pin(connect(self.url.clone(), self.tls.clone())));
+                            let url = self.urls.connect().to_owned();
+                            connecting = Some(Box::pin(connect(url, self.tls.clone())));
                         }
                         Action::Send(text) => {
                             let Some(ws) = socket.as_mut() else { continue };
@@ -301,6 +363,13 @@ impl<L: Listener> Worker<L> {
                             if let Some(mut ws) = socket.take() {
                                 let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
                             }
+                        }
+                        // The app learns which dispatcher failed (the session
+                        // does not know URLs); the next attempt goes to the
+                        // next one.
+                        Action::Deliver(Event::State(ConnectionState::Disconnected { reason, retry_in_ms })) => {
+                            let reason = format!("{reason} (at {})", self.urls.current());
+                            self.listener.on_event(Event::State(ConnectionState::Disconnected { reason, retry_in_ms }));
                         }
                         Action::Deliver(event) => self.listener.on_event(event),
                     }
@@ -395,5 +464,91 @@ impl<L: Listener> Worker<L> {
                 Wake::Timer => session.on_timeout(now()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rotation(urls: &[&str]) -> UrlRotation {
+        UrlRotation::new(urls[0].to_owned(), urls[1..].iter().map(|u| (*u).to_owned()).collect())
+    }
+
+    #[test]
+    fn the_first_url_first_then_the_next_after_each_loss_wrapping_around() {
+        let mut r = rotation(&["ws://a", "ws://b", "ws://c"]);
+        assert_eq!(r.current(), "ws://a");
+        let order: Vec<String> = (0..7).map(|_| r.connect().to_owned()).collect();
+        assert_eq!(order, ["ws://a", "ws://b", "ws://c", "ws://a", "ws://b", "ws://c", "ws://a"]);
+        // A Disconnected names the URL that just failed.
+        assert_eq!(r.current(), "ws://a");
+    }
+
+    #[test]
+    fn one_url_is_always_that_url() {
+        let mut r = rotation(&["ws://only"]);
+        for _ in 0..3 {
+            assert_eq!(r.connect(), "ws://only");
+        }
+    }
+
+    /// Runs the session's actions; the URLs connected to.
+    fn run(s: &mut Session, r: &mut UrlRotation) -> Vec<String> {
+        s.take_actions().into_iter().filter(|a| *a == Action::Connect).map(|_| r.connect().to_owned()).collect()
+    }
+
+    /// Fires the session's timers up to `to`; the URLs connected to.
+    fn wait(s: &mut Session, r: &mut UrlRotation, now: &mut Millis, to: Millis) -> Vec<String> {
+        let mut urls = vec![];
+        while let Some(d) = s.next_deadline().filter(|&d| d <= to) {
+            *now = (*now).max(d);
+            s.on_timeout(*now);
+            urls.extend(run(s, r));
+        }
+        *now = to;
+        urls
+    }
+
+    /// Driven by a real [`Session`]: a working dispatcher is kept, and each
+    /// failure or loss, noticed by the shell or by the session, moves on
+    /// exactly once.
+    #[test]
+    fn each_failure_or_loss_moves_to_the_next_url_once() {
+        let cfg = SessionConfig { src_lang: "en".into(), tgt_lang: "de".into(), ..SessionConfig::default() };
+        let (handshake, dead) = (cfg.handshake_timeout_ms, cfg.dead_after_ms);
+        let mut s = Session::new(cfg, 1, 0, 0).unwrap();
+        let mut r = rotation(&["ws://a", "ws://b"]);
+        let mut now = 0;
+        let ack = r#"{"type":"session_init_ack","session_id":"s1","assigned_node_id":null,"message":"ok","resume_token":"t1"}"#;
+
+        assert_eq!(run(&mut s, &mut r), ["ws://a"]);
+        // Refused by the shell: the retry goes to b.
+        s.handle(now, Input::ConnectFailed("refused".into()));
+        assert!(run(&mut s, &mut r).is_empty());
+        assert_eq!(wait(&mut s, &mut r, &mut now, 1_000), ["ws://b"]);
+        // b works: heartbeats and time pass, b is kept.
+        s.handle(now, Input::Connected);
+        s.handle(now, Input::Frame(ack));
+        assert!(run(&mut s, &mut r).is_empty());
+        for _ in 0..10 {
+            let to = now + dead / 2;
+            assert!(wait(&mut s, &mut r, &mut now, to).is_empty());
+            s.handle(now, Input::Frame(r#"{"type":"server_heartbeat","session_id":"s1","timestamp":0}"#));
+        }
+        // The session notices b went silent: the next connection goes to a.
+        let to = now + dead + 1_000;
+        assert_eq!(wait(&mut s, &mut r, &mut now, to), ["ws://a"]);
+        // a accepts the connection but never acks: back to b.
+        s.handle(now, Input::Connected);
+        let to = now + handshake + 2_000;
+        assert_eq!(wait(&mut s, &mut r, &mut now, to), ["ws://b"]);
+        // b resumes; then the shell loses the connection: a once more.
+        s.handle(now, Input::Connected);
+        s.handle(now, Input::Frame(ack));
+        assert!(run(&mut s, &mut r).is_empty());
+        s.handle(now, Input::ConnectionLost("reset".into()));
+        let to = now + 1_000;
+        assert_eq!(wait(&mut s, &mut r, &mut now, to), ["ws://a"]);
     }
 }

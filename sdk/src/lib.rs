@@ -10,7 +10,10 @@
 //! - a session client that sends them and survives bad networks: heartbeats,
 //!   dead-connection detection, reconnect with back-off and jitter, resume,
 //!   re-send of unanswered utterances, refusals, in-order delivery of
-//!   outcomes even when the server misbehaves, clean close.
+//!   outcomes even when the server misbehaves, clean close. Given several
+//!   dispatchers of a cluster ([`ClientConfig::fallback_urls`]), it moves
+//!   to the next one after a failed attempt or a lost connection and resumes
+//!   the session there, so a dead dispatcher costs one back-off step.
 //!
 //! The logic is sans-IO: [`Chunker`] and [`Session`] read no clock and touch
 //! no socket, so they are tested exhaustively with plain events. [`Client`]

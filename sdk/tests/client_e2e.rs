@@ -3,6 +3,8 @@
 //! audio it gets (`support/fake_node.rs`, the only test double), real
 //! sockets, real VAD on speech synthesised by `espeak-ng`. A TCP proxy
 //! (`support/proxy.rs`) breaks the network on demand: cut, refused, frozen.
+//! A dispatcher on its own runtime ([`CrashableServer`]) can crash: its
+//! runtime is dropped with every socket in it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is a failed test
 
@@ -40,6 +42,55 @@ async fn dispatcher(config: Config) -> Server {
         let _ = rx.await;
     }));
     Server { addr, _stop: stop }
+}
+
+/// A dispatcher on its own thread and runtime, so a test can crash it:
+/// dropping the runtime drops every task and socket at once, as a killed
+/// process would (no shutdown grace, no close frames).
+struct CrashableServer {
+    addr: SocketAddr,
+    crash: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CrashableServer {
+    fn start(config: Config, seed: u64) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (crash, crashed) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.spawn(tolk_dispatcher::shell::seeded(config, seed).run(listener, std::future::pending()));
+            runtime.block_on(async {
+                let _ = crashed.await;
+            });
+            runtime.shutdown_background();
+        });
+        Self { addr, crash: Some(crash), thread: Some(thread) }
+    }
+
+    fn crash(&mut self) {
+        if let Some(crash) = self.crash.take() {
+            let _ = crash.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+}
+
+impl Drop for CrashableServer {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+/// A `ws://` URL on 127.0.0.1 where nobody listens (a port just freed).
+fn dead_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("ws://127.0.0.1:{port}/ws/session")
 }
 
 /// The three sentences with 1 s of silence around each, spoken once per
@@ -303,6 +354,103 @@ async fn an_expired_session_is_replaced_and_its_utterances_sent_again() {
 }
 
 #[tokio::test]
+async fn a_dead_first_url_costs_one_back_off_step_and_the_next_one_serves() {
+    let server = dispatcher(Config::default()).await;
+    let _node = fake_node::start(&format!("ws://{}", server.addr), fake_node::Behaviour { delay_ms: 50, stagger_ms: 0 }).await;
+    let dead = dead_url();
+    let mut config = client_config(dead.clone());
+    config.fallback_urls = vec![format!("ws://{}/ws/session", server.addr)];
+    let (client, mut rx) = start(config);
+    push(&client, &speech().0);
+    client.close().unwrap();
+    let mut events = vec![];
+    until_closed(&mut rx, &mut events).await;
+    assert_all_results_in_order(&events, SENTENCES.len());
+    let st = states(&events);
+    assert!(
+        matches!(
+            &st[..],
+            [
+                ConnectionState::Connecting { attempt: 0 },
+                ConnectionState::Disconnected { reason, .. },
+                ConnectionState::Connecting { attempt: 1 },
+                ConnectionState::Connected { resumed: false, .. },
+                ConnectionState::Closed { .. },
+            ] if reason.contains("could not connect") && reason.contains(&dead)
+        ),
+        "one failed attempt at the dead URL, then the second: {st:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_session_resumes_on_the_next_url_when_its_dispatcher_goes_away() {
+    // Two addresses in front of one dispatcher stand for two dispatchers of
+    // a cluster that share session state: the second knows the session.
+    let server = dispatcher(Config::default()).await;
+    // Slow enough that every result is produced after the first address is gone.
+    let _node = fake_node::start(&format!("ws://{}", server.addr), fake_node::Behaviour { delay_ms: 1_500, stagger_ms: 0 }).await;
+    let (first, second) = (Proxy::start(server.addr).await, Proxy::start(server.addr).await);
+    let first_url = format!("ws://{}/ws/session", first.addr);
+    let mut config = client_config(first_url.clone());
+    config.fallback_urls = vec![format!("ws://{}/ws/session", second.addr)];
+    let (client, mut rx) = start(config);
+    push(&client, &speech().0);
+    let mut events = vec![];
+    until(&mut rx, &mut events, |e| matches!(e, Event::Queued(q) if q.index == 2)).await;
+    // Let the utterances reach the dispatcher and the node.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The first "dispatcher" dies: its connection drops, new ones fail.
+    first.set_mode(Mode::Refuse);
+    first.cut_all();
+    client.close().unwrap();
+    until_closed(&mut rx, &mut events).await;
+    assert_all_results_in_order(&events, SENTENCES.len());
+    let st = states(&events);
+    let sessions: Vec<(&String, bool)> = st
+        .iter()
+        .filter_map(|s| if let ConnectionState::Connected { session_id, resumed, .. } = s { Some((session_id, *resumed)) } else { None })
+        .collect();
+    assert!(matches!(sessions[..], [(a, false), (b, true)] if a == b), "resumed on the second URL: {st:?}");
+    let lost: Vec<&String> =
+        st.iter().filter_map(|s| if let ConnectionState::Disconnected { reason, .. } = s { Some(reason) } else { None }).collect();
+    assert!(matches!(lost[..], [reason] if reason.contains(&first_url)), "one back-off step, naming the first URL: {st:?}");
+    assert_eq!((first.connections(), second.connections()), (1, 1));
+}
+
+#[tokio::test]
+async fn a_crashed_dispatcher_is_replaced_by_the_next_url_and_nothing_is_lost() {
+    // Two independent dispatchers (different seeds: different session ids);
+    // the second does not know the first's session, so the resume is
+    // refused and the client starts over there under the same indexes.
+    let mut doomed = CrashableServer::start(Config::default(), 2);
+    let survivor = dispatcher(Config::default()).await;
+    // Slow enough that the crash catches every utterance without a result.
+    let _doomed_node = fake_node::start(&format!("ws://{}", doomed.addr), fake_node::Behaviour { delay_ms: 1_500, stagger_ms: 0 }).await;
+    let _node = fake_node::start(&format!("ws://{}", survivor.addr), fake_node::Behaviour { delay_ms: 50, stagger_ms: 0 }).await;
+    let doomed_url = format!("ws://{}/ws/session", doomed.addr);
+    let mut config = client_config(doomed_url.clone());
+    config.fallback_urls = vec![format!("ws://{}/ws/session", survivor.addr)];
+    let (client, mut rx) = start(config);
+    push(&client, &speech().0);
+    let mut events = vec![];
+    until(&mut rx, &mut events, |e| matches!(e, Event::Queued(q) if q.index == 2)).await;
+    // Let the utterances reach the first dispatcher and its node, then crash it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(results(&events).is_empty(), "the crash must catch every utterance without a result: {events:#?}");
+    doomed.crash();
+    client.close().unwrap();
+    until_closed(&mut rx, &mut events).await;
+    assert_all_results_in_order(&events, SENTENCES.len());
+    let st = states(&events);
+    let sessions: Vec<&String> =
+        st.iter().filter_map(|s| if let ConnectionState::Connected { session_id, .. } = s { Some(session_id) } else { None }).collect();
+    assert!(matches!(sessions[..], [a, b] if a != b), "a new session on the second dispatcher: {st:?}");
+    let lost: Vec<&String> =
+        st.iter().filter_map(|s| if let ConnectionState::Disconnected { reason, .. } = s { Some(reason) } else { None }).collect();
+    assert!(matches!(lost[..], [reason] if reason.contains(&doomed_url)), "one back-off step, naming the crashed URL: {st:?}");
+}
+
+#[tokio::test]
 async fn rate_limited_utterances_are_sent_again_and_all_answered() {
     let config = Config { core: CoreConfig { max_pending_per_session: 2, ..CoreConfig::default() }, ..Config::default() };
     let server = dispatcher(config).await;
@@ -390,6 +538,12 @@ fn bad_settings_fail_at_start() {
     let mut c = ClientConfig::new("wss://127.0.0.1:1/ws/session");
     c.extra_root_certs_pem = Some("not a certificate".into());
     assert!(matches!(bad(c), SdkError::InvalidClientConfig { field, .. } if field == "extra_root_certs_pem"));
+    let mut c = ClientConfig::new("ws://127.0.0.1:1/ws/session");
+    c.fallback_urls = vec!["wss://127.0.0.2:1/ws/session".into(), "127.0.0.3:1/ws/session".into()];
+    assert!(
+        matches!(bad(c), SdkError::InvalidClientConfig { field, reason } if field == "fallback_urls" && reason.contains("entry 1") && reason.contains("127.0.0.3")),
+        "names the bad entry"
+    );
 }
 
 #[test]

@@ -52,7 +52,7 @@ pub enum AudioEncoding {
 /// required; the defaults are the SDK's (a test checks they agree).
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct TolkConfig {
-    /// `ws://HOST:PORT/ws/session` or `wss://...`.
+    /// `ws://HOST:PORT/ws/session` or `wss://...`: the first choice.
     pub url: String,
     /// Language heard, a BCP 47 tag (`en`, `zh`).
     pub src_lang: String,
@@ -115,6 +115,11 @@ pub struct TolkConfig {
     /// PEM certificates trusted besides the public roots (private servers).
     #[uniffi(default = None)]
     pub extra_root_certs_pem: Option<String>,
+    /// Other dispatchers of the same cluster (`ws://` or `wss://`): after a
+    /// failed attempt or a lost connection the client moves on to the next
+    /// URL and resumes there. Last, so positional Kotlin calls stay valid.
+    #[uniffi(default = [])]
+    pub fallback_urls: Vec<String>,
 }
 
 impl TolkConfig {
@@ -163,6 +168,7 @@ impl TolkConfig {
             ..ChunkerConfig::default()
         };
         let mut config = ClientConfig::new(self.url);
+        config.fallback_urls = self.fallback_urls;
         config.session = session;
         config.chunker = chunker;
         config.extra_root_certs_pem = self.extra_root_certs_pem;
@@ -421,6 +427,7 @@ mod tests {
             dead_after_ms: 15000,
             close_timeout_ms: 15000,
             extra_root_certs_pem: None,
+            fallback_urls: vec![],
         }
     }
 
@@ -431,6 +438,12 @@ mod tests {
         expected.session.src_lang = "en".into();
         expected.session.tgt_lang = "de".into();
         assert_eq!(sdk, expected);
+    }
+
+    #[test]
+    fn fallback_urls_pass_straight_through() {
+        let urls = vec!["ws://127.0.0.2:1/ws/session".to_owned(), "wss://127.0.0.3:1/ws/session".to_owned()];
+        assert_eq!(TolkConfig { fallback_urls: urls.clone(), ..config() }.into_sdk().fallback_urls, urls);
     }
 
     #[test]

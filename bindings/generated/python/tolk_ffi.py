@@ -1063,13 +1063,36 @@ class _UniffiFfiConverterUInt8(_UniffiConverterPrimitiveInt):
     def write(value, buf):
         buf.write_u8(value)
 
+class _UniffiFfiConverterSequenceString(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterString.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterString.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterString.read(buf) for i in range(count)
+        ]
+
 @dataclass
 class TolkConfig:
     """
     Settings of a [`TolkClient`]. Only `url`, `src_lang` and `tgt_lang` are
     required; the defaults are the SDK's (a test checks they agree).
 """
-    def __init__(self, *, url:str, src_lang:str, tgt_lang:str, dialect:typing.Optional[str] = _DEFAULT, pairing_code:typing.Optional[str] = _DEFAULT, platform:typing.Optional[Platform] = _DEFAULT, client_version:typing.Optional[str] = _DEFAULT, emotion_detection:bool = False, voice_style_detection:bool = False, speech_rate_detection:bool = False, sample_rate:int = 16000, audio_encoding:typing.Optional[AudioEncoding] = _DEFAULT, opus_bitrate_bps:int = 24000, opus_complexity:int = 5, tts_format:typing.Optional[AudioEncoding] = _DEFAULT, decode_tts:bool = True, vad_aggressiveness:int = 2, hang_over_ms:int = 600, max_utterance_ms:int = 30000, heartbeat_interval_ms:int = 5000, dead_after_ms:int = 15000, close_timeout_ms:int = 15000, extra_root_certs_pem:typing.Optional[str] = _DEFAULT):
+    def __init__(self, *, url:str, src_lang:str, tgt_lang:str, dialect:typing.Optional[str] = _DEFAULT, pairing_code:typing.Optional[str] = _DEFAULT, platform:typing.Optional[Platform] = _DEFAULT, client_version:typing.Optional[str] = _DEFAULT, emotion_detection:bool = False, voice_style_detection:bool = False, speech_rate_detection:bool = False, sample_rate:int = 16000, audio_encoding:typing.Optional[AudioEncoding] = _DEFAULT, opus_bitrate_bps:int = 24000, opus_complexity:int = 5, tts_format:typing.Optional[AudioEncoding] = _DEFAULT, decode_tts:bool = True, vad_aggressiveness:int = 2, hang_over_ms:int = 600, max_utterance_ms:int = 30000, heartbeat_interval_ms:int = 5000, dead_after_ms:int = 15000, close_timeout_ms:int = 15000, extra_root_certs_pem:typing.Optional[str] = _DEFAULT, fallback_urls:typing.List[str] = _DEFAULT):
         self.url = url
         self.src_lang = src_lang
         self.tgt_lang = tgt_lang
@@ -1114,12 +1137,16 @@ class TolkConfig:
             self.extra_root_certs_pem = None
         else:
             self.extra_root_certs_pem = extra_root_certs_pem
+        if fallback_urls is _DEFAULT:
+            self.fallback_urls = []
+        else:
+            self.fallback_urls = fallback_urls
         
         
 
     
     def __str__(self):
-        return "TolkConfig(url={}, src_lang={}, tgt_lang={}, dialect={}, pairing_code={}, platform={}, client_version={}, emotion_detection={}, voice_style_detection={}, speech_rate_detection={}, sample_rate={}, audio_encoding={}, opus_bitrate_bps={}, opus_complexity={}, tts_format={}, decode_tts={}, vad_aggressiveness={}, hang_over_ms={}, max_utterance_ms={}, heartbeat_interval_ms={}, dead_after_ms={}, close_timeout_ms={}, extra_root_certs_pem={})".format(self.url, self.src_lang, self.tgt_lang, self.dialect, self.pairing_code, self.platform, self.client_version, self.emotion_detection, self.voice_style_detection, self.speech_rate_detection, self.sample_rate, self.audio_encoding, self.opus_bitrate_bps, self.opus_complexity, self.tts_format, self.decode_tts, self.vad_aggressiveness, self.hang_over_ms, self.max_utterance_ms, self.heartbeat_interval_ms, self.dead_after_ms, self.close_timeout_ms, self.extra_root_certs_pem)
+        return "TolkConfig(url={}, src_lang={}, tgt_lang={}, dialect={}, pairing_code={}, platform={}, client_version={}, emotion_detection={}, voice_style_detection={}, speech_rate_detection={}, sample_rate={}, audio_encoding={}, opus_bitrate_bps={}, opus_complexity={}, tts_format={}, decode_tts={}, vad_aggressiveness={}, hang_over_ms={}, max_utterance_ms={}, heartbeat_interval_ms={}, dead_after_ms={}, close_timeout_ms={}, extra_root_certs_pem={}, fallback_urls={})".format(self.url, self.src_lang, self.tgt_lang, self.dialect, self.pairing_code, self.platform, self.client_version, self.emotion_detection, self.voice_style_detection, self.speech_rate_detection, self.sample_rate, self.audio_encoding, self.opus_bitrate_bps, self.opus_complexity, self.tts_format, self.decode_tts, self.vad_aggressiveness, self.hang_over_ms, self.max_utterance_ms, self.heartbeat_interval_ms, self.dead_after_ms, self.close_timeout_ms, self.extra_root_certs_pem, self.fallback_urls)
     def __eq__(self, other):
         if self.url != other.url:
             return False
@@ -1167,6 +1194,8 @@ class TolkConfig:
             return False
         if self.extra_root_certs_pem != other.extra_root_certs_pem:
             return False
+        if self.fallback_urls != other.fallback_urls:
+            return False
         return True
 
 class _UniffiFfiConverterTypeTolkConfig(_UniffiConverterRustBuffer):
@@ -1196,6 +1225,7 @@ class _UniffiFfiConverterTypeTolkConfig(_UniffiConverterRustBuffer):
             dead_after_ms=_UniffiFfiConverterUInt64.read(buf),
             close_timeout_ms=_UniffiFfiConverterUInt64.read(buf),
             extra_root_certs_pem=_UniffiFfiConverterOptionalString.read(buf),
+            fallback_urls=_UniffiFfiConverterSequenceString.read(buf),
         )
 
     @staticmethod
@@ -1223,6 +1253,7 @@ class _UniffiFfiConverterTypeTolkConfig(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt64.check_lower(value.dead_after_ms)
         _UniffiFfiConverterUInt64.check_lower(value.close_timeout_ms)
         _UniffiFfiConverterOptionalString.check_lower(value.extra_root_certs_pem)
+        _UniffiFfiConverterSequenceString.check_lower(value.fallback_urls)
 
     @staticmethod
     def write(value, buf):
@@ -1249,6 +1280,7 @@ class _UniffiFfiConverterTypeTolkConfig(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt64.write(value.dead_after_ms, buf)
         _UniffiFfiConverterUInt64.write(value.close_timeout_ms, buf)
         _UniffiFfiConverterOptionalString.write(value.extra_root_certs_pem, buf)
+        _UniffiFfiConverterSequenceString.write(value.fallback_urls, buf)
 
 class _UniffiFfiConverterBytes(_UniffiConverterRustBuffer):
     @staticmethod

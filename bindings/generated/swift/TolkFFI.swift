@@ -1248,7 +1248,7 @@ public func FfiConverterTypeQueuedUtterance_lower(_ value: QueuedUtterance) -> R
  */
 public struct TolkConfig: Equatable, Hashable {
     /**
-     * `ws://HOST:PORT/ws/session` or `wss://...`.
+     * `ws://HOST:PORT/ws/session` or `wss://...`: the first choice.
      */
     public var url: String
     /**
@@ -1328,12 +1328,18 @@ public struct TolkConfig: Equatable, Hashable {
      * PEM certificates trusted besides the public roots (private servers).
      */
     public var extraRootCertsPem: String?
+    /**
+     * Other dispatchers of the same cluster (`ws://` or `wss://`): after a
+     * failed attempt or a lost connection the client moves on to the next
+     * URL and resumes there. Last, so positional Kotlin calls stay valid.
+     */
+    public var fallbackUrls: [String]
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
     public init(
         /**
-         * `ws://HOST:PORT/ws/session` or `wss://...`.
+         * `ws://HOST:PORT/ws/session` or `wss://...`: the first choice.
          */url: String, 
         /**
          * Language heard, a BCP 47 tag (`en`, `zh`).
@@ -1389,7 +1395,12 @@ public struct TolkConfig: Equatable, Hashable {
          */closeTimeoutMs: UInt64 = UInt64(15000), 
         /**
          * PEM certificates trusted besides the public roots (private servers).
-         */extraRootCertsPem: String? = nil) {
+         */extraRootCertsPem: String? = nil, 
+        /**
+         * Other dispatchers of the same cluster (`ws://` or `wss://`): after a
+         * failed attempt or a lost connection the client moves on to the next
+         * URL and resumes there. Last, so positional Kotlin calls stay valid.
+         */fallbackUrls: [String] = []) {
         self.url = url
         self.srcLang = srcLang
         self.tgtLang = tgtLang
@@ -1413,6 +1424,7 @@ public struct TolkConfig: Equatable, Hashable {
         self.deadAfterMs = deadAfterMs
         self.closeTimeoutMs = closeTimeoutMs
         self.extraRootCertsPem = extraRootCertsPem
+        self.fallbackUrls = fallbackUrls
     }
 
     
@@ -1453,7 +1465,8 @@ public struct FfiConverterTypeTolkConfig: FfiConverterRustBuffer {
                 heartbeatIntervalMs: FfiConverterUInt64.read(from: &buf), 
                 deadAfterMs: FfiConverterUInt64.read(from: &buf), 
                 closeTimeoutMs: FfiConverterUInt64.read(from: &buf), 
-                extraRootCertsPem: FfiConverterOptionString.read(from: &buf)
+                extraRootCertsPem: FfiConverterOptionString.read(from: &buf), 
+                fallbackUrls: FfiConverterSequenceString.read(from: &buf)
         )
     }
 
@@ -1481,6 +1494,7 @@ public struct FfiConverterTypeTolkConfig: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.deadAfterMs, into: &buf)
         FfiConverterUInt64.write(value.closeTimeoutMs, into: &buf)
         FfiConverterOptionString.write(value.extraRootCertsPem, into: &buf)
+        FfiConverterSequenceString.write(value.fallbackUrls, into: &buf)
     }
 }
 
@@ -2281,6 +2295,31 @@ fileprivate struct FfiConverterOptionTypePlatform: FfiConverterRustBuffer {
         case 1: return try FfiConverterTypePlatform.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceString: FfiConverterRustBuffer {
+    typealias SwiftType = [String]
+
+    public static func write(_ value: [String], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterString.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [String] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [String]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterString.read(from: &buf))
+        }
+        return seq
     }
 }
 /**

@@ -137,6 +137,28 @@ fun aThrowingListenerDoesNotStopTheClient(url: String, pcm: ByteArray, sentences
     check(events.filterIsInstance<Ev.Result>().map { it.result.index } == (0 until sentences).map { it.toULong() }) { "$events" }
 }
 
+/** A dead first URL costs one failed attempt; the fallback serves the session. */
+fun aDeadFirstUrlFallsBack(url: String, pcm: ByteArray, sentences: Int) {
+    val dead = java.net.ServerSocket(0).use { "ws://127.0.0.1:${it.localPort}/ws/session" } // nobody listens there now
+    val rec = Recorder()
+    val client = TolkClient(config(dead).copy(fallbackUrls = listOf(url)), rec)
+    client.pushAudio(pcm)
+    client.closeSession()
+    val events = rec.untilClosed()
+    check(events.filterIsInstance<Ev.Result>().map { it.result.index } == (0 until sentences).map { it.toULong() }) { "$events" }
+    val states = events.filterIsInstance<Ev.State>().map { it.state }
+    check(states.size == 5 && states[0] is ConnectionState.Connecting && states[2] is ConnectionState.Connecting &&
+        states[3] is ConnectionState.Connected && states[4] is ConnectionState.Closed) { "$states" }
+    val lost = states[1] as? ConnectionState.Disconnected ?: throw AssertionError("$states")
+    check(lost.reason.contains(dead)) { "names the dead URL: $lost" }
+    try {
+        TolkClient(config(url).copy(fallbackUrls = listOf("http://nowhere")), Recorder())
+        throw AssertionError("a non-ws fallback url must be refused")
+    } catch (e: TolkException.InvalidConfig) {
+        check(e.reason.contains("fallback_urls") && e.reason.contains("http://nowhere")) { "readable message: ${e.reason}" }
+    }
+}
+
 fun errorsAreTyped(url: String) {
     try {
         TolkClient(TolkConfig(url = url, srcLang = "not a tag", tgtLang = "de"), Recorder())
@@ -194,6 +216,7 @@ fun main(args: Array<String>) {
         "manual cut" to { manualCut(url, pcm) },
         "opus or pcm16, each way, is the app's choice" to { encodingsAreChosen(url, pcm, sentences) },
         "a throwing listener does not stop the client" to { aThrowingListenerDoesNotStopTheClient(url, pcm, sentences) },
+        "a dead first URL falls back to the next" to { aDeadFirstUrlFallsBack(url, pcm, sentences) },
         "errors are typed, with readable messages" to { errorsAreTyped(url) },
         "push_audio cost" to { pushCost(url) },
     )

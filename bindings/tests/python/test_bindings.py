@@ -7,6 +7,7 @@ holds."""
 
 import os
 import queue
+import socket
 import sys
 import time
 
@@ -115,6 +116,27 @@ def test_a_raising_listener_does_not_stop_the_client(url, pcm, sentences):
     client.close()
     events = rec.until_closed()
     assert [r.index for r in of(events, "result")] == list(range(sentences)), events
+
+
+def test_a_dead_first_url_falls_back_to_the_next(url, pcm, sentences):
+    with socket.socket() as s:  # a port just freed: nobody listens there
+        s.bind(("127.0.0.1", 0))
+        dead = f"ws://127.0.0.1:{s.getsockname()[1]}/ws/session"
+    rec = Recorder()
+    client = t.TolkClient(config(dead, fallback_urls=[url]), rec)
+    client.push_audio(pcm)
+    client.close()
+    events = rec.until_closed()
+    assert [r.index for r in of(events, "result")] == list(range(sentences)), events
+    states = of(events, "state")
+    assert len(states) == 5 and states[0].is_connecting() and states[1].is_disconnected(), states
+    assert states[2].is_connecting() and states[3].is_connected() and states[4].is_closed(), states
+    assert dead in states[1].reason, states[1]
+    try:
+        t.TolkClient(config(url, fallback_urls=["http://nowhere"]), Recorder())
+        raise AssertionError("a non-ws fallback url must be refused")
+    except t.TolkError.InvalidConfig as e:
+        assert "fallback_urls" in str(e) and "http://nowhere" in str(e), str(e)
 
 
 def test_errors_are_typed(url, pcm, sentences):

@@ -2181,7 +2181,7 @@ public object FfiConverterTypeQueuedUtterance: FfiConverterRustBuffer<QueuedUtte
  */
 data class TolkConfig (
     /**
-     * `ws://HOST:PORT/ws/session` or `wss://...`.
+     * `ws://HOST:PORT/ws/session` or `wss://...`: the first choice.
      */
     var `url`: kotlin.String
     , 
@@ -2283,6 +2283,13 @@ data class TolkConfig (
      * PEM certificates trusted besides the public roots (private servers).
      */
     var `extraRootCertsPem`: kotlin.String? = null 
+    , 
+    /**
+     * Other dispatchers of the same cluster (`ws://` or `wss://`): after a
+     * failed attempt or a lost connection the client moves on to the next
+     * URL and resumes there. Last, so positional Kotlin calls stay valid.
+     */
+    var `fallbackUrls`: List<kotlin.String> = listOf() 
     
 ){
     
@@ -2322,6 +2329,7 @@ public object FfiConverterTypeTolkConfig: FfiConverterRustBuffer<TolkConfig> {
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterOptionalString.read(buf),
+            FfiConverterSequenceString.read(buf),
         )
     }
 
@@ -2348,7 +2356,8 @@ public object FfiConverterTypeTolkConfig: FfiConverterRustBuffer<TolkConfig> {
             FfiConverterULong.allocationSize(value.`heartbeatIntervalMs`) +
             FfiConverterULong.allocationSize(value.`deadAfterMs`) +
             FfiConverterULong.allocationSize(value.`closeTimeoutMs`) +
-            FfiConverterOptionalString.allocationSize(value.`extraRootCertsPem`)
+            FfiConverterOptionalString.allocationSize(value.`extraRootCertsPem`) +
+            FfiConverterSequenceString.allocationSize(value.`fallbackUrls`)
     )
 
     override fun write(value: TolkConfig, buf: ByteBuffer) {
@@ -2375,6 +2384,7 @@ public object FfiConverterTypeTolkConfig: FfiConverterRustBuffer<TolkConfig> {
             FfiConverterULong.write(value.`deadAfterMs`, buf)
             FfiConverterULong.write(value.`closeTimeoutMs`, buf)
             FfiConverterOptionalString.write(value.`extraRootCertsPem`, buf)
+            FfiConverterSequenceString.write(value.`fallbackUrls`, buf)
     }
 }
 
@@ -3224,6 +3234,34 @@ public object FfiConverterOptionalTypePlatform: FfiConverterRustBuffer<Platform?
         } else {
             buf.put(1)
             FfiConverterTypePlatform.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceString: FfiConverterRustBuffer<List<kotlin.String>> {
+    override fun read(buf: ByteBuffer): List<kotlin.String> {
+        val len = buf.getInt()
+        return List<kotlin.String>(len) {
+            FfiConverterString.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<kotlin.String>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterString.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<kotlin.String>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterString.write(it, buf)
         }
     }
 }
