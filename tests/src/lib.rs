@@ -26,6 +26,8 @@
 //!   (start, SIGKILL, SIGTERM, restart on the same address).
 //! - [`node`]: [`NodeProcess`] and [`NodeSetup`], a node as a child process
 //!   with its engines, log and pairing code.
+//! - [`nats`]: a real `nats-server` with JetStream (cluster tests) and a
+//!   TCP front to re-point between dispatchers.
 //! - [`wire`]: raw WebSocket and HTTP clients and frame builders.
 //! - [`app`]: [`App`], an SDK client that records its events, with the
 //!   checks every test makes on them.
@@ -36,6 +38,7 @@
 pub mod app;
 pub mod build;
 pub mod dispatcher;
+pub mod nats;
 pub mod neural;
 pub mod node;
 pub mod speech;

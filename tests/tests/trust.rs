@@ -20,9 +20,7 @@ const LIMIT: Duration = Duration::from_secs(120);
 /// made-up text: what a job farmer would do.
 async fn garbage_node(addr: std::net::SocketAddr) -> (String, tokio::task::JoinHandle<u32>) {
     let mut ws = wire::connect(addr, "/ws/node").await;
-    let model = |id: &str, kind: &str, src: &str, tgt: Option<&str>| {
-        json!({"model_id": id, "kind": kind, "src_lang": src, "tgt_lang": tgt, "dialect": null, "version": "1"})
-    };
+    let model = |id: &str, kind: &str, src: &str, tgt: Option<&str>| json!({"model_id": id, "kind": kind, "src_lang": src, "tgt_lang": tgt, "dialect": null, "version": "1"});
     wire::send(
         &mut ws,
         &json!({
@@ -99,7 +97,11 @@ async fn an_honest_node_earns_trust_and_a_garbage_node_is_quarantined() {
         (t["state"] == "trusted").then_some(t)
     })
     .await;
-    assert_eq!((t["verified"].as_bool(), t["canaries_passed"].as_u64(), t["canaries_failed"].as_u64()), (Some(true), Some(3), Some(0)), "{t}");
+    assert_eq!(
+        (t["verified"].as_bool(), t["canaries_passed"].as_u64(), t["canaries_failed"].as_u64()),
+        (Some(true), Some(3), Some(0)),
+        "{t}"
+    );
     assert_eq!(dispatcher.metric("tolk_canaries_total{outcome=\"pass\"}").await, 3.0);
 
     // Explain: the honest node would get an en → es job, the farmer not, and why.
@@ -145,7 +147,8 @@ async fn an_honest_node_earns_trust_and_a_garbage_node_is_quarantined() {
             }
         }
     }
-    let (status, _) = wire::http(dispatcher.addr, "POST", &format!("/admin/nodes/{honest_id}/probation"), Some(tolk_e2e::ADMIN_TOKEN)).await;
+    let (status, _) =
+        wire::http(dispatcher.addr, "POST", &format!("/admin/nodes/{honest_id}/probation"), Some(tolk_e2e::ADMIN_TOKEN)).await;
     assert_eq!(status, 200);
     let t = eventually("the real node is trusted again, on Opus canaries", LIMIT, || async {
         let t = trust_state(&dispatcher, &honest_id).await;

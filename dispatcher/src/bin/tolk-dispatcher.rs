@@ -43,6 +43,13 @@ async fn run() -> Result<(), Error> {
 
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The NATS client logs every failed reconnect attempt at info; the
+    // cluster link says once that NATS is away and once that it is back.
+    let quiet_nats = std::env::var("RUST_LOG").map_or(true, |v| !v.contains("async_nats"));
+    let filter = match "async_nats=warn".parse() {
+        Ok(directive) if quiet_nats => filter.add_directive(directive),
+        _ => filter,
+    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if json {

@@ -434,14 +434,18 @@ impl Core {
         self.out.push(Action::Send { conn, frame });
     }
 
-    /// The node's answer to a job run here for another dispatcher: passed
-    /// back. False when `r` is not such a job.
-    pub(super) fn on_proxied_result(&mut self, now: Millis, node_id: &str, r: JobResult) -> Result<(), JobResult> {
-        let Some(cl) = &mut self.cluster else { return Err(r) };
-        if !cl.proxied.get(&r.job_id).is_some_and(|p| p.node == node_id && p.session_id == r.session_id && p.index == r.utterance_index) {
-            return Err(r);
-        }
-        let Some(p) = cl.proxied.remove(&r.job_id) else { return Err(r) };
+    /// Whether `r` answers a job run here for another dispatcher.
+    pub(super) fn holds_proxied(&self, node_id: &str, r: &JobResult) -> bool {
+        self.cluster
+            .as_ref()
+            .and_then(|c| c.proxied.get(&r.job_id))
+            .is_some_and(|p| p.node == node_id && p.session_id == r.session_id && p.index == r.utterance_index)
+    }
+
+    /// The node's answer to a job run here for another dispatcher
+    /// ([`Core::holds_proxied`]): passed back to it.
+    pub(super) fn on_proxied_result(&mut self, now: Millis, node_id: &str, r: JobResult) {
+        let Some(p) = self.cluster.as_mut().and_then(|c| c.proxied.remove(&r.job_id)) else { return };
         let busy = r.error.as_ref().is_some_and(|e| e.code == JobErrorCode::NodeBusy);
         if let Some(n) = self.nodes.get_mut(node_id) {
             n.running.remove(&r.job_id);
@@ -454,7 +458,6 @@ impl Core {
         self.out.push(Action::Peer { to: Some(p.origin), msg });
         self.pump_node(now, node_id);
         self.canary_tick(now, node_id);
-        Ok(())
     }
 
     /// A proxied job's node is gone or its time is up: the origin hears a

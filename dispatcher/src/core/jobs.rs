@@ -299,7 +299,7 @@ impl Core {
     pub(super) fn pump_node(&mut self, now: Millis, node_id: &str) {
         // Each turn starts a job (or stops): bounded by the queue itself.
         for _ in 0..self.classes.queued() {
-            if !self.nodes.get(node_id).is_some_and(|n| n.conn.is_some() && n.has_room(now)) {
+            if !self.nodes.get(node_id).is_some_and(|n| n.live() && n.has_room(now)) {
                 return;
             }
             let waiting: Vec<ClassId> = self.classes.waiting().collect();
@@ -338,10 +338,10 @@ impl Core {
                     return;
                 }
                 // A job run here for another dispatcher goes back to it.
-                match self.on_proxied_result(now, node_id, r) {
-                    Ok(()) => return,
-                    Err(r) => r,
+                if self.holds_proxied(node_id, &r) {
+                    return self.on_proxied_result(now, node_id, r);
                 }
+                r
             }
             None => r,
         };

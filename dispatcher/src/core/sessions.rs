@@ -249,7 +249,7 @@ impl Core {
         last: Option<u64>,
         found: Option<(SessionRecord, Vec<(u64, Frame)>)>,
     ) {
-        if !self.take_lookup(conn, id) || !self.conns.get(&conn).is_some_and(|c| c.session.is_none()) {
+        if !self.take_lookup(conn, id) || self.conns.get(&conn).is_none_or(|c| c.session.is_some()) {
             return;
         }
         if self.sessions.contains_key(id) {
