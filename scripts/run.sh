@@ -11,7 +11,17 @@
 #   TOLK_NODE_CONFIG=FILE        another node configuration (e.g. node/tolk-node.example.toml
 #                                for the light engines only; `../target/release/` is rewritten)
 #   TOLK_MODELS_DIR=DIR          the models folder (default ~/.cache/tolk/models)
+#
+#   ./scripts/run.sh --cluster N  a cluster instead: nats-server (JetStream) and N
+#                                dispatchers on consecutive ports from TOLK_LISTEN's,
+#                                the node on the last one (so a session on the first
+#                                is served through the cluster); TOLK_NATS_PORT=4222
 set -euo pipefail
+CLUSTER=0
+if [ "${1:-}" = "--cluster" ]; then
+  CLUSTER=${2:?--cluster needs the number of dispatchers}
+  [ "$CLUSTER" -ge 1 ] 2>/dev/null || { echo "--cluster N: N must be a positive number" >&2; exit 2; }
+fi
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
@@ -55,21 +65,54 @@ trap cleanup EXIT INT TERM
 
 # The dashboard needs an admin token: a fresh one per run unless one is given.
 ADMIN_TOKEN=${TOLK_ADMIN_TOKEN:-$(head -c 18 /dev/urandom | base64 | tr -d '/+=')}
-# The web client's language pickers offer what the connected nodes serve.
-TOLK_PLUGIN_DIR="$PWD/target/plugins" TOLK_SCHEDULER=least-loaded \
-  TOLK_ADMIN_TOKEN="$ADMIN_TOKEN" \
-  "$OUT/tolk-dispatcher" --listen "$LISTEN" --config "$STATE/dispatcher.toml" &
-pids+=($!)
-
 host=${LISTEN%:*}; port=${LISTEN##*:}
-for _ in $(seq 1 100); do
-  (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null && break
-  sleep 0.1
-done
+wait_port() {
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+    sleep 0.1
+  done
+}
+# The web client's language pickers offer what the connected nodes serve.
+start_dispatcher() { # PORT CONFIG
+  TOLK_PLUGIN_DIR="$PWD/target/plugins" TOLK_SCHEDULER=least-loaded \
+    TOLK_ADMIN_TOKEN="$ADMIN_TOKEN" \
+    "$OUT/tolk-dispatcher" --listen "$host:$1" --config "$2" &
+  pids+=($!)
+  wait_port "$host" "$1"
+}
+NODE_PORT=$port
+if [ "$CLUSTER" -gt 0 ]; then
+  NATS_PORT=${TOLK_NATS_PORT:-4222}
+  mkdir -p "$STATE/nats"
+  # Forwarded jobs and stored outcomes carry speech: 8 MB messages.
+  printf 'listen: 127.0.0.1:%s\nmax_payload: 8MB\njetstream { store_dir: "%s" }\n' "$NATS_PORT" "$PWD/$STATE/nats" > "$STATE/nats.conf"
+  "$HOME/.cache/tolk/nats-2.15.1/nats-server" -c "$STATE/nats.conf" >"$STATE/nats.log" 2>&1 &
+  pids+=($!)
+  wait_port 127.0.0.1 "$NATS_PORT"
+  # Kept across runs, so the node's identity (and trust) survives a restart.
+  [ -s "$STATE/cluster-secret" ] || head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$STATE/cluster-secret"
+  SECRET=$(cat "$STATE/cluster-secret")
+  for i in $(seq 1 "$CLUSTER"); do
+    { cat "$STATE/dispatcher.toml"; printf '\n[cluster]\nnats_url = "nats://127.0.0.1:%s"\nname = "d%s"\nsecret = "%s"\n' "$NATS_PORT" "$i" "$SECRET"; } \
+      > "$STATE/dispatcher-$i.toml"
+    start_dispatcher $((port + i - 1)) "$STATE/dispatcher-$i.toml"
+  done
+  NODE_PORT=$((port + CLUSTER - 1))
+else
+  start_dispatcher "$port" "$STATE/dispatcher.toml"
+fi
 
-"$OUT/tolk-node" --dispatcher "ws://$LISTEN" --config "$STATE/tolk-node.toml" --state-dir "$STATE/node" &
+"$OUT/tolk-node" --dispatcher "ws://$host:$NODE_PORT" --config "$STATE/tolk-node.toml" --state-dir "$STATE/node" &
 pids+=($!)
 
+if [ "$CLUSTER" -gt 0 ]; then
+  echo
+  echo "A cluster of $CLUSTER dispatchers over NATS (nats://127.0.0.1:$NATS_PORT, JetStream in $STATE/nats):"
+  for i in $(seq 1 "$CLUSTER"); do
+    echo "  d$i: ws://$host:$((port + i - 1))/ws/session   dashboard http://$host:$((port + i - 1))/dashboard#token=$ADMIN_TOKEN"
+  done
+  echo "  the node is on d$CLUSTER; a session on any dispatcher is served by it."
+fi
 cat <<MSG
 
 Tolk is running.

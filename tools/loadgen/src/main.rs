@@ -116,6 +116,13 @@ struct Bench {
     /// Bytes of the relay's WebSocket read buffer per connection (tungstenite's and the dispatcher's default: 131072).
     #[arg(long, default_value_t = 128 * 1024)]
     relay_read_buffer: usize,
+    /// Also run two dispatchers of one cluster over a fresh nats-server:
+    /// sessions on one, nodes on the other, so every job is forwarded.
+    #[arg(long)]
+    cluster: bool,
+    /// The nats-server binary [default: where scripts/setup.sh installs it].
+    #[arg(long)]
+    nats_server: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -229,6 +236,9 @@ async fn main_bench(b: Bench, cfg: LoadConfig, dispatcher_bin: PathBuf) -> Resul
         drop(server);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    if b.cluster {
+        reports.push(cluster_run(&b, &cfg, &dispatcher_bin).await?);
+    }
     if matches!(b.target, Which::Both | Which::Relay) {
         let server = Server::relay(relay)?;
         println!(
@@ -266,4 +276,41 @@ async fn main_bench(b: Bench, cfg: LoadConfig, dispatcher_bin: PathBuf) -> Resul
         println!("{}", report::idle_table(&idle_reports.iter().collect::<Vec<_>>()));
     }
     Ok(())
+}
+
+/// Two dispatchers of one cluster over a fresh nats-server, sessions on the
+/// first and nodes on the second: every job is forwarded over NATS and its
+/// result comes back the same way. CPU is the two dispatchers' together;
+/// NATS's own is printed beside it.
+async fn cluster_run(b: &Bench, cfg: &LoadConfig, dispatcher_bin: &std::path::Path) -> Result<tolk_loadgen::sim::LoadReport, Error> {
+    let nats_bin = b
+        .nats_server
+        .clone()
+        .or_else(child::default_nats_binary)
+        .ok_or("nats-server not found: run scripts/setup.sh or pass --nats-server")?;
+    let nats = child::Nats::start(&nats_bin)?;
+    let table = |name: &str| format!("[cluster]\nnats_url = \"{}\"\nname = \"{name}\"\nsecret = \"loadgen-cluster-secret\"\n", nats.url());
+    let sessions = Server::dispatcher_with(dispatcher_bin, b.max_jobs, &table("a"), "cluster-a")?;
+    let nodes = Server::dispatcher_with(dispatcher_bin, b.max_jobs, &table("b"), "cluster-b")?;
+    println!(
+        "2 dispatchers: sessions on {} (pid {}), nodes on {} (pid {}), NATS pid {} …",
+        sessions.addr,
+        sessions.pid().0,
+        nodes.addr,
+        nodes.pid().0,
+        nats.pid().0
+    );
+    let before = nats.pid().cpu().ok();
+    let target = Target::Cluster { sessions: sessions.addr, nodes: nodes.addr };
+    let report = sim::run_with(target, cfg, vec![sessions.pid(), nodes.pid()]).await?;
+    if let (Some(a), Ok(z)) = (before, nats.pid().cpu()) {
+        let per = if report.window_answered > 0 { a.seconds_until(z) * 1e6 / report.window_answered as f64 } else { 0.0 };
+        println!(
+            "nats-server over the whole run: {:.0} % of a core ({per:.0} µs per utterance answered in the window, warm-up included)",
+            a.percent_until(z)
+        );
+    }
+    drop((sessions, nodes));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(report)
 }

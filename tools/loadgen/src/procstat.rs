@@ -26,6 +26,13 @@ pub struct Memory {
     pub peak_kib: u64,
 }
 
+impl CpuSample {
+    /// Two processes' CPU time together (read at about the same moment).
+    pub fn plus(self, other: Self) -> Self {
+        Self { ticks: self.ticks + other.ticks, at: self.at }
+    }
+}
+
 impl Pid {
     /// `utime + stime` of all threads (fields 14 and 15 of `/proc/PID/stat`).
     pub fn cpu(self) -> std::io::Result<CpuSample> {

@@ -38,6 +38,9 @@ pub enum Target {
     Dispatcher(SocketAddr),
     /// The bare relay ([`crate::relay`]): `/s/{session}/{node}`, `/n/{node}`.
     Relay(SocketAddr),
+    /// Two dispatchers of one cluster: sessions on the first, nodes on the
+    /// second, so every job crosses NATS (forwarded and its result back).
+    Cluster { sessions: SocketAddr, nodes: SocketAddr },
 }
 
 impl Target {
@@ -45,6 +48,7 @@ impl Target {
         match self {
             Target::Dispatcher(_) => "dispatcher",
             Target::Relay(_) => "bare relay",
+            Target::Cluster { .. } => "2 dispatchers",
         }
     }
 
@@ -246,7 +250,7 @@ const HANDSHAKE: Duration = Duration::from_secs(30);
 /// paired connection (relay). Returns the socket and the session id.
 pub(crate) async fn open_session(target: Target, number: u32, nodes: usize) -> Result<(Socket, String), Error> {
     match target {
-        Target::Dispatcher(addr) => {
+        Target::Dispatcher(addr) | Target::Cluster { sessions: addr, .. } => {
             let mut ws = connect(addr, "/ws/session").await?;
             ws.send(Ws::text(frames::session_init())).await?;
             loop {
@@ -269,7 +273,7 @@ pub(crate) async fn open_session(target: Target, number: u32, nodes: usize) -> R
 /// Registers one node; returns the socket and its node id.
 async fn open_node(target: Target, number: usize, max_jobs: u32) -> Result<(Socket, String), Error> {
     match target {
-        Target::Dispatcher(addr) => {
+        Target::Dispatcher(addr) | Target::Cluster { nodes: addr, .. } => {
             let mut ws = connect(addr, "/ws/node").await?;
             ws.send(Ws::text(frames::node_register(max_jobs))).await?;
             loop {
@@ -652,6 +656,12 @@ impl SimNode {
 
 /// Runs one load test against `target`; `pid` is the target's process (for CPU and RSS).
 pub async fn run(target: Target, cfg: &LoadConfig, pid: Option<Pid>) -> Result<LoadReport, Error> {
+    run_with(target, cfg, pid.into_iter().collect()).await
+}
+
+/// [`run`], with the CPU and memory of several server processes added up
+/// (a cluster's dispatchers).
+pub async fn run_with(target: Target, cfg: &LoadConfig, pids: Vec<Pid>) -> Result<LoadReport, Error> {
     if cfg.sessions == 0 || cfg.nodes == 0 {
         return Err("sessions and nodes must be at least 1".into());
     }
@@ -659,6 +669,10 @@ pub async fn run(target: Target, cfg: &LoadConfig, pid: Option<Pid>) -> Result<L
     let mut nodes = Vec::with_capacity(cfg.nodes);
     for j in 0..cfg.nodes {
         nodes.push(open_node(target, j, cfg.max_jobs).await.map_err(|e| format!("node {j}: {e}"))?);
+    }
+    if matches!(target, Target::Cluster { .. }) {
+        // The sessions' dispatcher learns of the nodes from the other's announcements.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let (sessions, errors) = open_sessions(target, 0, cfg.sessions, cfg.nodes, cfg.connect_parallel).await;
     if let Some(first) = errors.first() {
@@ -724,23 +738,32 @@ pub async fn run(target: Target, cfg: &LoadConfig, pid: Option<Pid>) -> Result<L
 
     let me = Pid(std::process::id());
     let metrics_at = match target {
-        Target::Dispatcher(addr) => Some(addr),
+        Target::Dispatcher(addr) | Target::Cluster { sessions: addr, .. } => Some(addr),
         Target::Relay(_) => None,
+    };
+    let cpu_of = move |pids: &[Pid]| -> Option<crate::procstat::CpuSample> {
+        pids.iter().map(|p| p.cpu().ok()).try_fold(None, |sum: Option<crate::procstat::CpuSample>, s| {
+            let s = s?;
+            Some(Some(sum.map_or(s, |t| t.plus(s))))
+        })?
     };
     let probe = tokio::spawn(async move {
         tokio::time::sleep_until(measure_from).await;
-        let before = (pid.and_then(|p| p.cpu().ok()), me.cpu().ok());
+        let before = (cpu_of(&pids), me.cpu().ok());
         let scrape_before = match metrics_at {
             Some(addr) => crate::scrape::metrics(addr).await.ok(),
             None => None,
         };
         tokio::time::sleep_until(measure_until).await;
-        let after = (pid.and_then(|p| p.cpu().ok()), me.cpu().ok());
+        let after = (cpu_of(&pids), me.cpu().ok());
         let scrape_after = match metrics_at {
             Some(addr) => crate::scrape::metrics(addr).await.ok(),
             None => None,
         };
-        let memory = pid.and_then(|p| p.memory().ok());
+        let memory = pids.iter().map(|p| p.memory().ok()).try_fold(crate::procstat::Memory::default(), |sum, m| {
+            m.map(|m| crate::procstat::Memory { rss_kib: sum.rss_kib + m.rss_kib, peak_kib: sum.peak_kib + m.peak_kib })
+        });
+        let memory = memory.filter(|_| !pids.is_empty());
         let cpu_s = before.0.zip(after.0).map(|(a, b)| a.seconds_until(b));
         let server = before.0.zip(after.0).map(|(a, b)| a.percent_until(b));
         let loadgen = before.1.zip(after.1).map(|(a, b)| a.percent_until(b));
