@@ -363,3 +363,53 @@ fn node_identities_and_pairing_codes_are_valid_on_every_dispatcher_and_guesses_c
         "the guess limit holds across the cluster"
     );
 }
+
+#[test]
+fn a_quarantined_node_stays_quarantined_when_it_reconnects_to_another_dispatcher() {
+    use std::sync::Arc;
+    use tolk_dispatcher::config::TrustConfig;
+    use tolk_dispatcher::core::trust::{Canary, CanarySet, TrustState};
+    let samples: Vec<i16> = (0..16_000).map(|i| ((i as f32 * 0.05).sin() * 8_000.0) as i16).collect();
+    let set = CanarySet {
+        canaries: vec![Canary {
+            name: "weather.wav".into(),
+            src_lang: "en".into(),
+            tgt_lang: "es".into(),
+            text: "the weather is nice today".into(),
+            translation: "el tiempo es bueno hoy".into(),
+            samples: Arc::from(samples),
+            sample_rate: 16_000,
+            opus: Vec::new(),
+        }],
+    };
+    let mut cl = Cluster::new(&["a", "b"]);
+    for sim in &mut cl.sims {
+        sim.core.set_trust(TrustConfig::default(), Some(set.clone()));
+    }
+    let (conn, node, token) = cl.at(0).register_node(&[("en", "es")], true);
+    // A farmer: garbage, fast enough to look plausible.
+    for _ in 0..2 {
+        let jobs = cl.at(0).jobs(conn);
+        assert_eq!(jobs.len(), 1, "a canary");
+        cl.at(0).advance(400);
+        let mut r = result_for(&node, &jobs[0]);
+        r.text_asr = Some("lorem ipsum dolor".into());
+        r.text_translated = Some("sit amet".into());
+        cl.at(0).node(conn, NodeToServer::JobResult(r));
+    }
+    let state = |sim: &Sim| sim.core.list_nodes().into_iter().find(|n| n.node_id == node).map(|n| n.trust.state);
+    assert_eq!(state(cl.at(0)), Some(TrustState::Quarantined));
+    cl.announce();
+    assert_eq!(state(cl.at(1)), Some(TrustState::Quarantined), "B learns it from A's announcement");
+    // It leaves A and registers on B under the same identity: still quarantined.
+    cl.at(0).disconnect(conn);
+    cl.announce();
+    let nconn = cl.at(1).open(Endpoint::Node);
+    cl.at(1).node(nconn, register(Some(&node), Some(&token), &[("en", "es")], true));
+    assert!(matches!(cl.at(1).take_node(nconn).first(), Some(ServerToNode::NodeRegisterAck(a)) if a.node_id == node));
+    assert_eq!(state(cl.at(1)), Some(TrustState::Quarantined), "moving does not lift a quarantine");
+    let (s, session, _) = cl.at(1).open_session("en", "es");
+    cl.at(1).utterance(s, &session, 0);
+    cl.pump();
+    assert!(cl.at(1).jobs(nconn).is_empty(), "no public job for it on B either");
+}
