@@ -62,6 +62,7 @@ pub struct Link {
     store_tx: mpsc::Sender<StoreOp>,
     stores: Arc<tokio::sync::OnceCell<Stores>>,
     pub stats: Arc<LinkStats>,
+    max_frame_bytes: usize,
 }
 
 impl std::fmt::Debug for Link {
@@ -97,7 +98,7 @@ pub fn settings(cfg: &ClusterConfig, random_name: impl FnOnce() -> String) -> Re
 impl Link {
     /// Connects (in the background: a NATS that is down at start is
     /// retried for ever) and starts the tasks that carry messages both ways.
-    pub async fn start(cfg: &ClusterConfig, name: String, dispatcher: Dispatcher) -> Result<Self, Error> {
+    pub async fn start(cfg: &ClusterConfig, name: String, max_frame_bytes: usize, dispatcher: Dispatcher) -> Result<Self, Error> {
         let url = cfg.nats_url.clone().unwrap_or_default();
         let client = async_nats::ConnectOptions::new()
             .name(format!("tolk-dispatcher {name}"))
@@ -123,12 +124,13 @@ impl Link {
             store_tx,
             stores: Arc::new(tokio::sync::OnceCell::new()),
             stats: Arc::new(LinkStats::default()),
+            max_frame_bytes,
         };
         let prefix = cfg.prefix.clone();
         let all = client.subscribe(format!("{prefix}.all")).await.map_err(|e| Error::Config(format!("NATS subscribe: {e}")))?;
         let mine = client.subscribe(format!("{prefix}.d.{name}")).await.map_err(|e| Error::Config(format!("NATS subscribe: {e}")))?;
         tokio::spawn(link.clone().receive(futures_util::stream::select(all, mine), dispatcher.clone()));
-        tokio::spawn(link.clone().publish(prefix.clone(), peers_rx));
+        tokio::spawn(link.clone().publish(prefix.clone(), peers_rx, dispatcher.clone()));
         tokio::spawn(link.clone().open_stores(cfg.clone()));
         tokio::spawn(link.clone().write_store(store_rx));
         tokio::spawn(link.clone().announce(Duration::from_millis(cfg.announce_ms.max(10)), dispatcher));
@@ -227,6 +229,14 @@ impl Link {
                 (Ok(sessions), Ok(outcomes)) => {
                     let _ = self.stores.set(Stores { js, sessions, outcomes });
                     tracing::info!("cluster: session store open");
+                    let max = self.client.server_info().max_payload;
+                    if max < self.max_frame_bytes {
+                        tracing::warn!(
+                            max_payload = max,
+                            max_frame_bytes = self.max_frame_bytes,
+                            "cluster: NATS's max_payload is below the largest frame: larger jobs run only on this dispatcher's nodes, larger outcomes are not kept for a resume elsewhere (raise max_payload in nats-server's config)"
+                        );
+                    }
                     return;
                 }
                 (Err(e), _) | (_, Err(e)) => {
@@ -280,11 +290,19 @@ impl Link {
         }
     }
 
-    async fn publish(self, prefix: String, mut rx: mpsc::Receiver<(Option<String>, PeerMsg)>) {
+    async fn publish(self, prefix: String, mut rx: mpsc::Receiver<(Option<String>, PeerMsg)>, dispatcher: Dispatcher) {
         while let Some((to, msg)) = rx.recv().await {
             let subject = match &to {
                 Some(peer) => format!("{prefix}.d.{peer}"),
                 None => format!("{prefix}.all"),
+            };
+            // A job that cannot leave (larger than NATS's max_payload, say)
+            // fails at once rather than at its deadline: the origin retries it.
+            let undeliverable = match (&to, &msg) {
+                (Some(peer), PeerMsg::Job { job_id, node_id, session_id, utterance_index, .. }) => {
+                    Some((peer.clone(), job_id.clone(), node_id.clone(), session_id.clone(), *utterance_index))
+                }
+                _ => None,
             };
             let (headers, payload) = encode(&self.name, msg);
             match self.client.publish_with_headers(subject, headers, payload).await {
@@ -293,7 +311,16 @@ impl Link {
                 }
                 Err(e) => {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("cluster: publish failed: {e}");
+                    tracing::warn!("cluster: publish failed: {e}");
+                    if let Some((peer, job_id, node_id, session_id, index)) = undeliverable {
+                        let error = tolk_protocol::node::JobError {
+                            code: tolk_protocol::JobErrorCode::InferenceBackendError,
+                            message: format!("could not forward the job to dispatcher {peer}: {e}"),
+                        };
+                        let result = tolk_protocol::node::JobResult::failure(job_id.clone(), node_id.clone(), session_id, index, error);
+                        let msg = PeerMsg::Result { job_id, node_id, result: Box::new(result) };
+                        dispatcher.with_core(|core, now| core.handle(now, Input::Peer { from: peer, msg }));
+                    }
                 }
             }
         }

@@ -340,7 +340,9 @@ impl Dispatcher {
         listener.set_nonblocking(true)?;
         let cluster_name = self.lock().core.cluster_id().map(str::to_owned);
         if let Some(name) = cluster_name {
-            let link = crate::cluster::Link::start(&self.shared.config.cluster, name.clone(), self.clone()).await?;
+            let link =
+                crate::cluster::Link::start(&self.shared.config.cluster, name.clone(), self.shared.config.max_frame_bytes, self.clone())
+                    .await?;
             let _ = self.shared.link.set(link);
             tracing::info!(name = %name, "cluster mode: one fleet with the other dispatchers over NATS");
         }

@@ -19,6 +19,10 @@ use super::pairing::Refusal;
 use super::timer::Timer;
 use super::{Action, ConnId, Core, Frame, Millis, add_index};
 
+fn at_capacity() -> ErrorMessage {
+    ErrorMessage { code: ErrorCode::InternalError, message: "the server is at capacity; try again later".into(), details: None }
+}
+
 fn unknown_session() -> ErrorMessage {
     ErrorMessage { code: ErrorCode::InvalidSession, message: "unknown or expired session; start a new one".into(), details: None }
 }
@@ -88,12 +92,7 @@ impl Core {
             return self.resume(now, conn, id, token, init.last_utterance_index);
         }
         if self.sessions.len() >= self.cfg.max_sessions {
-            let err = ErrorMessage {
-                code: ErrorCode::InternalError,
-                message: "the server is at capacity; try again later".into(),
-                details: None,
-            };
-            return self.send_error(conn, err);
+            return self.send_error(conn, at_capacity());
         }
         let features = init.features.unwrap_or_default();
         if let Some(err) = self.unsupported_features(features) {
@@ -124,34 +123,12 @@ impl Core {
             None => None,
         };
         let id = format!("s-{}", self.random_hex(16));
-        let resume_token = self.derive_token("resume", &id);
-        self.store(|| StoreOp::PutSession {
-            session_id: id.clone(),
-            record: SessionRecord {
-                src_lang: init.src_lang.clone(),
-                tgt_lang: init.tgt_lang.clone(),
-                features,
-                tts_format: init.tts_format,
-                paired_node: paired_node.clone(),
-            },
-        });
-        self.sessions.insert(
-            id.clone(),
-            Session {
-                resume_token: resume_token.clone(),
-                conn: Some(conn),
-                src_lang: init.src_lang,
-                tgt_lang: init.tgt_lang,
-                features,
-                tts_format: init.tts_format,
-                paired_node: paired_node.clone(),
-                last_node: None,
-                order: OrderBuffer::new(self.cfg.max_retained_outcomes, self.cfg.max_retained_bytes),
-                jobs: HashSet::new(),
-                last_activity: now,
-                detached_at: None,
-            },
-        );
+        let record = SessionRecord { src_lang: init.src_lang, tgt_lang: init.tgt_lang, features, tts_format: init.tts_format, paired_node };
+        self.store(|| StoreOp::PutSession { session_id: id.clone(), record: record.clone() });
+        let order = OrderBuffer::new(self.cfg.max_retained_outcomes, self.cfg.max_retained_bytes);
+        let session = self.session_from(&id, &record, order, Some(conn), now);
+        let (resume_token, paired_node) = (session.resume_token.clone(), record.paired_node);
+        self.sessions.insert(id.clone(), session);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.session = Some(id.clone());
         }
@@ -202,6 +179,24 @@ impl Core {
             return self.send_error(conn, unknown_session());
         }
         self.attach(now, conn, id, last);
+    }
+
+    /// A session as `record` describes it, its resume token derived.
+    fn session_from(&self, id: &str, record: &SessionRecord, order: OrderBuffer<Frame>, conn: Option<ConnId>, now: Millis) -> Session {
+        Session {
+            resume_token: self.derive_token("resume", id),
+            conn,
+            src_lang: record.src_lang.clone(),
+            tgt_lang: record.tgt_lang.clone(),
+            features: record.features,
+            tts_format: record.tts_format,
+            paired_node: record.paired_node.clone(),
+            last_node: None,
+            order,
+            jobs: HashSet::new(),
+            last_activity: now,
+            detached_at: None,
+        }
     }
 
     /// The session `id` (known here) continues on `conn`.
@@ -261,32 +256,12 @@ impl Core {
             return self.send_error(conn, unknown_session());
         };
         if self.sessions.len() >= self.cfg.max_sessions {
-            let err = ErrorMessage {
-                code: ErrorCode::InternalError,
-                message: "the server is at capacity; try again later".into(),
-                details: None,
-            };
-            return self.send_error(conn, err);
+            return self.send_error(conn, at_capacity());
         }
         let mut order = OrderBuffer::new(self.cfg.max_retained_outcomes, self.cfg.max_retained_bytes);
         order.restore_sent(outcomes);
-        self.sessions.insert(
-            id.to_owned(),
-            Session {
-                resume_token: self.derive_token("resume", id),
-                conn: None,
-                src_lang: record.src_lang.clone(),
-                tgt_lang: record.tgt_lang.clone(),
-                features: record.features,
-                tts_format: record.tts_format,
-                paired_node: record.paired_node.clone(),
-                last_node: None,
-                order,
-                jobs: HashSet::new(),
-                last_activity: now,
-                detached_at: None,
-            },
-        );
+        let session = self.session_from(id, &record, order, None, now);
+        self.sessions.insert(id.to_owned(), session);
         self.stats.sessions_restored += 1;
         self.timers.arm(now + self.cfg.session_idle_ms, Timer::Session(id.to_owned()));
         self.out.push(Action::Peer { to: None, msg: PeerMsg::SessionMoved { session_id: id.to_owned() } });
