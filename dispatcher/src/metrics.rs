@@ -204,18 +204,21 @@ impl Collector for CoreCollector {
         family(&mut e, "canary_failures", "Failed canaries by reason", "reason", s.canary_failures.iter().map(|(k, v)| (*k, *v)))?;
         counter(&mut e, "nodes_quarantined", "Times a node was quarantined for failing canaries", s.nodes_quarantined)?;
         gauge_family(&mut e, "nodes_trust", "Connected nodes by trust state", "state", s.nodes_by_trust.iter().map(|(k, v)| (*k, *v)))?;
-        gauge(&mut e, "cluster_peers", "Other dispatchers of the cluster heard from", s.peers)?;
-        gauge(&mut e, "cluster_nodes_remote", "Live nodes held by other dispatchers of the cluster", s.nodes_remote)?;
-        gauge(&mut e, "cluster_jobs_proxied_running", "Jobs running on nodes here for other dispatchers", s.jobs_proxied_running)?;
-        counter(&mut e, "cluster_jobs_forwarded", "Jobs sent to nodes held by other dispatchers", s.jobs_forwarded)?;
-        counter(&mut e, "cluster_forwarded_results", "Answers to forwarded jobs received", s.forwarded_results)?;
-        counter(&mut e, "cluster_jobs_proxied", "Jobs run here for other dispatchers", s.jobs_proxied)?;
-        counter(&mut e, "cluster_proxied_results", "Answers to jobs run here passed back to their dispatcher", s.proxied_results)?;
-        counter(&mut e, "cluster_peer_jobs_refused", "Jobs from other dispatchers refused (node busy or gone)", s.peer_jobs_refused)?;
-        counter(&mut e, "cluster_peer_messages_refused", "Messages from other dispatchers refused", s.peer_messages_refused)?;
-        counter(&mut e, "cluster_sessions_restored", "Sessions rebuilt here from the cluster's store on resume", s.sessions_restored)?;
-        counter(&mut e, "cluster_sessions_moved_away", "Sessions that resumed on another dispatcher", s.sessions_moved_away)?;
-        counter(&mut e, "cluster_session_lookups_missed", "Resumes the cluster's store knew nothing of", s.session_lookups_missed)?;
+        // Only in cluster mode: a single dispatcher has no cluster to report.
+        if s.in_cluster {
+            gauge(&mut e, "cluster_peers", "Other dispatchers of the cluster heard from", s.peers)?;
+            gauge(&mut e, "cluster_nodes_remote", "Live nodes held by other dispatchers of the cluster", s.nodes_remote)?;
+            gauge(&mut e, "cluster_jobs_proxied_running", "Jobs running on nodes here for other dispatchers", s.jobs_proxied_running)?;
+            counter(&mut e, "cluster_jobs_forwarded", "Jobs sent to nodes held by other dispatchers", s.jobs_forwarded)?;
+            counter(&mut e, "cluster_forwarded_results", "Answers to forwarded jobs received", s.forwarded_results)?;
+            counter(&mut e, "cluster_jobs_proxied", "Jobs run here for other dispatchers", s.jobs_proxied)?;
+            counter(&mut e, "cluster_proxied_results", "Answers to jobs run here passed back to their dispatcher", s.proxied_results)?;
+            counter(&mut e, "cluster_peer_jobs_refused", "Jobs from other dispatchers refused (node busy or gone)", s.peer_jobs_refused)?;
+            counter(&mut e, "cluster_peer_messages_refused", "Messages from other dispatchers refused", s.peer_messages_refused)?;
+            counter(&mut e, "cluster_sessions_restored", "Sessions rebuilt here from the cluster's store on resume", s.sessions_restored)?;
+            counter(&mut e, "cluster_sessions_moved_away", "Sessions that resumed on another dispatcher", s.sessions_moved_away)?;
+            counter(&mut e, "cluster_session_lookups_missed", "Resumes the cluster's store knew nothing of", s.session_lookups_missed)?;
+        }
         histogram(&mut e, "job_seconds", "Time from job assignment to its result", &s.job_seconds)?;
         histogram(&mut e, "utterance_seconds", "Time from utterance accepted to its outcome", &s.utterance_seconds)?;
         Ok(())

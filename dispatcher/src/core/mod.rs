@@ -317,6 +317,7 @@ impl Core {
         s.sessions_active = self.sessions.len() as u64;
         s.nodes_live = self.nodes.values().filter(|n| n.conn.is_some()).count() as u64;
         s.nodes_remote = self.nodes.values().filter(|n| n.remote.as_ref().is_some_and(|r| r.connected)).count() as u64;
+        s.in_cluster = self.cluster.is_some();
         s.peers = self.cluster.as_ref().map_or(0, |c| c.peers() as u64);
         s.jobs_proxied_running = self.cluster.as_ref().map_or(0, |c| c.proxied() as u64);
         s.queue_depth = self.classes.queued() as u64;

@@ -58,6 +58,8 @@ pub struct CoreStats {
     pub shedding: bool,
     /// Connected nodes by trust state.
     pub nodes_by_trust: BTreeMap<&'static str, u64>,
+    /// In a cluster (the cluster's counters mean something).
+    pub in_cluster: bool,
     /// Cluster: other dispatchers' live nodes, peers heard from, jobs run
     /// here for other dispatchers now.
     pub nodes_remote: u64,
@@ -129,6 +131,7 @@ impl Default for CoreStats {
             queue_depth: 0,
             jobs_running: 0,
             nodes_by_trust: BTreeMap::new(),
+            in_cluster: false,
             nodes_remote: 0,
             peers: 0,
             jobs_proxied_running: 0,
