@@ -25,6 +25,7 @@ fn candidates(ids: &[String]) -> Vec<Candidate<'_>> {
             recent_failures: 0,
             trust_score: 0.5,
             verified: false,
+            remote: false,
         })
         .collect()
 }

@@ -413,3 +413,27 @@ fn a_quarantined_node_stays_quarantined_when_it_reconnects_to_another_dispatcher
     cl.pump();
     assert!(cl.at(1).jobs(nconn).is_empty(), "no public job for it on B either");
 }
+
+#[test]
+fn among_equally_loaded_nodes_a_local_one_is_chosen_and_a_freer_remote_one_still_is() {
+    let mut cl = Cluster::new(&["a", "b"]);
+    let (rconn, remote, _) = cl.at(1).register_node(&[("en", "es")], true);
+    let (lconn, local, _) = cl.at(0).register_node(&[("en", "es")], true);
+    cl.announce();
+    let (conn, session, _) = cl.at(0).open_session("en", "es");
+    cl.at(0).utterance(conn, &session, 0);
+    cl.pump();
+    let local_jobs = cl.at(0).jobs(lconn);
+    assert_eq!((local_jobs.len(), cl.at(1).jobs(rconn).len()), (1, 0), "both idle: the local node, no forwarding");
+    // The local node now runs one; the remote one is freer: another
+    // session's job goes there (the same session's would stay on its node).
+    let (conn2, session2, _) = cl.at(0).open_session("en", "es");
+    cl.at(0).utterance(conn2, &session2, 0);
+    cl.pump();
+    let remote_jobs = cl.at(1).jobs(rconn);
+    assert_eq!(remote_jobs.len(), 1, "one fleet: the freer node, on the other dispatcher");
+    cl.at(0).succeed(lconn, &local, &local_jobs[0]);
+    cl.at(1).succeed(rconn, &remote, &remote_jobs[0]);
+    cl.pump();
+    assert_eq!((results(cl.at(0), conn), results(cl.at(0), conn2)), (vec![0], vec![0]));
+}

@@ -60,6 +60,7 @@ fn cand(node_id: &str, running: u32, last: bool, ms: Option<f64>) -> Candidate<'
         recent_failures: 0,
         trust_score: 0.5,
         verified: false,
+        remote: false,
     }
 }
 

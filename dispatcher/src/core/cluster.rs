@@ -76,6 +76,11 @@ pub struct NodeAd {
     pub verified: bool,
     pub ms_per_audio_s: Option<f64>,
     pub version: String,
+    /// Its last reported CPU and memory load, 0–100 (for policies' tie-breaks).
+    #[serde(default)]
+    pub cpu_percent: Option<f64>,
+    #[serde(default)]
+    pub mem_percent: Option<f64>,
 }
 
 /// A live pairing code.
@@ -224,6 +229,8 @@ impl Core {
                 verified: n.trust.verified,
                 ms_per_audio_s: n.ms_per_audio_s,
                 version: n.version.clone(),
+                cpu_percent: n.usage.as_ref().map(|u| u.cpu_percent),
+                mem_percent: n.usage.as_ref().map(|u| u.mem_percent),
             })
             .collect();
         let codes =
@@ -294,6 +301,7 @@ impl Core {
                     n.reported_running = a.running;
                     n.max_jobs = a.max_jobs;
                     n.ms_per_audio_s = a.ms_per_audio_s;
+                    n.usage = remote_usage(&a);
                     n.last_seen = now;
                     n.version = a.version;
                     if relevant {
@@ -524,9 +532,22 @@ impl Core {
     }
 }
 
+/// A remote node's load as its dispatcher announced it.
+fn remote_usage(a: &NodeAd) -> Option<tolk_protocol::node::ResourceUsage> {
+    let cpu_percent = a.cpu_percent?;
+    Some(tolk_protocol::node::ResourceUsage {
+        cpu_percent,
+        gpu_percent: None,
+        gpu_mem_percent: None,
+        mem_percent: a.mem_percent.unwrap_or(0.0),
+        running_jobs: a.running,
+    })
+}
+
 impl Node {
     /// Another dispatcher's node, as it announced it.
     pub(super) fn remote(key: u32, dispatcher: &str, a: NodeAd, now: Millis, trust: NodeTrust) -> Self {
+        let usage = remote_usage(&a);
         Self {
             key,
             max_jobs: a.max_jobs,
@@ -538,7 +559,7 @@ impl Node {
             accept_public: a.accept_public,
             draining: a.draining,
             last_seen: now,
-            usage: None,
+            usage,
             running: HashSet::new(),
             disconnected_at: (!a.connected).then_some(now),
             ms_per_audio_s: a.ms_per_audio_s,

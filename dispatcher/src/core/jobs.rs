@@ -102,7 +102,8 @@ pub(super) fn candidate<'a>(id: &'a str, n: &super::nodes::Node, last: Option<&s
     Candidate {
         node_id: id,
         node_key: n.key,
-        running: n.running.len() as u32,
+        // Another dispatcher's node: its load for the whole cluster, as announced.
+        running: if n.remote.is_some() { n.load() } else { n.running.len() as u32 },
         capacity: n.max_jobs,
         cpu_percent: n.usage.as_ref().map_or(0.0, |u| u.cpu_percent),
         is_last_node: last == Some(id),
@@ -110,6 +111,7 @@ pub(super) fn candidate<'a>(id: &'a str, n: &super::nodes::Node, last: Option<&s
         recent_failures: n.recent_failures,
         trust_score: n.trust.score(),
         verified: n.trust.verified,
+        remote: n.remote.is_some(),
     }
 }
 
