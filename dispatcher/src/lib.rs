@@ -28,6 +28,7 @@ mod error;
 pub mod metrics;
 pub mod plugins;
 pub mod shell;
+mod ws;
 
 pub use config::{Config, CoreConfig};
 pub use error::Error;

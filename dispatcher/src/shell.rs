@@ -17,17 +17,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use prometheus_client::registry::Registry;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tolk_protocol::{ClientToServer, Message, NodeToServer, ProtocolError};
 
 use crate::Error;
@@ -35,6 +36,7 @@ use crate::config::Config;
 use crate::core::{Action, AdminCommand, ConnId, Core, Endpoint, Frame, Input, Millis};
 use crate::metrics::{ShellMetrics, StatsSlot};
 use crate::plugins::PluginHost;
+use crate::ws::{self, Upgrade};
 
 /// `/app/` and `/dashboard` (dispatcher/src/web/): a child module so it reads this state without it being exported.
 #[path = "web/mod.rs"]
@@ -449,43 +451,24 @@ impl Dispatcher {
         }
     }
 
-    async fn serve_socket(self, socket: WebSocket, endpoint: Endpoint, addr: IpAddr, _permit: tokio::sync::OwnedSemaphorePermit) {
+    async fn serve_socket(
+        self,
+        io: ws::Io,
+        config: WebSocketConfig,
+        endpoint: Endpoint,
+        addr: IpAddr,
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let conn = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = mpsc::channel::<Out>(self.outbound_capacity(endpoint));
+        let (tx, rx) = mpsc::channel::<Out>(self.outbound_capacity(endpoint));
         let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+        let (mut reader, writer, control) = ws::split(io, config).await;
         self.lock().peers.insert(conn, Peer { tx, _kill: kill });
         self.with_core(|core, now| core.handle(now, Input::Opened { conn, endpoint, addr }));
-        let (mut sink, mut stream) = socket.split();
-        let dispatch_seconds = self.shared.metrics.dispatch_seconds.clone();
-        let mut send_task = tokio::spawn(async move {
-            while let Some(out) = rx.recv().await {
-                let result = match out {
-                    Out::Frame(frame, read_at) => {
-                        // Serialized here, outside the core's lock (once per frame).
-                        // The frame owns the buffer the socket reads: no copy,
-                        // one UTF-8 check (it is a `str` already).
-                        let text = axum::extract::ws::Utf8Bytes::try_from(bytes::Bytes::from_owner(frame.clone()))
-                            .unwrap_or_else(|_| frame.text().into());
-                        let sent = sink.send(WsMessage::Text(text)).await;
-                        if let Some(at) = read_at {
-                            dispatch_seconds.observe(at.elapsed().as_secs_f64());
-                        }
-                        sent
-                    }
-                    Out::Close => {
-                        let _ = sink.send(WsMessage::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
-                        break;
-                    }
-                };
-                if result.is_err() {
-                    break;
-                }
-            }
-            let _ = sink.close().await;
-        });
+        let mut send_task = tokio::spawn(send_frames(writer, rx, control, self.shared.metrics.dispatch_seconds.clone()));
         let max = self.shared.config.max_frame_bytes;
         let receive = async {
-            while let Some(Ok(msg)) = stream.next().await {
+            while let Some(Ok(msg)) = reader.next().await {
                 let read_at = std::time::Instant::now();
                 let input = match msg {
                     WsMessage::Text(text) if text.len() > max => {
@@ -502,9 +485,10 @@ impl Dispatcher {
                         },
                     },
                     WsMessage::Binary(_) => Input::Invalid { conn, error: ProtocolError::binary_frame() },
-                    WsMessage::Close(_) => break,
-                    // Pings are answered by the WebSocket layer.
-                    WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+                    // The next read sends tungstenite's reply and ends the stream.
+                    WsMessage::Close(_) => continue,
+                    // Pings are answered by tungstenite (through the writer).
+                    WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => continue,
                 };
                 self.with_core_from(Some(read_at), |core, now| core.handle(now, input));
             }
@@ -514,9 +498,14 @@ impl Dispatcher {
             _ = &mut send_task => {}
             _ = killed => {}
         }
-        send_task.abort();
+        // Dropping the peer closes its queue: the writer sends what is queued
+        // and the close reply, then ends — briefly, or it is stopped.
         self.lock().peers.remove(&conn);
+        drop(reader);
         self.with_core(|core, now| core.handle(now, Input::Closed { conn }));
+        if tokio::time::timeout(Duration::from_secs(1), &mut send_task).await.is_err() {
+            send_task.abort();
+        }
     }
 
     /// Frames queued to one peer before it counts as not reading. For a
@@ -532,7 +521,7 @@ impl Dispatcher {
         }
     }
 
-    fn upgrade(&self, ws: WebSocketUpgrade, endpoint: Endpoint, addr: SocketAddr) -> Response {
+    fn upgrade(&self, ws: Upgrade, endpoint: Endpoint, addr: SocketAddr) -> Response {
         if self.shared.shutting_down.load(Ordering::SeqCst) {
             return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
         }
@@ -542,13 +531,14 @@ impl Dispatcher {
         // Frames up to twice the limit are read and answered with an error;
         // larger ones end the connection at the WebSocket layer.
         let limit = self.shared.config.max_frame_bytes.saturating_mul(2);
-        let this = self.clone();
         // tungstenite zero-fills its whole read buffer on first use: the
         // default 128 KiB would stay resident in every idle connection.
-        ws.max_message_size(limit)
-            .max_frame_size(limit)
-            .read_buffer_size(self.shared.config.ws_read_buffer_bytes.max(1024))
-            .on_upgrade(move |socket| this.serve_socket(socket, endpoint, addr.ip(), permit))
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(limit))
+            .max_frame_size(Some(limit))
+            .read_buffer_size(self.shared.config.ws_read_buffer_bytes.max(1024));
+        let this = self.clone();
+        ws.on_upgrade(move |io| this.serve_socket(io, config, endpoint, addr.ip(), permit))
     }
 
     fn authorized(&self, headers: &HeaderMap) -> Result<(), StatusCode> {
@@ -561,11 +551,83 @@ impl Dispatcher {
     }
 }
 
-async fn ws_session(State(d): State<Dispatcher>, ConnectInfo(addr): ConnectInfo<SocketAddr>, ws: WebSocketUpgrade) -> Response {
+/// A connection's send task: writes the frames the core queued, as many
+/// as are waiting in one vectored write, and the control frames tungstenite
+/// answers with; then closes the connection's writing side.
+async fn send_frames(
+    mut w: tokio::io::WriteHalf<ws::Io>,
+    mut rx: mpsc::Receiver<Out>,
+    mut control: mpsc::Receiver<Vec<u8>>,
+    dispatch_seconds: prometheus_client::metrics::histogram::Histogram,
+) {
+    let mut batch: Vec<Frame> = Vec::new();
+    let mut read_at: Vec<std::time::Instant> = Vec::new();
+    let mut control_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            bytes = control.recv(), if control_open => match bytes {
+                Some(bytes) => {
+                    if ws::write_control(&mut w, &bytes).await.is_err() || ws::is_close(&bytes) {
+                        return;
+                    }
+                }
+                None => control_open = false,
+            },
+            out = rx.recv() => {
+                let Some(mut out) = out else { break };
+                let mut close = false;
+                let mut bytes = 0;
+                loop {
+                    match out {
+                        // Serialized here, outside the core's lock (once per frame).
+                        Out::Frame(frame, at) => {
+                            bytes += frame.len();
+                            batch.push(frame);
+                            read_at.extend(at);
+                        }
+                        Out::Close => {
+                            close = true;
+                            break;
+                        }
+                    }
+                    if !ws::batch_has_room(batch.len(), bytes) {
+                        break;
+                    }
+                    match rx.try_recv() {
+                        Ok(next) => out = next,
+                        Err(_) => break,
+                    }
+                }
+                let written = ws::write_text_frames(&mut w, &batch).await;
+                for at in read_at.drain(..) {
+                    dispatch_seconds.observe(at.elapsed().as_secs_f64());
+                }
+                batch.clear();
+                if written.is_err() {
+                    return;
+                }
+                if close {
+                    let _ = ws::write_control(&mut w, &ws::CLOSE_NORMAL).await;
+                    break;
+                }
+            }
+        }
+    }
+    // A close reply tungstenite has queued goes out before the end.
+    while let Ok(bytes) = control.try_recv() {
+        if ws::write_control(&mut w, &bytes).await.is_err() {
+            return;
+        }
+    }
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut w).await;
+}
+
+async fn ws_session(State(d): State<Dispatcher>, ConnectInfo(addr): ConnectInfo<SocketAddr>, ws: Upgrade) -> Response {
     d.upgrade(ws, Endpoint::Session, addr)
 }
 
-async fn ws_node(State(d): State<Dispatcher>, ConnectInfo(addr): ConnectInfo<SocketAddr>, ws: WebSocketUpgrade) -> Response {
+async fn ws_node(State(d): State<Dispatcher>, ConnectInfo(addr): ConnectInfo<SocketAddr>, ws: Upgrade) -> Response {
     d.upgrade(ws, Endpoint::Node, addr)
 }
 

@@ -44,7 +44,7 @@ use serde::Deserialize;
 pub use common::{AudioFormat, ErrorCode, ErrorMessage, Extra, Features, JobErrorCode, ModelKind};
 pub use error::ProtocolError;
 pub use node::{NodeToServer, ServerToNode};
-pub use raw::Base64Audio;
+pub use raw::{Base64Audio, Spliced};
 pub use session::{ClientToServer, ServerToClient};
 pub use validate::Validate;
 
@@ -107,6 +107,16 @@ pub trait Message: Sized + serde::Serialize + Validate {
     /// Bytes of the message's bulk base64 field as written (0 without one).
     #[doc(hidden)]
     fn bulk_len(&self) -> usize;
+
+    /// The message's bulk base64 field as its JSON literal, quotes
+    /// included (`None` without one).
+    fn bulk_literal(&self) -> Option<&str>;
+
+    /// Serializes with the bulk literal left out (see [`Spliced`]), for
+    /// writers that send the pieces without joining them.
+    fn to_json_spliced(&self) -> Spliced {
+        raw::to_json_spliced(self, 512)
+    }
 
     /// Serializes to one JSON text frame.
     fn to_json(&self) -> String {
@@ -229,6 +239,10 @@ macro_rules! direction_enum {
                 }
             }
 
+            fn bulk_literal(&self) -> Option<&str> {
+                match self { $(Self::$variant(m) => $crate::direction_enum!(@lit m $($field $($opt)?)?),)* }
+            }
+
             fn bulk_len(&self) -> usize {
                 match self { $(Self::$variant(m) => $crate::direction_enum!(@len m $($field $($opt)?)?),)* }
             }
@@ -258,6 +272,9 @@ macro_rules! direction_enum {
     (@len $m:ident) => { { let _ = $m; 0 } };
     (@len $m:ident $field:ident) => { $m.$field.raw_json().len() };
     (@len $m:ident $field:ident optional) => { $m.$field.as_ref().map_or(0, |a| a.raw_json().len()) };
+    (@lit $m:ident) => { { let _ = $m; None } };
+    (@lit $m:ident $field:ident) => { Some($m.$field.raw_json()) };
+    (@lit $m:ident $field:ident optional) => { $m.$field.as_ref().map(|a| a.raw_json()) };
     (@put $m:ident $b:ident) => { false };
     (@put $m:ident $b:ident $field:ident) => {
         if $m.$field.as_str().is_empty() { $m.$field = $b; true } else { false }
@@ -342,6 +359,46 @@ mod tests {
         assert_eq!(r.tts_audio.as_deref(), Some(speech.as_str()));
         let null = result.replace(&format!(r#""{speech}""#), "null").replace(r#""text_asr":"hi""#, &format!(r#""text_asr":"{speech}""#));
         assert_eq!(fast::<NodeToServer>(&null), full::<NodeToServer>("job_result", &null), "null speech: nothing to lift");
+    }
+
+    /// Joins a spliced serialization as a writer would.
+    fn joined<M: Message>(m: &M) -> String {
+        let Spliced { text, at } = m.to_json_spliced();
+        match (at, m.bulk_literal()) {
+            (Some(at), Some(literal)) => format!("{}{literal}{}", &text[..at], &text[at + 2..]),
+            (None, None) => text,
+            (at, literal) => panic!("placeholder at {at:?} but literal {:?}", literal.map(str::len)),
+        }
+    }
+
+    #[test]
+    fn a_spliced_serialization_joins_to_exactly_the_frame() {
+        let audio = "QUJD".repeat(2_000);
+        let utterance = utterance_with(&format!(r#""audio":"{audio}""#), r#""dialect":"x\"audio\":\"\"","#);
+        let u = ClientToServer::parse_unvalidated(&utterance).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(joined(&u), u.to_json());
+        let assign = format!(
+            r#"{{"type":"job_assign","job_id":"j-1","session_id":"s-1","utterance_index":3,"src_lang":"en","tgt_lang":"es","dialect":"\"audio\":\"\"","audio":"{audio}","audio_format":"pcm16","sample_rate":16000,"deadline_ms":5000}}"#
+        );
+        let Ok(assign) = ServerToNode::parse_unvalidated(&assign) else { panic!("parses") };
+        let spliced = assign.to_json_spliced();
+        assert!(spliced.text.len() < 400, "the audio is not in the text: {}", spliced.text);
+        assert_eq!(joined(&assign), assign.to_json());
+        let speech = "AAAA".repeat(1_000);
+        let result = format!(
+            r#"{{"type":"job_result","job_id":"j-1","node_id":"n-1","session_id":"s-1","utterance_index":0,"success":true,"text_asr":"\"\"","tts_audio":"{speech}","tts_format":"pcm16","tts_sample_rate":16000}}"#
+        );
+        let r = NodeToServer::parse_unvalidated(&result).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(joined(&r), r.to_json());
+        assert_eq!(joined(&r), result, "byte for byte as received");
+        // No speech, or no bulk field at all: the text is the whole frame.
+        let silent = result.replace(&format!(r#""{speech}""#), "null");
+        let Ok(s) = NodeToServer::parse_unvalidated(&silent) else { panic!("parses") };
+        assert_eq!(s.to_json_spliced(), Spliced { text: s.to_json(), at: None });
+        let hb = ClientToServer::parse(r#"{"type":"client_heartbeat","session_id":"s-1","timestamp":1}"#).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(hb.to_json_spliced(), Spliced { text: hb.to_json(), at: None });
+        // Splicing leaves ordinary serialization as it was.
+        assert_eq!(serde_json::to_string(&r).ok(), Some(r.to_json()));
     }
 
     #[test]

@@ -198,10 +198,97 @@ impl fmt::Display for Base64Audio {
 
 impl Serialize for Base64Audio {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if SPLICE.with(|s| s.leave_out()) {
+            return EMPTY_LITERAL.with(|empty| empty.serialize(serializer));
+        }
         // Under serde_json this writes the literal verbatim; other
         // serializers get the plain string.
         self.raw.serialize(serializer)
     }
+}
+
+thread_local! {
+    /// Set while [`to_json_spliced`] serializes on this thread.
+    static SPLICE: Splice = const { Splice { active: std::cell::Cell::new(false), written: std::cell::Cell::new(0), at: std::cell::Cell::new(None) } };
+    static EMPTY_LITERAL: Box<RawValue> = plain_literal("\"\"".to_owned());
+}
+
+/// What a spliced serialization has seen: bytes written so far and where
+/// the (one) bulk literal was left out.
+struct Splice {
+    active: std::cell::Cell<bool>,
+    written: std::cell::Cell<usize>,
+    at: std::cell::Cell<Option<usize>>,
+}
+
+impl Splice {
+    /// Whether the literal being serialized is to be left out (recording
+    /// where: serde_json writes a value at once, so the bytes written so far
+    /// are its offset). Only the first of a message is: each message type
+    /// has at most one bulk field.
+    fn leave_out(&self) -> bool {
+        if !self.active.get() || self.at.get().is_some() {
+            return false;
+        }
+        self.at.set(Some(self.written.get()));
+        true
+    }
+}
+
+/// Counts what serde_json writes, for [`Splice::leave_out`].
+struct CountingWriter(Vec<u8>);
+
+impl std::io::Write for CountingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        SPLICE.with(|s| s.written.set(self.0.len()));
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A message as JSON with its bulk base64 literal left out: the text holds
+/// `""` where the literal goes, at byte `at`. Writing `text[..at]`, the
+/// literal and `text[at + 2..]` gives exactly what `to_json` gives, without
+/// copying tens of kB of audio into one more buffer (a socket can take the
+/// three pieces in one vectored write).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spliced {
+    /// The JSON text, with `""` in place of the literal.
+    pub text: String,
+    /// Where the literal's `""` placeholder starts (`None`: the message had
+    /// no bulk literal, `text` is the whole frame).
+    pub at: Option<usize>,
+}
+
+/// Serializes `value` as [`Spliced`]. Not re-entrant (nothing it calls
+/// serializes another message).
+pub(crate) fn to_json_spliced<T: Serialize + ?Sized>(value: &T, capacity: usize) -> Spliced {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SPLICE.with(|s| s.active.set(false));
+        }
+    }
+    SPLICE.with(|s| {
+        s.active.set(true);
+        s.written.set(0);
+        s.at.set(None);
+    });
+    let reset = Reset;
+    let mut out = CountingWriter(Vec::with_capacity(capacity));
+    let ok = serde_json::to_writer(&mut out, value).is_ok();
+    let at = SPLICE.with(|s| s.at.get());
+    drop(reset);
+    if !ok {
+        return Spliced { text: String::new(), at: None };
+    }
+    // serde_json writes valid UTF-8 only (as `to_json` relies on too).
+    let text = String::from_utf8(out.0).unwrap_or_default();
+    let at = at.filter(|&i| text.get(i..i + 2) == Some("\"\""));
+    Spliced { text, at }
 }
 
 impl<'de> Deserialize<'de> for Base64Audio {

@@ -5,22 +5,28 @@
 //! retained outcomes are the same frame, serialized at most once.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
-use tolk_protocol::{Message, ServerToClient, ServerToNode};
+use tolk_protocol::{Message, ServerToClient, ServerToNode, Spliced};
 
-/// A message still to be serialized.
+/// The message a frame was built from.
 #[derive(Debug)]
-enum Pending {
+enum Source {
     Client(ServerToClient),
     Node(ServerToNode),
+    /// Text from another dispatcher or the cluster's store, passed on verbatim.
+    Text(Box<str>),
 }
 
 #[derive(Debug)]
 struct Inner {
-    text: OnceLock<Box<str>>,
-    /// Taken by the first serialization.
-    pending: Mutex<Option<Pending>>,
+    source: Source,
+    /// The message serialized with its bulk literal left out (the literal
+    /// stays in `source` and is written from there).
+    spliced: OnceLock<Spliced>,
+    /// The whole text joined, only for those that need one buffer (the
+    /// cluster's link); a socket is written the pieces.
+    joined: OnceLock<Box<str>>,
     /// Fixed at construction (budgets add and subtract the same number).
     weight: usize,
 }
@@ -31,53 +37,84 @@ pub struct Frame(Arc<Inner>);
 
 /// What a message will weigh as text, for memory budgets, without
 /// serializing it: its audio (the bulk) plus a margin for the rest.
-fn estimate(p: &Pending) -> usize {
+fn estimate(s: &Source) -> usize {
     const REST: usize = 512;
-    match p {
-        Pending::Client(ServerToClient::TranslationResult(r)) => {
-            REST + r.tts_audio.as_ref().map_or(0, |a| a.len()) + r.text_asr.len() + r.text_translated.len()
+    match s {
+        Source::Client(ServerToClient::TranslationResult(r)) => {
+            REST + r.tts_audio.as_ref().map_or(0, |a| a.raw_json().len()) + r.text_asr.len() + r.text_translated.len()
         }
-        Pending::Node(ServerToNode::JobAssign(j)) => REST + j.audio.len(),
-        Pending::Client(_) | Pending::Node(_) => REST,
+        Source::Node(ServerToNode::JobAssign(j)) => REST + j.audio.raw_json().len(),
+        Source::Client(_) | Source::Node(_) => REST,
+        Source::Text(t) => t.len(),
     }
 }
 
 impl Frame {
-    fn lazy(p: Pending) -> Self {
-        let weight = estimate(&p);
-        Self(Arc::new(Inner { text: OnceLock::new(), pending: Mutex::new(Some(p)), weight }))
+    fn new(source: Source) -> Self {
+        let weight = estimate(&source);
+        Self(Arc::new(Inner { source, spliced: OnceLock::new(), joined: OnceLock::new(), weight }))
     }
 
     /// A frame for a session connection.
     pub fn client(msg: ServerToClient) -> Self {
-        Self::lazy(Pending::Client(msg))
+        Self::new(Source::Client(msg))
     }
 
     /// A frame for a node connection.
     pub fn node(msg: ServerToNode) -> Self {
-        Self::lazy(Pending::Node(msg))
+        Self::new(Source::Node(msg))
     }
 
     /// A frame whose text is known already: it came from another
     /// dispatcher or from the cluster's store, and is passed on verbatim.
     pub fn from_text(text: String) -> Self {
-        let weight = text.len();
-        let cell = OnceLock::new();
-        let _ = cell.set(text.into_boxed_str());
-        Self(Arc::new(Inner { text: cell, pending: Mutex::new(None), weight }))
+        Self::new(Source::Text(text.into_boxed_str()))
     }
 
-    /// The JSON text, serialized now if no one has yet.
-    pub fn text(&self) -> &str {
-        self.0.text.get_or_init(|| {
-            let pending = self.0.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
-            match pending {
-                Some(Pending::Client(m)) => m.to_json().into_boxed_str(),
-                Some(Pending::Node(m)) => m.to_json().into_boxed_str(),
-                // Unreachable: `get_or_init` runs one initializer.
-                None => Box::from(""),
-            }
+    fn spliced(&self) -> &Spliced {
+        self.0.spliced.get_or_init(|| match &self.0.source {
+            Source::Client(m) => m.to_json_spliced(),
+            Source::Node(m) => m.to_json_spliced(),
+            Source::Text(_) => Spliced { text: String::new(), at: None },
         })
+    }
+
+    /// The frame's text in up to three pieces, in order: serialized now if
+    /// no one has yet (once per frame, by whoever sends it first; never under
+    /// the core's lock), the audio literal written from the message itself.
+    /// A socket writes them as they are, without joining them.
+    pub fn pieces(&self) -> [&str; 3] {
+        if let Source::Text(t) = &self.0.source {
+            return [t, "", ""];
+        }
+        let Spliced { text, at } = self.spliced();
+        let literal = match &self.0.source {
+            Source::Client(m) => m.bulk_literal(),
+            Source::Node(m) => m.bulk_literal(),
+            Source::Text(_) => None,
+        };
+        match (at, literal) {
+            (Some(at), Some(literal)) => [text.get(..*at).unwrap_or_default(), literal, text.get(at + 2..).unwrap_or_default()],
+            _ => [text, "", ""],
+        }
+    }
+
+    /// Bytes of text the frame is (the sum of its pieces).
+    pub fn len(&self) -> usize {
+        self.pieces().iter().map(|p| p.len()).sum()
+    }
+
+    /// Whether the frame has no text (never for a serialized message).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The JSON text as one string (joined once, on first use).
+    pub fn text(&self) -> &str {
+        if let Source::Text(t) = &self.0.source {
+            return t;
+        }
+        self.0.joined.get_or_init(|| self.pieces().concat().into_boxed_str())
     }
 
     /// The budget weight (stable: an estimate fixed when built).
@@ -88,12 +125,12 @@ impl Frame {
 
 impl PartialEq for Frame {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.text() == other.text()
+        Arc::ptr_eq(&self.0, &other.0) || self.pieces().concat() == other.pieces().concat()
     }
 }
 
-/// The frame's text as bytes, so a shell can hand the frame itself to a
-/// socket as the owner of its buffer (no copy of tens of kB per send).
+/// The frame's text as bytes, so the cluster's link can hand the frame
+/// itself to NATS as the owner of its buffer.
 impl AsRef<[u8]> for Frame {
     fn as_ref(&self) -> &[u8] {
         self.text().as_bytes()
@@ -102,7 +139,7 @@ impl AsRef<[u8]> for Frame {
 
 impl fmt::Display for Frame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.text())
+        self.pieces().iter().try_for_each(|p| f.write_str(p))
     }
 }
 
@@ -121,13 +158,33 @@ mod tests {
     fn serialized_once_when_first_read_and_shared_by_clones() {
         let f = Frame::client(ServerToClient::ServerHeartbeat(ServerHeartbeat { session_id: "s-1".into(), timestamp: 5 }));
         let g = f.clone();
-        assert!(f.0.text.get().is_none(), "not serialized by building it");
+        assert!(f.0.spliced.get().is_none(), "not serialized by building it");
         assert_eq!(g.text(), r#"{"type":"server_heartbeat","session_id":"s-1","timestamp":5}"#);
-        assert!(
-            f.0.text.get().is_some() && f.0.pending.lock().map(|p| p.is_none()).unwrap_or(false),
-            "the message is dropped once it is text"
-        );
+        assert!(f.0.spliced.get().is_some(), "serialized once, for both");
         assert_eq!(f.to_string(), g.text());
         assert_eq!(f.weight(), 512);
+    }
+
+    #[test]
+    fn the_audio_is_a_piece_of_its_own_written_from_the_message() {
+        let audio = "QUJD".repeat(1_000);
+        let text = format!(
+            r#"{{"type":"job_assign","job_id":"j-1","session_id":"s-1","utterance_index":3,"src_lang":"en","tgt_lang":"es","audio":"{audio}","audio_format":"pcm16","sample_rate":16000}}"#
+        );
+        let msg = ServerToNode::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let ServerToNode::JobAssign(j) = &msg else { panic!() };
+        let literal = j.audio.raw_json().as_ptr();
+        let text = msg.to_json();
+        let f = Frame::node(msg);
+        let [head, bulk, tail] = f.pieces();
+        assert_eq!(bulk.as_ptr(), literal, "the literal is not copied");
+        assert!(head.ends_with(r#""audio":"#) && tail.starts_with(r#","audio_format""#), "{head} … {tail}");
+        assert!(bulk.len() > 4_000 && head.len() + tail.len() < 400);
+        assert_eq!(f.to_string(), text);
+        assert_eq!(f.len(), text.len());
+        assert_eq!(f.text(), text);
+        let t = Frame::from_text(text.clone());
+        assert_eq!(t.pieces(), [text.as_str(), "", ""]);
+        assert_eq!(t, f);
     }
 }

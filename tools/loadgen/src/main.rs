@@ -13,6 +13,10 @@ use tolk_loadgen::relay::Options as RelayOptions;
 use tolk_loadgen::sim::{self, LoadConfig, Target};
 use tolk_loadgen::{Error, report};
 
+/// The dispatcher's allocator, for the relay too: a like-for-like comparison.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Load generator and benchmarks: the dispatcher against a bare WebSocket relay.
 #[derive(Debug, Parser)]
 #[command(version, args_conflicts_with_subcommands = true)]
