@@ -475,11 +475,11 @@ impl Dispatcher {
                         Input::Invalid { conn, error: ProtocolError::frame_too_large(text.len(), max) }
                     }
                     WsMessage::Text(text) => match endpoint {
-                        Endpoint::Session => match ClientToServer::parse(text.as_str()) {
+                        Endpoint::Session => match ClientToServer::parse_shared(text.as_str(), &bytes::Bytes::from(text.clone())) {
                             Ok(msg) => Input::Session { conn, msg },
                             Err(error) => Input::Invalid { conn, error },
                         },
-                        Endpoint::Node => match NodeToServer::parse(text.as_str()) {
+                        Endpoint::Node => match NodeToServer::parse_shared(text.as_str(), &bytes::Bytes::from(text.clone())) {
                             Ok(msg) => Input::Node { conn, msg },
                             Err(error) => Input::Invalid { conn, error },
                         },

@@ -79,13 +79,28 @@ pub trait Message: Sized + serde::Serialize + Validate {
         Ok(msg)
     }
 
+    /// [`Message::parse`] for a frame held as `owner`, whose bytes `text`
+    /// is (as a WebSocket library hands a received text frame): the audio
+    /// becomes a slice of `owner` instead of a copy. If `text` is not
+    /// `owner`'s bytes, this is `parse`.
+    fn parse_shared(text: &str, owner: &bytes::Bytes) -> Result<Self, ProtocolError> {
+        let msg = Self::parse_inner(text, Some(owner))?;
+        msg.validate()?;
+        Ok(msg)
+    }
+
     /// Parses one text frame, checking types but not value ranges. For peers
     /// that must accept what an older or newer party sends.
     fn parse_unvalidated(text: &str) -> Result<Self, ProtocolError> {
+        Self::parse_inner(text, None)
+    }
+
+    #[doc(hidden)]
+    fn parse_inner(text: &str, owner: Option<&bytes::Bytes>) -> Result<Self, ProtocolError> {
         if let Some(ty) = leading_type(text).filter(|ty| Self::TYPES.contains(ty)) {
             if text.len() >= raw::LIFT_MIN_BYTES
                 && let Some(key) = Self::bulk_key(ty)
-                && let Some((rest, literal)) = raw::lift(text, key)
+                && let Some((rest, literal)) = raw::lift(text, key, owner)
                 && let Ok(mut msg) = Self::deserialize_typed(ty, &rest)
                 && msg.put_bulk(literal)
             {
@@ -303,6 +318,16 @@ mod tests {
         }
     }
 
+    /// [`fast`] for a frame held as `Bytes` (the audio a slice of it).
+    fn fast_shared<M: Message + std::fmt::Debug>(text: &str) -> String {
+        let owner = bytes::Bytes::from(text.to_owned());
+        let Ok(view) = std::str::from_utf8(&owner) else { return "not UTF-8".into() };
+        match M::parse_inner(view, Some(&owner)) {
+            Ok(m) => format!("ok {}", m.to_json()),
+            Err(e) => format!("err {:?} {}", e.field, e.message),
+        }
+    }
+
     fn utterance_with(audio_part: &str, before: &str) -> String {
         format!(
             r#"{{"type":"utterance","session_id":"s-1",{before}"utterance_index":3,"src_lang":"en","tgt_lang":"es","audio_format":"pcm16","sample_rate":16000,{audio_part}}}"#
@@ -338,14 +363,28 @@ mod tests {
         for (i, text) in cases.iter().enumerate() {
             assert!(i == 7 || text.len() >= raw::LIFT_MIN_BYTES, "case {i} is long enough to be lifted");
             assert_eq!(fast::<ClientToServer>(text), full::<ClientToServer>("utterance", text), "case {i}");
+            assert_eq!(fast_shared::<ClientToServer>(text), full::<ClientToServer>("utterance", text), "case {i}, shared");
         }
+        // Read from a frame held as `Bytes`, the audio is a slice of it.
+        let owner = bytes::Bytes::from(cases[0].clone());
+        let view = std::str::from_utf8(&owner).unwrap_or_default();
+        let Ok(ClientToServer::Utterance(u)) = ClientToServer::parse_shared(view, &owner) else { panic!("parses") };
+        let inside = owner.as_ptr_range();
+        assert!(inside.contains(&u.audio.raw_json().as_ptr()), "not copied");
+        assert_eq!(u.audio.as_str(), audio);
+        assert_eq!(serde_json::to_string(&u.audio).ok(), Some(format!("\"{audio}\"")));
+        // Another frame's bytes as the owner: copied, the same message.
+        let other = bytes::Bytes::from(cases[0].clone());
+        let Ok(ClientToServer::Utterance(c)) = ClientToServer::parse_shared(&cases[0], &other) else { panic!("parses") };
+        assert!(!other.as_ptr_range().contains(&c.audio.raw_json().as_ptr()));
+        assert_eq!(c, u);
         // The common case is lifted, and its audio kept byte for byte.
-        let (rest, literal) = raw::lift(&cases[0], "audio").expect("lifted");
+        let (rest, literal) = raw::lift(&cases[0], "audio", None).expect("lifted");
         assert!(rest.len() < 300 && rest.contains(r#""audio":"""#), "{rest}");
         assert_eq!(literal.as_str(), audio);
-        assert!(raw::lift(&cases[2], "audio").is_none());
-        assert!(raw::lift(&cases[6], "audio").is_none());
-        assert!(raw::lift(&cases[9], "audio").is_none());
+        assert!(raw::lift(&cases[2], "audio", None).is_none());
+        assert!(raw::lift(&cases[6], "audio", None).is_none());
+        assert!(raw::lift(&cases[9], "audio", None).is_none());
     }
 
     #[test]

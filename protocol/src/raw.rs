@@ -2,10 +2,13 @@
 //! moves audio from one frame into another without unescaping and
 //! re-escaping it (extension 9: the audio a client sends reaches the node
 //! byte for byte, and the copy costs a `memcpy`, not a scan per byte).
+//! A literal read from a frame the caller holds as [`Bytes`] is a slice of
+//! that frame: not copied at all.
 
 use std::borrow::Cow;
 use std::fmt;
 
+use bytes::Bytes;
 use schemars::JsonSchema;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
@@ -16,10 +19,47 @@ use serde_json::value::RawValue;
 #[derive(Clone)]
 pub struct Base64Audio {
     /// The JSON string literal, quotes included.
-    raw: Box<RawValue>,
+    raw: Literal,
     /// The decoded content, kept only when the literal has escapes (never for
     /// base64, whose alphabet needs none).
     unescaped: Option<Box<str>>,
+}
+
+/// A JSON string literal, quotes included.
+#[derive(Clone)]
+enum Literal {
+    /// Built here, or read from a borrowed `str`.
+    Owned(Box<RawValue>),
+    /// A slice of a received frame (see [`shared_literal`]): a literal
+    /// without escapes or control characters, cut at its quotes.
+    Shared(Bytes),
+}
+
+impl Literal {
+    fn get(&self) -> &str {
+        match self {
+            Self::Owned(raw) => raw.get(),
+            Self::Shared(bytes) => shared_str(bytes),
+        }
+    }
+}
+
+/// The text of a [`Literal::Shared`].
+#[allow(unsafe_code)] // a slice of a `str`, cut at ASCII quotes: checked where it is made
+fn shared_str(bytes: &Bytes) -> &str {
+    // SAFETY: `Literal::Shared` is only built by `shared_literal`, from a
+    // sub-slice of a `&str` that starts and ends with an ASCII `"`, so
+    // its bytes are valid UTF-8 (a slice of UTF-8 at ASCII boundaries).
+    unsafe { std::str::from_utf8_unchecked(bytes) }
+}
+
+/// The literal `text[start - 1..end + 1]` (the value between quotes at
+/// `start - 1` and `end`) as a slice of `owner`, when `owner` holds exactly
+/// `text`'s bytes; `None` otherwise (the caller copies).
+fn shared_literal(text: &str, owner: &Bytes, start: usize, end: usize) -> Option<Literal> {
+    let same = text.as_ptr() == owner.as_ptr() && text.len() == owner.len();
+    let quoted = start >= 1 && text.as_bytes().get(start - 1) == Some(&b'"') && text.as_bytes().get(end) == Some(&b'"');
+    (same && quoted).then(|| Literal::Shared(owner.slice(start - 1..end + 1)))
 }
 
 /// Whether `s` can stand between two quotes in JSON as it is. Written as a
@@ -35,7 +75,7 @@ impl Base64Audio {
             Some(s) => s,
             None => {
                 let raw = self.raw.get();
-                // Built only from `"…"` literals without escapes (see `from_plain`).
+                // Built only from `"…"` literals without escapes (see `from_plain`, `lift`).
                 raw.get(1..raw.len().saturating_sub(1)).unwrap_or_default()
             }
         }
@@ -54,7 +94,7 @@ impl Base64Audio {
         literal.push('"');
         literal.push_str(s);
         literal.push('"');
-        Some(Self { raw: plain_literal(literal), unescaped: None })
+        Some(Self { raw: Literal::Owned(plain_literal(literal)), unescaped: None })
     }
 
     fn from_any(s: Cow<'_, str>) -> Self {
@@ -66,7 +106,7 @@ impl Base64Audio {
         // serde_json escapes a `str` correctly and cannot fail on one.
         let literal = serde_json::to_string(s.as_ref()).unwrap_or_else(|_| "\"\"".to_owned());
         match RawValue::from_string(literal) {
-            Ok(raw) => Self { raw, unescaped: Some(s.into_owned().into_boxed_str()) },
+            Ok(raw) => Self { raw: Literal::Owned(raw), unescaped: Some(s.into_owned().into_boxed_str()) },
             Err(_) => Self::default(),
         }
     }
@@ -100,7 +140,7 @@ pub(crate) const LIFT_MIN_BYTES: usize = 2048;
 /// or a control character in the value, a key that is part of a string.
 /// The caller also falls back when the parsed rest's field is not empty,
 /// i.e. when the key found was not the top-level one.
-pub(crate) fn lift(text: &str, key: &str) -> Option<(String, Base64Audio)> {
+pub(crate) fn lift(text: &str, key: &str, owner: Option<&Bytes>) -> Option<(String, Base64Audio)> {
     let bytes = text.as_bytes();
     let pattern = format!("\"{key}\":\"");
     let at = memchr::memmem::find(bytes, pattern.as_bytes())?;
@@ -117,16 +157,26 @@ pub(crate) fn lift(text: &str, key: &str) -> Option<(String, Base64Audio)> {
         return None; // an escape in the value: not base64
     }
     let value = &text[start..end];
-    let literal = Base64Audio::from_plain(value)?;
+    let literal = match owner.and_then(|o| shared_literal(text, o, start, end)) {
+        // No `"` or `\` before `end` (memchr2 above): only control characters remain to refuse.
+        Some(shared) if !has_control(value) => Base64Audio { raw: shared, unescaped: None },
+        Some(_) => return None,
+        None => Base64Audio::from_plain(value)?,
+    };
     let mut rest = String::with_capacity(text.len() - value.len());
     rest.push_str(&text[..start]);
     rest.push_str(&text[end..]);
     Some((rest, literal))
 }
 
+/// Whether `s` holds a control character (which a JSON string may not).
+fn has_control(s: &str) -> bool {
+    s.as_bytes().chunks(64).any(|chunk| chunk.iter().fold(false, |bad, &b| bad | (b < 0x20)))
+}
+
 impl Default for Base64Audio {
     fn default() -> Self {
-        Self::from_plain("").unwrap_or_else(|| Self { raw: RawValue::NULL.to_owned(), unescaped: Some("".into()) })
+        Self::from_plain("").unwrap_or_else(|| Self { raw: Literal::Owned(RawValue::NULL.to_owned()), unescaped: Some("".into()) })
     }
 }
 
@@ -201,9 +251,14 @@ impl Serialize for Base64Audio {
         if SPLICE.with(|s| s.leave_out()) {
             return EMPTY_LITERAL.with(|empty| empty.serialize(serializer));
         }
-        // Under serde_json this writes the literal verbatim; other
-        // serializers get the plain string.
-        self.raw.serialize(serializer)
+        match &self.raw {
+            // Under serde_json this writes the literal verbatim; other
+            // serializers get the plain string.
+            Literal::Owned(raw) => raw.serialize(serializer),
+            // Plain text (no escapes): the same bytes as the literal. The
+            // dispatcher's sockets write these literals spliced, not here.
+            Literal::Shared(_) => serializer.serialize_str(self.as_str()),
+        }
     }
 }
 
