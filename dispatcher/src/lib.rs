@@ -16,7 +16,8 @@
 //!   policies) and [`core::stats`] (its counters as plain data).
 //! - [`shell`]: axum routes, per-connection tasks, timers, admin API, TLS,
 //!   graceful shutdown; [`shell::web`] serves the web client (`/app/`) and
-//!   the dashboard (`/dashboard`).
+//!   the dashboard (`/dashboard`); `ws`: the WebSocket upgrade, reader
+//!   (tungstenite) and our vectored writer.
 //! - [`config`]: every setting and its default; [`canaries`]: loading the canary set.
 //! - [`metrics`]: Prometheus export of the core's stats and the shell's own measurements.
 
