@@ -22,34 +22,24 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
-use futures_util::StreamExt;
 use prometheus_client::registry::Registry;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tolk_protocol::{ClientToServer, Message, NodeToServer, ProtocolError};
 
 use crate::Error;
 use crate::config::Config;
-use crate::core::{Action, AdminCommand, ConnId, Core, Endpoint, Frame, Input, Millis};
+use crate::core::{Action, AdminCommand, ConnId, Core, Endpoint, Input, Millis};
 use crate::metrics::{ShellMetrics, StatsSlot};
 use crate::plugins::PluginHost;
-use crate::ws::{self, Upgrade};
+use crate::ws::{self, Out, Upgrade};
 
 /// `/app/` and `/dashboard` (dispatcher/src/web/): a child module so it reads this state without it being exported.
 #[path = "web/mod.rs"]
 pub mod web;
-
-/// What a connection's send task is told.
-#[derive(Debug)]
-enum Out {
-    /// A frame, and when the frame that caused it was read (for the
-    /// time-inside-the-dispatcher histogram).
-    Frame(Frame, Option<std::time::Instant>),
-    Close,
-}
 
 /// Wall-clock milliseconds that follow tokio's clock, so tests can pause
 /// and advance time.
@@ -451,6 +441,8 @@ impl Dispatcher {
         }
     }
 
+    /// Drives one connection in one task ([`ws::drive`]): frames read go to
+    /// the core, frames the core queues are written, both at once.
     async fn serve_socket(
         self,
         io: ws::Io,
@@ -460,51 +452,41 @@ impl Dispatcher {
         _permit: tokio::sync::OwnedSemaphorePermit,
     ) {
         let conn = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel::<Out>(self.outbound_capacity(endpoint));
-        let (kill, killed) = tokio::sync::oneshot::channel::<()>();
-        let (mut reader, writer, control) = ws::split(io, config).await;
+        let (tx, mut rx) = mpsc::channel::<Out>(self.outbound_capacity(endpoint));
+        let (kill, mut killed) = tokio::sync::oneshot::channel::<()>();
+        let mut socket = ws::Socket::from_raw_socket(ws::Gated::new(io), Role::Server, Some(config)).await;
         self.lock().peers.insert(conn, Peer { tx, _kill: kill });
         self.with_core(|core, now| core.handle(now, Input::Opened { conn, endpoint, addr }));
-        let mut send_task = tokio::spawn(send_frames(writer, rx, control, self.shared.metrics.dispatch_seconds.clone()));
+        let dispatch_seconds = self.shared.metrics.dispatch_seconds.clone();
         let max = self.shared.config.max_frame_bytes;
-        let receive = async {
-            while let Some(Ok(msg)) = reader.next().await {
-                let read_at = std::time::Instant::now();
-                let input = match msg {
-                    WsMessage::Text(text) if text.len() > max => {
-                        Input::Invalid { conn, error: ProtocolError::frame_too_large(text.len(), max) }
-                    }
-                    WsMessage::Text(text) => match endpoint {
-                        Endpoint::Session => match ClientToServer::parse_shared(text.as_str(), &bytes::Bytes::from(text.clone())) {
-                            Ok(msg) => Input::Session { conn, msg },
-                            Err(error) => Input::Invalid { conn, error },
-                        },
-                        Endpoint::Node => match NodeToServer::parse_shared(text.as_str(), &bytes::Bytes::from(text.clone())) {
-                            Ok(msg) => Input::Node { conn, msg },
-                            Err(error) => Input::Invalid { conn, error },
-                        },
+        let on_message = |msg: WsMessage| {
+            let read_at = std::time::Instant::now();
+            let input = match msg {
+                WsMessage::Text(text) if text.len() > max => {
+                    Input::Invalid { conn, error: ProtocolError::frame_too_large(text.len(), max) }
+                }
+                WsMessage::Text(text) => match endpoint {
+                    Endpoint::Session => match ClientToServer::parse_shared(text.as_str(), &bytes::Bytes::from(text.clone())) {
+                        Ok(msg) => Input::Session { conn, msg },
+                        Err(error) => Input::Invalid { conn, error },
                     },
-                    WsMessage::Binary(_) => Input::Invalid { conn, error: ProtocolError::binary_frame() },
-                    // The next read sends tungstenite's reply and ends the stream.
-                    WsMessage::Close(_) => continue,
-                    // Pings are answered by tungstenite (through the writer).
-                    WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => continue,
-                };
-                self.with_core_from(Some(read_at), |core, now| core.handle(now, input));
-            }
+                    Endpoint::Node => match NodeToServer::parse_shared(text.as_str(), &bytes::Bytes::from(text.clone())) {
+                        Ok(msg) => Input::Node { conn, msg },
+                        Err(error) => Input::Invalid { conn, error },
+                    },
+                },
+                WsMessage::Binary(_) => Input::Invalid { conn, error: ProtocolError::binary_frame() },
+                // Pings are answered and closes replied to by tungstenite.
+                WsMessage::Close(_) | WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => return,
+            };
+            self.with_core_from(Some(read_at), |core, now| core.handle(now, input));
         };
-        tokio::select! {
-            () = receive => {}
-            _ = &mut send_task => {}
-            _ = killed => {}
-        }
-        // Dropping the peer closes its queue: the writer sends what is queued
-        // and the close reply, then ends — briefly, or it is stopped.
+        let sent = |at: std::time::Instant| dispatch_seconds.observe(at.elapsed().as_secs_f64());
+        let end = ws::drive(&mut socket, &mut rx, &mut killed, on_message, sent).await;
         self.lock().peers.remove(&conn);
-        drop(reader);
         self.with_core(|core, now| core.handle(now, Input::Closed { conn }));
-        if tokio::time::timeout(Duration::from_secs(1), &mut send_task).await.is_err() {
-            send_task.abort();
+        if end != ws::End::Killed {
+            ws::close(&mut socket).await;
         }
     }
 
@@ -549,78 +531,6 @@ impl Dispatcher {
             _ => Err(StatusCode::UNAUTHORIZED),
         }
     }
-}
-
-/// A connection's send task: writes the frames the core queued, as many
-/// as are waiting in one vectored write, and the control frames tungstenite
-/// answers with; then closes the connection's writing side.
-async fn send_frames(
-    mut w: tokio::io::WriteHalf<ws::Io>,
-    mut rx: mpsc::Receiver<Out>,
-    mut control: mpsc::Receiver<Vec<u8>>,
-    dispatch_seconds: prometheus_client::metrics::histogram::Histogram,
-) {
-    let mut batch: Vec<Frame> = Vec::new();
-    let mut read_at: Vec<std::time::Instant> = Vec::new();
-    let mut control_open = true;
-    loop {
-        tokio::select! {
-            biased;
-            bytes = control.recv(), if control_open => match bytes {
-                Some(bytes) => {
-                    if ws::write_control(&mut w, &bytes).await.is_err() || ws::is_close(&bytes) {
-                        return;
-                    }
-                }
-                None => control_open = false,
-            },
-            out = rx.recv() => {
-                let Some(mut out) = out else { break };
-                let mut close = false;
-                let mut bytes = 0;
-                loop {
-                    match out {
-                        // Serialized here, outside the core's lock (once per frame).
-                        Out::Frame(frame, at) => {
-                            bytes += frame.len();
-                            batch.push(frame);
-                            read_at.extend(at);
-                        }
-                        Out::Close => {
-                            close = true;
-                            break;
-                        }
-                    }
-                    if !ws::batch_has_room(batch.len(), bytes) {
-                        break;
-                    }
-                    match rx.try_recv() {
-                        Ok(next) => out = next,
-                        Err(_) => break,
-                    }
-                }
-                let written = ws::write_text_frames(&mut w, &batch).await;
-                for at in read_at.drain(..) {
-                    dispatch_seconds.observe(at.elapsed().as_secs_f64());
-                }
-                batch.clear();
-                if written.is_err() {
-                    return;
-                }
-                if close {
-                    let _ = ws::write_control(&mut w, &ws::CLOSE_NORMAL).await;
-                    break;
-                }
-            }
-        }
-    }
-    // A close reply tungstenite has queued goes out before the end.
-    while let Ok(bytes) = control.try_recv() {
-        if ws::write_control(&mut w, &bytes).await.is_err() {
-            return;
-        }
-    }
-    let _ = tokio::io::AsyncWriteExt::shutdown(&mut w).await;
 }
 
 async fn ws_session(State(d): State<Dispatcher>, ConnectInfo(addr): ConnectInfo<SocketAddr>, ws: Upgrade) -> Response {

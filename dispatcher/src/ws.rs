@@ -11,33 +11,40 @@
 //! queued for a connection into the same write. Server frames are never
 //! masked, so the bytes on the wire are exactly these pieces.
 //!
-//! tungstenite still reads, and the control frames it answers with (pong,
-//! the reply to a close) reach the writer through a small channel: the
-//! reader's stream "writes" them there.
+//! tungstenite still reads, and writes the control frames it answers with
+//! (pong, the reply to a close). One task per connection drives both
+//! directions of the one socket ([`drive`]): each poll advances the write in
+//! flight, then reads. Splitting the socket into halves instead put a lock
+//! between them, which spun for 8 % of the CPU on two cores; driving one
+//! direction at a time instead would stop reading a peer while a write to
+//! it waits, and two such peers can wait on each other for ever. While one
+//! of our frames is partly written, tungstenite's writes are held
+//! ([`Gated`]) so the two never interleave.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use axum::extract::FromRequestParts;
 use axum::http::{HeaderValue, Method, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
+use futures_util::{Sink, StreamExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::core::Frame;
 
 /// An upgraded connection.
 pub(crate) type Io = TokioIo<Upgraded>;
 
-/// The reading half as tungstenite sees it.
-pub(crate) type Reader = WebSocketStream<ReadSide>;
-
-/// Control frames tungstenite may have waiting for the writer before the
-/// peer counts as not reading them (a flood of pings).
-const CONTROL_QUEUE: usize = 16;
+/// A connection: tungstenite reads it and answers control frames; [`drive`]
+/// writes our frames.
+pub(crate) type Socket<T = Io> = WebSocketStream<Gated<T>>;
 
 /// Frames gathered into one vectored write, at most (each is up to four
 /// slices; `IOV_MAX` is 1024).
@@ -112,45 +119,73 @@ impl Upgrade {
     }
 }
 
-/// Splits an upgraded connection into tungstenite's reader and our
-/// writer's half, joined by the control channel.
-pub(crate) async fn split(io: Io, config: WebSocketConfig) -> (Reader, WriteHalf<Io>, mpsc::Receiver<Vec<u8>>) {
-    let (rd, wr) = tokio::io::split(io);
-    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let reader = WebSocketStream::from_raw_socket(ReadSide { rd, control }, Role::Server, Some(config)).await;
-    (reader, wr, control_rx)
-}
-
-/// The stream tungstenite reads: the connection's reading half, and, for
-/// what tungstenite writes (control frames only: it never sends our data),
-/// the channel to the writer. What it writes at once are whole frames.
+/// A connection whose writes by tungstenite can be held: while one of our
+/// frames is partly written they wait (tungstenite keeps them and retries,
+/// and a read goes on meanwhile), so its frames never land inside ours.
 #[derive(Debug)]
-pub(crate) struct ReadSide {
-    rd: ReadHalf<Io>,
-    control: mpsc::Sender<Vec<u8>>,
+pub(crate) struct Gated<T> {
+    io: T,
+    hold: bool,
+    waker: Option<Waker>,
 }
 
-impl AsyncRead for ReadSide {
+impl<T> Gated<T> {
+    pub(crate) fn new(io: T) -> Self {
+        Self { io, hold: false, waker: None }
+    }
+
+    fn held(&mut self, cx: &Context<'_>) -> bool {
+        if self.hold {
+            self.waker = Some(cx.waker().clone());
+        }
+        self.hold
+    }
+
+    fn release(&mut self) {
+        self.hold = false;
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Gated<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.rd).poll_read(cx, buf)
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for ReadSide {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Poll::Ready(match self.control.try_send(buf.to_vec()) {
-            Ok(()) => Ok(buf.len()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(io::Error::other("peer does not read its control frames")),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(io::ErrorKind::BrokenPipe.into()),
-        })
+impl<T: AsyncWrite + Unpin> AsyncWrite for Gated<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.held(cx) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        if self.held(cx) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.held(cx) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.held(cx) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -173,72 +208,215 @@ fn text_header(len: usize) -> ([u8; 10], usize) {
     }
 }
 
-/// A close frame with status 1000 (normal closure).
-pub(crate) const CLOSE_NORMAL: [u8; 4] = [0x88, 0x02, 0x03, 0xe8];
-
-/// Whether `bytes` (what tungstenite wrote, whole frames) start with a
-/// close frame: after it nothing more may be sent.
-pub(crate) fn is_close(bytes: &[u8]) -> bool {
-    bytes.first().is_some_and(|b| b & 0x0f == 0x8)
-}
-
 /// One text frame as pieces of its payload (empty pieces are skipped).
 pub(crate) trait Pieces {
     fn pieces(&self) -> [&str; 3];
 }
 
-impl Pieces for crate::core::Frame {
+impl Pieces for Frame {
     fn pieces(&self) -> [&str; 3] {
-        crate::core::Frame::pieces(self)
+        Frame::pieces(self)
     }
 }
 
-/// Writes `frames` as text frames in as few vectored writes as the socket
-/// takes.
-pub(crate) async fn write_text_frames<W, P>(w: &mut W, frames: &[P]) -> io::Result<()>
-where
-    W: AsyncWrite + Unpin,
-    P: Pieces,
-{
-    let headers: Vec<([u8; 10], usize)> = frames.iter().map(|f| text_header(f.pieces().iter().map(|p| p.len()).sum())).collect();
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() * 4);
-    for (frame, (header, used)) in frames.iter().zip(&headers) {
-        slices.push(IoSlice::new(&header[..*used]));
-        slices.extend(frame.pieces().iter().filter(|p| !p.is_empty()).map(|p| IoSlice::new(p.as_bytes())));
+/// What a connection is told to send.
+#[derive(Debug)]
+pub(crate) enum Out<P = Frame> {
+    /// A frame, and when the frame that caused it was read (for the
+    /// time-inside-the-dispatcher histogram).
+    Frame(P, Option<Instant>),
+    /// A close frame after what is queued before it.
+    Close,
+}
+
+/// Frames gathered for one vectored write, and how far it has got.
+#[derive(Debug)]
+struct Batch<P> {
+    frames: Vec<P>,
+    headers: Vec<([u8; 10], usize)>,
+    read_at: Vec<Instant>,
+    bytes: usize,
+    written: usize,
+    started: bool,
+}
+
+impl<P: Pieces> Batch<P> {
+    fn new() -> Self {
+        Self { frames: Vec::new(), headers: Vec::new(), read_at: Vec::new(), bytes: 0, written: 0, started: false }
     }
-    let mut rest: &mut [IoSlice<'_>] = &mut slices;
-    while !rest.is_empty() {
-        let n = w.write_vectored(rest).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+
+    fn has_room(&self) -> bool {
+        batch_has_room(self.frames.len(), self.bytes)
+    }
+
+    fn push(&mut self, frame: P, read_at: Option<Instant>) {
+        // Serialized here, outside the core's lock (once per frame).
+        let len = frame.pieces().iter().map(|p| p.len()).sum();
+        let header = text_header(len);
+        self.bytes += header.1 + len;
+        self.headers.push(header);
+        self.frames.push(frame);
+        self.read_at.extend(read_at);
+    }
+
+    /// The slices still to write.
+    fn remaining(&self) -> Vec<IoSlice<'_>> {
+        let mut skip = self.written;
+        let mut out = Vec::with_capacity(self.frames.len() * 4);
+        for (frame, (header, used)) in self.frames.iter().zip(&self.headers) {
+            let pieces = frame.pieces();
+            for piece in std::iter::once(&header[..*used]).chain(pieces.iter().map(|p| p.as_bytes())) {
+                if skip >= piece.len() {
+                    skip -= piece.len();
+                } else {
+                    out.push(IoSlice::new(&piece[skip..]));
+                    skip = 0;
+                }
+            }
         }
-        IoSlice::advance_slices(&mut rest, n);
+        out
     }
-    Ok(())
+
+    /// Writes on: first whatever tungstenite has pending (whole, so
+    /// nothing interleaves), then holds its writes until the batch is out.
+    fn poll_write<T: AsyncRead + AsyncWrite + Unpin>(&mut self, socket: &mut Socket<T>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.started {
+            match <Socket<T> as Sink<Message>>::poll_flush(Pin::new(&mut *socket), cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+            socket.get_mut().hold = true;
+            self.started = true;
+        }
+        while self.written < self.bytes {
+            let slices = self.remaining();
+            match Pin::new(&mut socket.get_mut().io).poll_write_vectored(cx, &slices) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        socket.get_mut().release();
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// Whether a batch of `count` frames and `bytes` bytes takes another frame.
-pub(crate) fn batch_has_room(count: usize, bytes: usize) -> bool {
+fn batch_has_room(count: usize, bytes: usize) -> bool {
     count < BATCH_FRAMES && bytes < BATCH_BYTES
 }
 
-/// Writes control bytes (whole frames from tungstenite) as they are.
-pub(crate) async fn write_control<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> io::Result<()> {
-    w.write_all(bytes).await
+/// Why [`drive`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// The peer closed, or its stream failed.
+    Gone,
+    /// Told to close ([`Out::Close`]), or the queue closed: what was queued is written.
+    Closed,
+    /// A write failed.
+    WriteFailed,
+    /// Cut off (`killed` fired).
+    Killed,
+}
+
+/// Drives one connection until it ends: writes what arrives on `rx`
+/// (gathered into vectored writes; `sent` hears when each frame that caused
+/// one was read, once it is written) and hands every message read to
+/// `on_message`, both directions at once in one task.
+pub(crate) async fn drive<T, P>(
+    socket: &mut Socket<T>,
+    rx: &mut mpsc::Receiver<Out<P>>,
+    killed: &mut oneshot::Receiver<()>,
+    mut on_message: impl FnMut(Message),
+    mut sent: impl FnMut(Instant),
+) -> End
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    P: Pieces,
+{
+    let mut writing: Option<Batch<P>> = None;
+    let mut closing = false;
+    std::future::poll_fn(|cx| {
+        loop {
+            let mut progressed = false;
+            // Write on, and gather the next batch when one is out.
+            loop {
+                if writing.is_none() && !closing {
+                    let mut batch = Batch::new();
+                    while batch.has_room() {
+                        match rx.poll_recv(cx) {
+                            Poll::Ready(Some(Out::Frame(frame, at))) => batch.push(frame, at),
+                            Poll::Ready(Some(Out::Close) | None) => {
+                                closing = true;
+                                break;
+                            }
+                            Poll::Pending => break,
+                        }
+                    }
+                    if !batch.frames.is_empty() {
+                        writing = Some(batch);
+                    }
+                }
+                let Some(batch) = writing.as_mut() else { break };
+                match batch.poll_write(socket, cx) {
+                    Poll::Ready(Ok(())) => {
+                        batch.read_at.iter().for_each(|&at| sent(at));
+                        writing = None;
+                        progressed = true;
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(End::WriteFailed),
+                    Poll::Pending => break,
+                }
+            }
+            if closing && writing.is_none() {
+                return Poll::Ready(End::Closed);
+            }
+            match socket.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(msg))) => {
+                    on_message(msg);
+                    progressed = true;
+                }
+                Poll::Ready(_) => return Poll::Ready(End::Gone),
+                Poll::Pending => {}
+            }
+            if Pin::new(&mut *killed).poll(cx).is_ready() {
+                return Poll::Ready(End::Killed);
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        }
+    })
+    .await
+}
+
+/// Ends a connection that [`drive`] left (not one cut off mid-write): a
+/// close frame with status 1000, briefly (a peer that does not read is not
+/// waited for).
+pub(crate) async fn close<T: AsyncRead + AsyncWrite + Unpin>(socket: &mut Socket<T>) {
+    let normal = tungstenite::protocol::CloseFrame { code: tungstenite::protocol::frame::coding::CloseCode::Normal, reason: "".into() };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), socket.close(Some(normal))).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::Role;
 
+    #[derive(Debug)]
     struct Text(String, String, String);
 
     impl Pieces for Text {
         fn pieces(&self) -> [&str; 3] {
             [&self.0, &self.1, &self.2]
         }
+    }
+
+    fn text(i: usize, n: usize) -> Text {
+        Text(format!("{{\"i\":{i},\"a\":"), format!("\"{}\"", "x".repeat(n)), "}".into())
     }
 
     #[test]
@@ -248,41 +426,6 @@ mod tests {
         assert_eq!(text_header(126).0[..4], [0x81, 126, 0, 126]);
         assert_eq!(text_header(65_535).0[..4], [0x81, 126, 0xff, 0xff]);
         assert_eq!(text_header(65_536), ([0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0], 10));
-        assert!(is_close(&CLOSE_NORMAL) && !is_close(&[0x89, 0]) && !is_close(&[]));
-    }
-
-    /// What we write, a WebSocket client reads as the frames we meant,
-    /// whatever their sizes, gathered or not.
-    #[tokio::test]
-    async fn a_client_reads_the_pieces_as_whole_text_frames() {
-        let (ours, theirs) = tokio::io::duplex(1 << 12);
-        let reader = tokio::spawn(async move {
-            let mut client = WebSocketStream::from_raw_socket(theirs, Role::Client, None).await;
-            let mut got = Vec::new();
-            while let Some(Ok(msg)) = client.next().await {
-                match msg {
-                    Message::Text(t) => got.push(t.as_str().to_owned()),
-                    Message::Close(_) => break,
-                    _ => {}
-                }
-            }
-            got
-        });
-        let sizes = [0usize, 1, 125, 126, 65_535, 65_536, 200_000];
-        let frames: Vec<Text> = sizes
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| Text(format!("{{\"i\":{i},\"a\":"), format!("\"{}\"", "x".repeat(n)), "}".into()))
-            .collect();
-        let mut w = ours;
-        write_text_frames(&mut w, &frames[..3]).await.unwrap_or_else(|e| panic!("{e}"));
-        write_text_frames(&mut w, &frames[3..]).await.unwrap_or_else(|e| panic!("{e}"));
-        write_text_frames(&mut w, &[Text(String::new(), String::new(), String::new())]).await.unwrap_or_else(|e| panic!("{e}"));
-        write_control(&mut w, &CLOSE_NORMAL).await.unwrap_or_else(|e| panic!("{e}"));
-        let got = reader.await.unwrap_or_default();
-        let want: Vec<String> = frames.iter().map(|f| f.pieces().concat()).chain([String::new()]).collect();
-        assert_eq!(got.len(), want.len());
-        assert!(got == want, "frames arrive whole and in order");
     }
 
     #[test]
@@ -290,5 +433,110 @@ mod tests {
         assert!(batch_has_room(0, 0) && batch_has_room(1, BATCH_BYTES - 1));
         assert!(!batch_has_room(1, BATCH_BYTES), "a MiB is enough for one write");
         assert!(!batch_has_room(BATCH_FRAMES, 0));
+    }
+
+    /// Frames of every length class, written while the client pings and
+    /// sends (through a pipe small enough that each write is partial): the
+    /// client reads each whole and in order and gets its pongs, and every
+    /// frame it sent is read meanwhile.
+    #[tokio::test]
+    async fn both_directions_at_once_and_control_frames_never_land_inside_ours() {
+        let (ours, theirs) = tokio::io::duplex(1 << 12);
+        let sizes = [0usize, 1, 125, 126, 65_535, 65_536, 200_000, 3, 70_000, 200_000, 200_000, 200_000, 200_000];
+        let want: Vec<String> = sizes.iter().enumerate().map(|(i, &n)| text(i, n).pieces().concat()).collect();
+        let client = tokio::spawn(async move {
+            let ws = WebSocketStream::from_raw_socket(theirs, Role::Client, None).await;
+            let (mut to_server, mut from_server) = ws.split();
+            // Pings and frames keep coming while the client reads: they reach
+            // the server in the middle of its writes.
+            let sender = tokio::spawn(async move {
+                for i in 0..40u8 {
+                    let _ = to_server.send(Message::Ping(vec![i].into())).await;
+                    let _ = to_server.send(Message::text(format!("from client {i}"))).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+                to_server
+            });
+            let (mut texts, mut pongs) = (Vec::new(), 0);
+            while let Some(msg) = from_server.next().await {
+                match msg {
+                    Ok(Message::Text(t)) => texts.push(t.as_str().to_owned()),
+                    Ok(Message::Pong(_)) => pongs += 1,
+                    Ok(Message::Close(_)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                // A slow reader: each write of ours is partial.
+                tokio::task::yield_now().await;
+            }
+            let _ = sender.await;
+            (texts, pongs)
+        });
+        let mut socket = Socket::from_raw_socket(Gated::new(ours), Role::Server, None).await;
+        let (tx, mut rx) = mpsc::channel(64);
+        let (_kill, mut killed) = oneshot::channel();
+        for (i, &n) in sizes.iter().enumerate() {
+            tx.try_send(Out::Frame(text(i, n), Some(Instant::now()))).unwrap_or_else(|e| panic!("{e}"));
+        }
+        tx.try_send(Out::Close).unwrap_or_else(|e| panic!("{e}"));
+        let mut read = Vec::new();
+        let mut written = 0;
+        let end = drive(&mut socket, &mut rx, &mut killed, |m| read.push(m), |_| written += 1).await;
+        assert_eq!(end, End::Closed);
+        assert_eq!(written, sizes.len(), "each frame's read time is reported once it is written");
+        close(&mut socket).await;
+        let (texts, pongs) = client.await.unwrap_or_default();
+        assert!(texts == want, "frames arrive whole and in order");
+        let from_client = read.iter().filter(|m| matches!(m, Message::Text(_))).count();
+        assert!(from_client > 0, "frames are read while writes wait");
+        assert!(pongs > 0, "pings are answered while our frames go out");
+    }
+
+    /// While one of our frames is partly written, tungstenite's pong waits
+    /// and nothing of it reaches the socket; released, it goes out whole.
+    #[tokio::test]
+    async fn tungstenite_writes_wait_while_ours_is_in_flight() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ours, mut theirs) = tokio::io::duplex(1 << 12);
+        let mut socket = Socket::from_raw_socket(Gated::new(ours), Role::Server, None).await;
+        socket.get_mut().hold = true;
+        // A masked ping with no payload, as a client sends it.
+        theirs.write_all(&[0x89, 0x80, 1, 2, 3, 4]).await.unwrap_or_else(|e| panic!("{e}"));
+        let quiet = std::time::Duration::from_millis(50);
+        let ping = tokio::time::timeout(quiet, socket.next()).await;
+        assert!(matches!(ping, Ok(Some(Ok(Message::Ping(_))))), "{ping:?}");
+        assert!(tokio::time::timeout(quiet, socket.next()).await.is_err(), "the answer is held");
+        let mut buf = [0u8; 16];
+        assert!(tokio::time::timeout(quiet, theirs.read(&mut buf)).await.is_err(), "nothing written while held");
+        socket.get_mut().io.write_all(b"ours").await.unwrap_or_else(|e| panic!("{e}"));
+        socket.get_mut().release();
+        assert!(tokio::time::timeout(quiet, socket.next()).await.is_err());
+        let mut got = vec![0u8; 6];
+        theirs.read_exact(&mut got).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got, [b'o', b'u', b'r', b's', 0x8a, 0x00], "our bytes, then the whole pong");
+    }
+
+    /// A peer that stops reading: the write waits, frames are still read,
+    /// and `killed` ends it.
+    #[tokio::test]
+    async fn a_write_that_waits_does_not_stop_reading_and_is_cut_off() {
+        let (ours, theirs) = tokio::io::duplex(1 << 12);
+        let mut client = WebSocketStream::from_raw_socket(theirs, Role::Client, None).await;
+        let mut socket = Socket::from_raw_socket(Gated::new(ours), Role::Server, None).await;
+        let (tx, mut rx) = mpsc::channel(4);
+        let (kill, mut killed) = oneshot::channel::<()>();
+        tx.try_send(Out::Frame(text(0, 100_000), None)).unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..3 {
+            client.send(Message::text(format!("{i}"))).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut read = 0;
+        let driver = drive(&mut socket, &mut rx, &mut killed, |_| read += 1, |_| {});
+        let cut = async {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            drop(kill);
+        };
+        let (end, ()) = tokio::join!(driver, cut);
+        assert_eq!(end, End::Killed);
+        assert_eq!(read, 3, "the peer's frames were read while our write waited");
+        drop(client);
     }
 }
