@@ -20,6 +20,9 @@ fn bench(c: &mut Criterion) {
     assert_eq!(ClientToServer::parse(&utterance).unwrap(), ClientToServer::deserialize_typed("utterance", &utterance).unwrap());
     let mut g = c.benchmark_group("parse");
     g.bench_function("utterance 43 kB/lifted", |b| b.iter(|| ClientToServer::parse(&utterance).unwrap()));
+    let shared = bytes::Bytes::from(utterance.clone());
+    let view = std::str::from_utf8(&shared).unwrap();
+    g.bench_function("utterance 43 kB/lifted, shared", |b| b.iter(|| ClientToServer::parse_shared(view, &shared).unwrap()));
     g.bench_function("utterance 43 kB/full reader", |b| b.iter(|| ClientToServer::deserialize_typed("utterance", &utterance).unwrap()));
     g.bench_function("job_result 64 kB/lifted", |b| b.iter(|| NodeToServer::parse(&result).unwrap()));
     g.bench_function("job_result 64 kB/full reader", |b| b.iter(|| NodeToServer::deserialize_typed("job_result", &result).unwrap()));
