@@ -219,6 +219,7 @@ pub mod key {
     pub const CODE: &str = "\"code\":\"";
     pub const UTTERANCE_INDEX: &str = "\"utterance_index\":";
     pub const REFUSED_INDEX: &str = "\"refused_index\":";
+    pub const RETRY_AFTER_MS: &str = "\"retry_after_ms\":";
 }
 
 /// The string value after the first `pattern` (a `"name":"` key), up to the next quote.

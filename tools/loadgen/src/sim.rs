@@ -381,6 +381,13 @@ struct SimSession {
     next_index: u64,
     /// The highest index with an outcome (outcomes arrive in order).
     last_outcome: Option<u64>,
+    /// Unanswered utterances the phone may have, as the SDK keeps it: up to
+    /// `max_pending`, cut to what the server had accepted by a
+    /// `RATE_LIMITED` refusal, one more per outcome.
+    window: usize,
+    /// After a `RATE_LIMITED` refusal, as the SDK does: no sends until the
+    /// server's `retry_after_ms` has passed or the next outcome arrives.
+    paused_until: Option<Instant>,
     stats: SessionStats,
     plan: Plan,
 }
@@ -418,6 +425,13 @@ impl SimSession {
                 } else if let Some(index) = frames::u64_field(text, key::REFUSED_INDEX) {
                     self.stats.refused += 1;
                     self.pending.retain(|p| p.index != index);
+                    if frames::str_field(text, key::CODE) == Some("RATE_LIMITED") {
+                        // The SDK's answer to being over its share (it would also
+                        // send the utterance again; here it is counted refused).
+                        self.window = self.pending.iter().filter(|p| p.index < index).count().max(1);
+                        let wait = frames::u64_field(text, key::RETRY_AFTER_MS).unwrap_or(100).min(30_000);
+                        self.paused_until = Some(Instant::now() + Duration::from_millis(wait));
+                    }
                     true
                 } else {
                     self.stats.unexpected(|| text.chars().take(200).collect());
@@ -440,6 +454,8 @@ impl SimSession {
         };
         let Some(p) = self.pending.remove(pos) else { return false };
         self.last_outcome = self.last_outcome.max(Some(index));
+        self.window = (self.window + 1).min(self.plan.max_pending);
+        self.paused_until = None;
         let stamps = self.shared.slot(self.number, index).map(|s| [s[0].swap(0, Ordering::AcqRel), s[1].swap(0, Ordering::AcqRel)]);
         let Some(result_bytes) = result_bytes else { return true };
         self.stats.answered += 1;
@@ -506,7 +522,8 @@ impl SimSession {
                     Some(Err(e)) => return Err(e.into()),
                 },
                 () = tokio::time::sleep_until(next_send), if timed => {
-                    if self.pending.len() < plan.max_pending {
+                    let paused = self.paused_until.is_some_and(|t| Instant::now() < t);
+                    if !paused && self.pending.len() < self.window {
                         self.send_next().await?;
                     } else {
                         self.stats.skipped += 1;
@@ -730,6 +747,8 @@ pub async fn run_with(target: Target, cfg: &LoadConfig, pids: Vec<Pid>) -> Resul
             pending: VecDeque::new(),
             next_index: 0,
             last_outcome: None,
+            window: plan.max_pending,
+            paused_until: None,
             stats: SessionStats::default(),
             plan,
         };
