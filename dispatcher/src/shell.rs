@@ -1,7 +1,7 @@
 //! The async shell around the core: it moves bytes and nothing more.
 //!
-//! - one receive loop and one send task per WebSocket; when either ends the
-//!   other is stopped and the core hears `Closed` once;
+//! - one task per WebSocket that reads and writes it (`ws::drive`); when
+//!   it ends the core hears `Closed` once;
 //! - one timer task that sleeps until the core's next deadline;
 //! - HTTP: `/healthz`, `/readyz`, `/metrics`, and the admin API;
 //! - TLS from PEM files; graceful shutdown.
