@@ -211,6 +211,11 @@ fn text_header(len: usize) -> ([u8; 10], usize) {
 /// One text frame as pieces of its payload (empty pieces are skipped).
 pub(crate) trait Pieces {
     fn pieces(&self) -> [&str; 3];
+
+    /// The payload's length.
+    fn payload_len(&self) -> usize {
+        self.pieces().iter().map(|p| p.len()).sum()
+    }
 }
 
 impl Pieces for Frame {
@@ -251,7 +256,7 @@ impl<P: Pieces> Batch<P> {
 
     fn push(&mut self, frame: P, read_at: Option<Instant>) {
         // Serialized here, outside the core's lock (once per frame).
-        let len = frame.pieces().iter().map(|p| p.len()).sum();
+        let len = frame.payload_len();
         let header = text_header(len);
         self.bytes += header.1 + len;
         self.headers.push(header);

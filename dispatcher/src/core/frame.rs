@@ -99,16 +99,6 @@ impl Frame {
         }
     }
 
-    /// Bytes of text the frame is (the sum of its pieces).
-    pub fn len(&self) -> usize {
-        self.pieces().iter().map(|p| p.len()).sum()
-    }
-
-    /// Whether the frame has no text (never for a serialized message).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The JSON text as one string (joined once, on first use).
     pub fn text(&self) -> &str {
         if let Source::Text(t) = &self.0.source {
@@ -181,7 +171,7 @@ mod tests {
         assert!(head.ends_with(r#""audio":"#) && tail.starts_with(r#","audio_format""#), "{head} … {tail}");
         assert!(bulk.len() > 4_000 && head.len() + tail.len() < 400);
         assert_eq!(f.to_string(), text);
-        assert_eq!(f.len(), text.len());
+        assert_eq!(f.pieces().concat().len(), text.len());
         assert_eq!(f.text(), text);
         let t = Frame::from_text(text.clone());
         assert_eq!(t.pieces(), [text.as_str(), "", ""]);
