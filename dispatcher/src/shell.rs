@@ -465,16 +465,20 @@ impl Dispatcher {
                 WsMessage::Text(text) if text.len() > max => {
                     Input::Invalid { conn, error: ProtocolError::frame_too_large(text.len(), max) }
                 }
-                WsMessage::Text(text) => match endpoint {
-                    Endpoint::Session => match ClientToServer::parse_shared(text.as_str(), &bytes::Bytes::from(text.clone())) {
-                        Ok(msg) => Input::Session { conn, msg },
-                        Err(error) => Input::Invalid { conn, error },
-                    },
-                    Endpoint::Node => match NodeToServer::parse_shared(text.as_str(), &bytes::Bytes::from(text.clone())) {
-                        Ok(msg) => Input::Node { conn, msg },
-                        Err(error) => Input::Invalid { conn, error },
-                    },
-                },
+                WsMessage::Text(text) => {
+                    // The frame's own buffer: the audio is parsed as a slice of it.
+                    let owner = bytes::Bytes::from(text.clone());
+                    match endpoint {
+                        Endpoint::Session => match ClientToServer::parse_shared(text.as_str(), &owner) {
+                            Ok(msg) => Input::Session { conn, msg },
+                            Err(error) => Input::Invalid { conn, error },
+                        },
+                        Endpoint::Node => match NodeToServer::parse_shared(text.as_str(), &owner) {
+                            Ok(msg) => Input::Node { conn, msg },
+                            Err(error) => Input::Invalid { conn, error },
+                        },
+                    }
+                }
                 WsMessage::Binary(_) => Input::Invalid { conn, error: ProtocolError::binary_frame() },
                 // Pings are answered and closes replied to by tungstenite.
                 WsMessage::Close(_) | WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => return,

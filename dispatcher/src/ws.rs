@@ -401,6 +401,11 @@ where
 /// close frame with status 1000, briefly (a peer that does not read is not
 /// waited for).
 pub(crate) async fn close<T: AsyncRead + AsyncWrite + Unpin>(socket: &mut Socket<T>) {
+    // One of our frames is partly written (the peer left mid-write): a
+    // close frame now would land inside it, and would wait for the gate.
+    if socket.get_ref().hold {
+        return;
+    }
     let normal = tungstenite::protocol::CloseFrame { code: tungstenite::protocol::frame::coding::CloseCode::Normal, reason: "".into() };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), socket.close(Some(normal))).await;
 }
