@@ -63,13 +63,14 @@ pub struct CoreConfig {
     /// How long a node's result waits for the dispatcher's detectors before
     /// it is sent without their features.
     pub detect_wait_ms: u64,
-    /// The dispatcher's own CPU as a limit: while a task that asks to run
-    /// waits at least this many ms for a worker thread (sustained for a
-    /// second), it admits fewer new utterances (the rest are refused at
-    /// once with `RATE_LIMITED`)...
+    /// The dispatcher's own CPU as a limit: once a task that asks to run
+    /// has waited at least this many ms for a worker thread for 300 ms,
+    /// utterances in the system are held to a window that shrinks while
+    /// the lag stays this high; a session at its share of it is refused at
+    /// once with `RATE_LIMITED` (`admission::CpuShedder`)...
     pub shed_lag_high_ms: f64,
-    /// ...and at or below this lag it admits more again. `shed_lag_high_ms
-    /// = 0` (the default) turns shedding off; 20 is a starting point.
+    /// ...and at or below this lag the window grows again. `shed_lag_high_ms
+    /// = 0` turns shedding off.
     pub shed_lag_low_ms: f64,
 }
 
@@ -101,8 +102,8 @@ impl Default for CoreConfig {
             sample_rates: tolk_protocol::validate::SAMPLE_RATES.to_vec(),
             detect_wait_ms: 2_000,
             // Off until a quiet-machine sweep shows it helps (README, "Overload").
-            shed_lag_high_ms: 0.0,
-            shed_lag_low_ms: 5.0,
+            shed_lag_high_ms: 5.0,
+            shed_lag_low_ms: 1.0,
         }
     }
 }

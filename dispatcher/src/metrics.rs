@@ -189,8 +189,14 @@ impl Collector for CoreCollector {
         gauge(
             &mut e,
             "shedding",
-            "1 while new utterances are admitted at the rate outcomes are delivered (the dispatcher's CPU is the limit)",
+            "1 while utterances in the system are held to a window (the dispatcher's CPU is the limit)",
             u64::from(s.shedding),
+        )?;
+        gauge(
+            &mut e,
+            "shed_window",
+            "Utterances the system may hold while shedding (0: not shedding)",
+            s.shed_window.map_or(0, |w| w as u64),
         )?;
         counter(&mut e, "canaries_sent", "Canary jobs sent to nodes", s.canaries_sent)?;
         counter(&mut e, "canaries_opus", "Canary jobs sent as Ogg Opus (as phones send), of those sent", s.canaries_opus)?;

@@ -41,7 +41,9 @@
 //!   back to be sent again after the server's `details.retry_after_ms` (at
 //!   most 30 s; `rate_limit_retry_ms` when absent) or at the next outcome,
 //!   whichever is first, and shrinks the send window to what the server had
-//!   accepted (it grows back by one per outcome up to `max_in_flight`). A
+//!   accepted; it stays so until that wait has passed (so probing for more
+//!   costs the server at most one refusal per wait), then grows back by one
+//!   per outcome up to `max_in_flight`. A
 //!   refusal of another code naming `refused_index` is that utterance's
 //!   outcome (`Failed` with the server's code). A refusal naming no index
 //!   cannot be tied to an utterance: it is reported as an error event, and
@@ -429,8 +431,13 @@ pub struct Session {
     attempt: u32,
     /// Utterances to keep in flight (shrinks on `RATE_LIMITED`).
     window: usize,
-    /// No utterance is sent before this (after `RATE_LIMITED`).
+    /// No utterance is sent before this (after `RATE_LIMITED`), unless an
+    /// outcome arrives first.
     paused_until: Option<Millis>,
+    /// The window does not grow before this (after `RATE_LIMITED`: the
+    /// server's `retry_after_ms`, so probing for more costs it at most one
+    /// refusal per wait).
+    grow_after: Option<Millis>,
     /// Closing: the deadline.
     closing: Option<Millis>,
     /// `session_close` was sent: waiting for its ack.
@@ -458,6 +465,7 @@ impl Session {
             attempt: 0,
             window,
             paused_until: None,
+            grow_after: None,
             closing: None,
             close_sent: false,
             actions: Vec::new(),
@@ -869,7 +877,8 @@ impl Session {
     /// A `RATE_LIMITED` refusal of `index`: send it again after the
     /// server's `retry_after_ms` (extension 10; bounded, so a hostile server
     /// cannot stall the session for long) or `rate_limit_retry_ms` without
-    /// one, or at the next outcome, whichever is first.
+    /// one, or at the next outcome, whichever is first. The window is cut to
+    /// what the server had accepted and stays so for that wait.
     fn rate_limited(&mut self, now: Millis, index: u64, retry_after_ms: Option<u64>) {
         let Some(e) = self.entries.get_mut(&index) else { return };
         if !matches!(e.state, EntryState::Sent { .. }) {
@@ -880,6 +889,7 @@ impl Session {
         self.window = accepted_below.max(1);
         let wait = retry_after_ms.map_or(self.cfg.rate_limit_retry_ms, |ms| ms.min(MAX_RETRY_AFTER_MS));
         self.paused_until = Some(now + wait);
+        self.grow_after = Some(now + wait);
     }
 
     /// Records `index`'s outcome (never replacing one) and delivers what is
@@ -890,7 +900,10 @@ impl Session {
             return;
         }
         e.state = EntryState::Done(outcome);
-        self.window = (self.window + 1).min(self.cfg.max_in_flight);
+        if self.grow_after.is_none_or(|t| now >= t) {
+            self.grow_after = None;
+            self.window = (self.window + 1).min(self.cfg.max_in_flight);
+        }
         self.paused_until = None;
         self.deliver_ready();
         self.pump(now);

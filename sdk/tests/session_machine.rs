@@ -498,6 +498,39 @@ fn a_refusal_with_retry_after_ms_waits_that_long() {
 }
 
 #[test]
+fn after_a_refusal_the_window_stays_cut_for_retry_after_ms() {
+    let mut h = H::new(config());
+    h.open(SID, TOKEN);
+    for _ in 0..3 {
+        h.push(100);
+    }
+    assert_eq!(h.sent_indexes(), [0, 1, 2]);
+    // The server took 0 and 1 and refused 2: this session holds its share.
+    h.frame(json!({"type":"error","code":"RATE_LIMITED","message":"over its share",
+                   "details":{"field":"utterance_index","refused_index":2,"retry_after_ms":500}}));
+    h.push(100);
+    assert!(h.sent_indexes().is_empty(), "paused");
+    h.advance(100);
+    h.result(0);
+    assert_eq!(h.sent_indexes(), [2], "an outcome ends the pause, in a window of two");
+    for at in [200, 300, 400] {
+        h.advance(100);
+        h.push(100);
+        h.result(at / 100 - 1);
+        assert_eq!(h.sent_indexes().len(), 1, "at {at} ms one goes out per outcome: the window stays at two");
+    }
+    h.advance(100);
+    h.push(100);
+    h.push(100);
+    h.result(4);
+    assert_eq!(h.sent_indexes(), [6, 7], "retry_after_ms has passed: the window grows by one per outcome again");
+    for i in 5..8 {
+        h.result(i);
+    }
+    assert_eq!(outcomes(&h.events()), ok(0..8), "nothing lost");
+}
+
+#[test]
 fn a_refusal_that_names_another_code_is_the_outcome() {
     let mut h = H::new(config());
     h.open(SID, TOKEN);

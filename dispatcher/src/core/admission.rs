@@ -178,66 +178,77 @@ mod tests {
 ///
 /// Node slots are not the only capacity: when the dispatcher itself cannot
 /// keep up, frames wait in socket buffers where no queue cap sees them, and
-/// everything is served late. The shell measures its scheduling lag (how
-/// long a task that asks to run waits for a worker thread: every connection
-/// with a frame ready is a task waiting) and feeds it here. Once the lag has
-/// stayed at or above `high` ms for a second, new utterances are admitted at
-/// the rate outcomes are delivered, plus 10 % to probe for more (a token
-/// bucket); the rest are refused at once (`RATE_LIMITED`, not accepted),
-/// which costs a small part of serving them, so what is admitted is served in
-/// time. Limiting ends once the lag is at or below `low` and a whole second
-/// passed without a refusal (the offered load fits again).
+/// everything is served late. How late is set by how many utterances the
+/// phones keep unanswered (each up to its window), so the cure is fewer in
+/// flight; admitting at the rate outcomes leave would hold the backlog where
+/// it is. The shell measures its scheduling lag every 100 ms (how long a task
+/// that yields waits for a worker thread: every connection with a frame
+/// ready is a task waiting) and feeds it here with the number of utterances
+/// in the system (accepted, outcome not yet sent).
+///
+/// After [`SUSTAINED`](Self::SUSTAINED) readings in a row at or above
+/// `high`, a *window* on what is in the system starts at half of what is in
+/// it; it shrinks by a fifth each reading the lag stays at or above `high`
+/// (not below [`MIN_WINDOW`](Self::MIN_WINDOW)) and grows by a tenth each
+/// reading at or below `low` (AIMD's shape, on a delay signal). While
+/// limiting, a session holding its *share* (the window over the sessions
+/// with work in the system, at least one) is refused at once with
+/// `RATE_LIMITED`; a session under its share is admitted, so a flood takes
+/// only its own share, never room freed for the others. With more busy
+/// sessions than the window holds, a session with nothing in the system
+/// gets in while there is room, so at most the window is in flight. A refusal still costs reading the frame (a tenth to a quarter of
+/// serving it), so `retry_after_ms` is long enough that with every busy
+/// session retrying once per wait, refusals stay about
+/// [`REFUSAL_SHARE`](Self::REFUSAL_SHARE) of what is served; the SDK keeps
+/// its window cut for that long. Limiting ends once the lag is at or below
+/// `low` and a whole second passed without a refusal.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CpuShedder {
     high: f64,
     low: f64,
     /// Readings in a row at or above `high`.
     busy_run: u32,
-    limiting: bool,
-    tokens: f64,
-    refilled_at: Millis,
+    /// Utterances allowed in the system while limiting.
+    window: Option<f64>,
     last_refusal: Millis,
     served: DrainMeter,
 }
 
 impl CpuShedder {
     /// Readings (100 ms each) at or above `high` before anything is shed.
-    pub const SUSTAINED: u32 = 10;
-    /// Admitted per second at least, however little is served.
-    pub const MIN_RATE: f64 = 5.0;
+    pub const SUSTAINED: u32 = 3;
+    /// The window's factor per reading with the lag at or above `high`.
+    pub const DECREASE: f64 = 0.8;
+    /// The window's growth per reading with the lag at or below `low`.
+    pub const INCREASE: f64 = 0.1;
+    /// Refusals per outcome served that `retry_after_ms` aims at.
+    pub const REFUSAL_SHARE: f64 = 0.05;
+    /// The window never shrinks below this: fewer frames than that are a
+    /// few milliseconds of work, which relieves no CPU (and a small
+    /// deployment is never refused for a lag it did not cause).
+    pub const MIN_WINDOW: f64 = 64.0;
 
     /// A shedder that admits everything until the lag says otherwise;
     /// `high`/`low` are lags in ms. `high <= 0` disables it.
     pub fn new(high: f64, low: f64) -> Self {
-        Self {
-            high,
-            low: low.min(high),
-            busy_run: 0,
-            limiting: false,
-            tokens: 0.0,
-            refilled_at: 0,
-            last_refusal: 0,
-            served: DrainMeter::default(),
-        }
+        Self { high, low: low.min(high), busy_run: 0, window: None, last_refusal: 0, served: DrainMeter::default() }
     }
 
-    /// One reading of the scheduling lag, ms, at `now`.
-    pub fn observe(&mut self, now: Millis, lag_ms: f64) {
+    /// One reading of the scheduling lag, ms, at `now`, with `in_flight`
+    /// utterances in the system.
+    pub fn observe(&mut self, now: Millis, lag_ms: f64, in_flight: usize) {
         if self.high <= 0.0 || !lag_ms.is_finite() {
             return;
         }
-        if lag_ms >= self.high {
-            self.busy_run = self.busy_run.saturating_add(1);
-            if self.busy_run >= Self::SUSTAINED && !self.limiting {
-                self.limiting = true;
-                self.tokens = 0.0;
-                self.refilled_at = now;
-            }
-            return;
-        }
-        self.busy_run = 0;
-        if self.limiting && lag_ms <= self.low && now >= self.last_refusal + 1_000 {
-            self.limiting = false;
+        let busy = lag_ms >= self.high;
+        self.busy_run = if busy { self.busy_run.saturating_add(1) } else { 0 };
+        match &mut self.window {
+            None if self.busy_run >= Self::SUSTAINED => self.window = Some((in_flight as f64 * 0.5).max(Self::MIN_WINDOW)),
+            None => {}
+            Some(w) if busy => *w = (*w * Self::DECREASE).max(Self::MIN_WINDOW),
+            Some(_) if lag_ms <= self.low && now >= self.last_refusal + 1_000 => self.window = None,
+            Some(w) if lag_ms <= self.low => *w += *w * Self::INCREASE,
+            Some(_) => {}
         }
     }
 
@@ -246,37 +257,50 @@ impl CpuShedder {
         self.served.record(now);
     }
 
-    /// The rate utterances are admitted at while limiting, per second.
-    pub fn rate(&self, now: Millis) -> f64 {
-        (self.served.per_s(now) * 1.1).max(Self::MIN_RATE)
+    /// Whether a new utterance arriving at `now` is admitted, with
+    /// `in_flight` utterances in the system, `session_in_flight` of them its
+    /// session's, and `active_sessions()` sessions with work in it (asked
+    /// only while limiting). `Err` is the refusal's `retry_after_ms`.
+    pub fn admit(
+        &mut self,
+        now: Millis,
+        in_flight: usize,
+        session_in_flight: usize,
+        active_sessions: impl FnOnce() -> usize,
+    ) -> Result<(), u64> {
+        let Some(window) = self.window else { return Ok(()) };
+        let active = active_sessions().max(1);
+        let share = (window / active as f64).floor();
+        // More sessions than the window holds: those with nothing in the
+        // system take what room is left, first come first served.
+        if (session_in_flight as f64) < share || (session_in_flight == 0 && (in_flight as f64) < window) {
+            return Ok(());
+        }
+        self.last_refusal = now;
+        Err(self.retry_after_ms(now, active))
     }
 
-    /// Whether a new utterance arriving at `now` is admitted.
-    pub fn admit(&mut self, now: Millis) -> bool {
-        if !self.limiting {
-            return true;
+    /// A refused session's wait: with `active` sessions each refused once
+    /// per wait, refusals are `REFUSAL_SHARE` of the outcomes served.
+    fn retry_after_ms(&self, now: Millis, active: usize) -> u64 {
+        let served = self.served.per_s(now);
+        if served < Self::MIN_SERVED_PER_S {
+            return 1_000;
         }
-        let rate = self.rate(now);
-        let dt = now.saturating_sub(self.refilled_at) as f64 / 1000.0;
-        // At most a fifth of a second's worth in hand: no burst after a lull.
-        self.tokens = (self.tokens + rate * dt).min(rate * 0.2);
-        self.refilled_at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            self.last_refusal = now;
-            false
-        }
+        let ms = active as f64 * 1000.0 / (Self::REFUSAL_SHARE * served);
+        (ms.ceil() as u64).clamp(100, 5_000)
     }
+
+    /// Below this many outcomes a second the drain says nothing yet.
+    const MIN_SERVED_PER_S: f64 = 1.0;
 
     pub fn limiting(&self) -> bool {
-        self.limiting
+        self.window.is_some()
     }
 
-    /// When a shed utterance should come back.
-    pub fn retry_after_ms(&self) -> u64 {
-        1_000
+    /// The window while limiting (for `/metrics`).
+    pub fn window(&self) -> Option<f64> {
+        self.window
     }
 }
 
@@ -284,52 +308,87 @@ impl CpuShedder {
 mod shedder_tests {
     use super::CpuShedder;
 
-    #[test]
-    fn limits_to_what_is_served_after_sustained_lag_and_lets_go_when_it_fits() {
+    fn limiting_at(in_flight: usize) -> (CpuShedder, u64) {
         let mut s = CpuShedder::new(20.0, 5.0);
         let mut now = 1_000_000;
         for _ in 0..CpuShedder::SUSTAINED - 1 {
-            s.observe(now, 50.0);
+            s.observe(now, 50.0, in_flight);
             now += 100;
         }
         assert!(!s.limiting(), "a burst is not overload");
-        s.observe(now, 10.0);
+        s.observe(now, 10.0, in_flight);
         for _ in 0..CpuShedder::SUSTAINED {
             now += 100;
-            s.observe(now, 50.0);
+            s.observe(now, 50.0, in_flight);
         }
         assert!(s.limiting());
-        // 100 outcomes a second are delivered; 400 utterances a second offered.
-        let (mut admitted, mut refused) = (0, 0);
-        for ms in 0..5_000u64 {
-            if ms % 10 == 0 {
-                s.served(now + ms);
-            }
-            if ms % 10 < 4 && ms % 10 != 0 || ms % 10 == 5 {
-                if s.admit(now + ms) {
-                    admitted += 1;
-                } else {
-                    refused += 1;
-                }
-            }
+        (s, now)
+    }
+
+    #[test]
+    fn the_window_starts_at_half_of_what_is_in_flight_shrinks_while_lagging_and_grows_back() {
+        let (mut s, mut now) = limiting_at(1_000);
+        assert_eq!(s.window(), Some(500.0));
+        now += 100;
+        s.observe(now, 30.0, 600);
+        assert_eq!(s.window(), Some(400.0));
+        now += 100;
+        s.observe(now, 10.0, 400);
+        assert_eq!(s.window(), Some(400.0), "between low and high it holds");
+        assert!(s.admit(now, 400, 3, || 200).is_err(), "the session holds its share of 2");
+        now += 100;
+        s.observe(now, 1.0, 300);
+        assert_eq!(s.window(), Some(440.0), "a refusal within the second: grow, do not let go");
+        for _ in 0..100 {
+            now += 100;
+            s.observe(now, 50.0, 300);
         }
-        // Over 5 s the served rate ramps up to 100/s (time constant 2 s); the
-        // admitted rate follows it, 10 % over.
-        assert!(admitted > 250 && admitted < 560, "{admitted} admitted, {refused} refused");
-        assert!(refused > 1_400, "{refused}");
-        now += 5_000;
-        // The lag is low but utterances are still refused: keep limiting.
-        s.observe(now, 1.0);
-        assert!(s.limiting());
-        // A second without refusals and a low lag: done.
-        now += 1_500;
-        s.observe(now, 1.0);
-        assert!(!s.limiting());
-        assert!(s.admit(now));
+        assert_eq!(s.window(), Some(CpuShedder::MIN_WINDOW), "never below the floor");
+        now += 2_000;
+        s.observe(now, 1.0, 0);
+        assert!(!s.limiting(), "a low lag and no refusal for a second: done");
+        assert!(s.admit(now, 1_000_000, 1_000_000, || 1).is_ok());
         let mut off = CpuShedder::new(0.0, 0.0);
         for i in 0..30 {
-            off.observe(i * 100, 500.0);
+            off.observe(i * 100, 500.0, 100);
         }
         assert!(!off.limiting(), "disabled");
+    }
+
+    #[test]
+    fn while_limiting_only_sessions_at_their_share_are_refused() {
+        let (mut s, now) = limiting_at(200);
+        assert_eq!(s.window(), Some(100.0));
+        // 10 busy sessions: a share of 10 each, however full the window.
+        assert!(s.admit(now, 100, 9, || 10).is_ok(), "under its share");
+        assert!(s.admit(now, 100, 10, || 10).is_err(), "at its share");
+        assert!(s.admit(now, 100, 99, || 1).is_ok(), "alone, a session has the whole window");
+        assert!(s.admit(now, 100, 100, || 1).is_err());
+        // More sessions than the window: one with nothing in flight takes
+        // room that is left, and none is taken beyond the window.
+        assert!(s.admit(now, 99, 0, || 1_000).is_ok());
+        assert!(s.admit(now, 100, 0, || 1_000).is_err());
+        assert!(s.admit(now, 50, 1, || 1_000).is_err());
+        let mut off = CpuShedder::new(20.0, 5.0);
+        assert!(off.admit(now, 0, 1_000_000, || unreachable!("not asked unless limiting")).is_ok());
+    }
+
+    #[test]
+    fn the_wait_keeps_refusals_a_small_share_of_what_is_served() {
+        let (mut s, mut now) = limiting_at(1_000);
+        assert_eq!(s.admit(now, 1_000, 1_000, || 100), Err(1_000), "nothing served yet: a second");
+        // 2,000 outcomes a second for 10 s.
+        for _ in 0..20_000 {
+            now += 1;
+            s.served(now);
+            s.served(now);
+        }
+        // 100 sessions once per wait = 5 % of 2,000/s: 100 per second, so 1 s.
+        let wait = s.admit(now, 1_000, 1_000, || 100).unwrap_err();
+        assert!((950..=1_050).contains(&wait), "{wait}");
+        let wait = s.admit(now, 1_000, 1_000, || 10).unwrap_err();
+        assert!((95..=105).contains(&wait), "{wait}");
+        assert_eq!(s.admit(now, 1_000, 1_000, || 1).unwrap_err(), 100, "at least 100 ms");
+        assert_eq!(s.admit(now, 1_000_000, 1_000_000, || 100_000).unwrap_err(), 5_000, "at most 5 s");
     }
 }

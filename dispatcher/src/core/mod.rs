@@ -381,8 +381,9 @@ impl Core {
             Input::Closed { conn } => self.on_closed(now, conn),
             Input::Detected { job_id, extra } => self.on_detected(now, &job_id, extra),
             Input::Load { lag_ms } => {
-                self.shedder.observe(now, lag_ms);
+                self.shedder.observe(now, lag_ms, self.jobs.len());
                 self.stats.shedding = self.shedder.limiting();
+                self.stats.shed_window = self.shedder.window();
             }
             Input::Peer { from, msg } => self.on_peer(now, from, msg),
             Input::SessionFound { conn, session_id, last, found } => self.on_session_found(now, conn, &session_id, last, found),

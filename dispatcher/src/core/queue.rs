@@ -169,6 +169,12 @@ impl Classes {
     pub fn len(&self) -> usize {
         self.classes.len()
     }
+
+    /// Sessions with a job in the system (one in two classes counts twice:
+    /// rare, and it only makes shares smaller).
+    pub fn active_sessions(&self) -> usize {
+        self.classes.values().map(|c| c.per_session.len()).sum()
+    }
 }
 
 #[cfg(test)]

@@ -310,18 +310,17 @@ impl Core {
             }
             Accept::Accepted => {}
         }
-        // The dispatcher's own CPU is the limit: refuse a share at once
-        // (cheaper than serving it late), before any work is spent on it.
-        {
-            if !self.shedder.admit(now) {
-                if let Some(s) = self.sessions.get_mut(id) {
-                    s.order.withdraw(index);
-                }
-                self.stats.cpu_shed += 1;
-                let retry = self.shedder.retry_after_ms();
-                let msg = "the dispatcher is overloaded; send it again later".to_owned();
-                return self.refuse(conn, ErrorCode::RateLimited, msg, index, retry);
+        // The dispatcher's own CPU is the limit: a session at its share of
+        // the window is refused at once (cheaper than serving it late),
+        // before any work is spent on it.
+        let classes = &self.classes;
+        if let Err(retry) = self.shedder.admit(now, self.jobs.len(), unsent, || classes.active_sessions()) {
+            if let Some(s) = self.sessions.get_mut(id) {
+                s.order.withdraw(index);
             }
+            self.stats.cpu_shed += 1;
+            let msg = "the dispatcher is overloaded; send it again later".to_owned();
+            return self.refuse(conn, ErrorCode::RateLimited, msg, index, retry);
         }
         let opus = f64::from(u8::from(u.audio_format == AudioFormat::Opus));
         self.opus_share = 0.95 * self.opus_share + 0.05 * opus;

@@ -53,9 +53,11 @@ pub struct CoreStats {
     pub nodes_live: u64,
     pub queue_depth: u64,
     pub jobs_running: u64,
-    /// New utterances are admitted at the rate outcomes are delivered: the
-    /// dispatcher's own CPU is the limit.
+    /// The dispatcher's own CPU is the limit: utterances in the system are
+    /// held to a window (`admission::CpuShedder`).
     pub shedding: bool,
+    /// That window, while shedding.
+    pub shed_window: Option<f64>,
     /// Connected nodes by trust state.
     pub nodes_by_trust: BTreeMap<&'static str, u64>,
     /// In a cluster (the cluster's counters mean something).
@@ -145,6 +147,7 @@ impl Default for CoreStats {
             sessions_moved_away: 0,
             session_lookups_missed: 0,
             shedding: false,
+            shed_window: None,
             sessions_opened: 0,
             sessions_resumed: 0,
             sessions_expired: 0,

@@ -383,11 +383,14 @@ struct SimSession {
     last_outcome: Option<u64>,
     /// Unanswered utterances the phone may have, as the SDK keeps it: up to
     /// `max_pending`, cut to what the server had accepted by a
-    /// `RATE_LIMITED` refusal, one more per outcome.
+    /// `RATE_LIMITED` refusal, one more per outcome once `grow_after` has passed.
     window: usize,
     /// After a `RATE_LIMITED` refusal, as the SDK does: no sends until the
     /// server's `retry_after_ms` has passed or the next outcome arrives.
     paused_until: Option<Instant>,
+    /// After a `RATE_LIMITED` refusal, as the SDK does: the window does not
+    /// grow before the server's `retry_after_ms` has passed.
+    grow_after: Option<Instant>,
     stats: SessionStats,
     plan: Plan,
 }
@@ -431,6 +434,7 @@ impl SimSession {
                         self.window = self.pending.iter().filter(|p| p.index < index).count().max(1);
                         let wait = frames::u64_field(text, key::RETRY_AFTER_MS).unwrap_or(100).min(30_000);
                         self.paused_until = Some(Instant::now() + Duration::from_millis(wait));
+                        self.grow_after = self.paused_until;
                     }
                     true
                 } else {
@@ -454,7 +458,10 @@ impl SimSession {
         };
         let Some(p) = self.pending.remove(pos) else { return false };
         self.last_outcome = self.last_outcome.max(Some(index));
-        self.window = (self.window + 1).min(self.plan.max_pending);
+        if self.grow_after.is_none_or(|t| Instant::now() >= t) {
+            self.grow_after = None;
+            self.window = (self.window + 1).min(self.plan.max_pending);
+        }
         self.paused_until = None;
         let stamps = self.shared.slot(self.number, index).map(|s| [s[0].swap(0, Ordering::AcqRel), s[1].swap(0, Ordering::AcqRel)]);
         let Some(result_bytes) = result_bytes else { return true };
@@ -749,6 +756,7 @@ pub async fn run_with(target: Target, cfg: &LoadConfig, pids: Vec<Pid>) -> Resul
             last_outcome: None,
             window: plan.max_pending,
             paused_until: None,
+            grow_after: None,
             stats: SessionStats::default(),
             plan,
         };
