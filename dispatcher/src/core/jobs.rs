@@ -384,7 +384,7 @@ impl Core {
             }
         }
         if r.success {
-            self.shedder.served(now);
+            self.shedder.served();
             let took = now.saturating_sub(started);
             self.stats.job_seconds.observe(took as f64 / 1000.0);
             if let Some(n) = self.nodes.get_mut(node_id) {

@@ -314,7 +314,7 @@ impl Core {
         // the window is refused at once (cheaper than serving it late),
         // before any work is spent on it.
         let classes = &self.classes;
-        if let Err(retry) = self.shedder.admit(now, self.jobs.len(), unsent, || classes.active_sessions()) {
+        if let Err(retry) = self.shedder.admit(now, unsent, || classes.active_sessions()) {
             if let Some(s) = self.sessions.get_mut(id) {
                 s.order.withdraw(index);
             }

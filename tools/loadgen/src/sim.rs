@@ -520,7 +520,8 @@ impl SimSession {
             tokio::select! {
                 msg = self.ws.next() => match msg {
                     Some(Ok(Ws::Text(text))) => {
-                        if self.on_frame(text.as_str()) && plan.period.is_none() && self.pending.is_empty() && Instant::now() < plan.measure_until {
+                        let paused = self.paused_until.is_some_and(|t| Instant::now() < t);
+                        if self.on_frame(text.as_str()) && plan.period.is_none() && self.pending.is_empty() && !paused && Instant::now() < plan.measure_until {
                             self.send_next().await?;
                         }
                     }
@@ -541,6 +542,12 @@ impl SimSession {
                     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
                     self.ws.send(Ws::text(frames::client_heartbeat(&self.id, ms, self.last_outcome))).await?;
                     next_heartbeat += plan.heartbeat.unwrap_or_default();
+                }
+                // Closed loop, refused: the next one goes when the pause ends.
+                () = tokio::time::sleep_until(self.paused_until.map_or(plan.give_up, Into::into)),
+                    if plan.period.is_none() && self.pending.is_empty() && self.paused_until.is_some() && sending => {
+                    self.paused_until = None;
+                    self.send_next().await?;
                 }
                 // Wakes the loop at the end of sending to check for the end.
                 () = tokio::time::sleep_until(plan.measure_until), if sending => {}
