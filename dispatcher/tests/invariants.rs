@@ -342,6 +342,15 @@ impl World {
                     }
                 }
             }
+            94 => {
+                // The dispatcher's own CPU: lag readings as the shell takes
+                // them, 100 ms apart, now and then long enough to shed.
+                for _ in 0..self.rng.random_range(1..8) {
+                    let lag_ms = [0.2, 3.0, 8.0, 40.0, 200.0][self.rng.random_range(0..5)];
+                    self.sim.input(tolk_dispatcher::core::Input::Load { lag_ms });
+                    self.advance(100);
+                }
+            }
             _ => {
                 let ms = self.rng.random_range(0..3_000);
                 self.advance(ms);
@@ -512,6 +521,7 @@ fn random_event_sequences_keep_every_invariant() {
                 *stats.entry("retries").or_default() += w.sim.core.stats().retries as usize;
                 *stats.entry("resumes").or_default() += w.sim.core.stats().sessions_resumed as usize;
                 *stats.entry("overload refusals").or_default() += w.sim.core.stats().refusals.values().sum::<u64>() as usize;
+                *stats.entry("cpu sheds").or_default() += w.sim.core.stats().cpu_shed as usize;
                 *stats.entry("unavailable").or_default() += w.sim.core.stats().unavailable_reasons.values().sum::<u64>() as usize;
             }
             Err(e) => {

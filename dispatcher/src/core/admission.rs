@@ -188,20 +188,25 @@ mod tests {
 ///
 /// After [`SUSTAINED`](Self::SUSTAINED) readings in a row at or above
 /// `high`, a *window* on what is in the system starts at half of what is in
-/// it; it shrinks by a fifth (up to a half, the further the lag is over)
-/// each reading the lag stays at or above `high`
-/// (not below [`MIN_WINDOW`](Self::MIN_WINDOW)) and grows by a tenth each
-/// reading at or below `low` (AIMD's shape, on a delay signal). While
-/// limiting, a session holding its *share* (the window over the sessions
-/// with work in the system, at least one) is refused at once with
-/// `RATE_LIMITED`; a session under its share is admitted, so a flood takes
-/// only its own share, never room freed for the others, and a session with
-/// nothing in the system always gets one in. A refusal still costs reading the frame (a tenth to a quarter of
-/// serving it), so `retry_after_ms` is long enough that with every busy
-/// session retrying once per wait, refusals stay about
-/// [`REFUSAL_SHARE`](Self::REFUSAL_SHARE) of what is served; the SDK keeps
-/// its window cut for that long. Limiting ends once the lag is at or below
-/// `low` and a whole second passed without a refusal.
+/// it. It shrinks by a fifth (up to a half, the further the lag is over)
+/// each reading the lag stays at or above `high`, never below
+/// [`MIN_WINDOW`](Self::MIN_WINDOW), and grows by a tenth each reading at or
+/// below `low` (AIMD's shape, on a delay signal).
+///
+/// While limiting, a session holding its *share* (the window over the
+/// sessions with work in the system) is refused at once with
+/// `RATE_LIMITED`; a session under its share is admitted. So a flood takes
+/// only its own share, never room freed for the others. A session that
+/// keeps to its share is guaranteed one in flight even when there are more
+/// busy sessions than the window (closed-loop phones are never refused); one
+/// refused lately gets one in only while the window has room, so floods
+/// cannot hold the window open and what is served stays near the window's
+/// latency. A refusal still costs reading
+/// the frame (a tenth to a quarter of serving it), so `retry_after_ms` is
+/// long enough that with every busy session refused once per wait,
+/// refusals stay about [`REFUSAL_SHARE`](Self::REFUSAL_SHARE) of what is
+/// served; the SDK keeps its window cut for that long. Limiting ends once
+/// the lag is at or below `low` and a whole second passed without a refusal.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CpuShedder {
     high: f64,
@@ -233,6 +238,8 @@ impl CpuShedder {
     /// few milliseconds of work, which relieves no CPU (and a small
     /// deployment is never refused for a lag it did not cause).
     pub const MIN_WINDOW: f64 = 64.0;
+    /// How long a refused session counts as sending past its share.
+    pub const FLOOD_MEMORY_MS: Millis = 2_000;
 
     /// A shedder that admits everything until the lag says otherwise;
     /// `high`/`low` are lags in ms. `high <= 0` disables it.
@@ -255,7 +262,11 @@ impl CpuShedder {
         let busy = lag_ms >= self.high;
         self.busy_run = if busy { self.busy_run.saturating_add(1) } else { 0 };
         match &mut self.window {
-            None if self.busy_run >= Self::SUSTAINED => self.window = Some((in_flight as f64 * 0.5).max(Self::MIN_WINDOW)),
+            // Fewer than the floor in the system: nothing to hold back (the
+            // lag is something else, such as a burst of connections).
+            None if self.busy_run >= Self::SUSTAINED && in_flight as f64 >= Self::MIN_WINDOW => {
+                self.window = Some((in_flight as f64 * 0.5).max(Self::MIN_WINDOW));
+            }
             None => {}
             // The further over, the faster down: a deep backlog at the
             // start of an overload is cut within a few readings.
@@ -272,19 +283,30 @@ impl CpuShedder {
     }
 
     /// Whether a new utterance arriving at `now` is admitted, with
-    /// `session_in_flight` of its session's utterances in the system and
-    /// `active_sessions()` sessions with work in it (asked only while
-    /// limiting). `Err` is the refusal's `retry_after_ms`.
-    pub fn admit(&mut self, now: Millis, session_in_flight: usize, active_sessions: impl FnOnce() -> usize) -> Result<(), u64> {
+    /// `in_flight` utterances in the system, `session_in_flight` of them its
+    /// session's, `flooding` if the session was refused in the last
+    /// [`FLOOD_MEMORY_MS`](Self::FLOOD_MEMORY_MS), and `active_sessions()`
+    /// sessions with work in it (asked only while limiting). `Err` is the
+    /// refusal's `retry_after_ms`.
+    pub fn admit(
+        &mut self,
+        now: Millis,
+        in_flight: usize,
+        session_in_flight: usize,
+        flooding: bool,
+        active_sessions: impl FnOnce() -> usize,
+    ) -> Result<(), u64> {
         let Some(window) = self.window else { return Ok(()) };
         let active = active_sessions().max(1);
-        // At least one each: with more busy sessions than the window, what
-        // is served waits about (sessions ÷ rate), which is the fair bound;
-        // refusing a session with nothing in the system would only trade
-        // that wait for a refusal (which costs reading the frame) and a
-        // longer wait for `retry_after_ms`.
-        let share = (window / active as f64).floor().max(1.0);
-        if (session_in_flight as f64) < share {
+        let share = (window / active as f64).floor();
+        // One each is guaranteed to a session that keeps to its share (a
+        // closed-loop phone: refusing it would only trade its wait for a
+        // refusal, which costs reading the frame, and a longer wait). A
+        // session refused lately sends past its share: with more busy
+        // sessions than the window, it gets one in only while the window
+        // has room, so floods do not hold the window open.
+        let guaranteed = if flooding { 0.0 } else { 1.0 };
+        if (session_in_flight as f64) < share.max(guaranteed) || (session_in_flight == 0 && (in_flight as f64) < window) {
             return Ok(());
         }
         self.last_refusal = now;
@@ -353,7 +375,7 @@ mod shedder_tests {
         now += 100;
         s.observe(now, 10.0, 400);
         assert_eq!(s.window(), Some(400.0), "between low and high it holds");
-        assert!(s.admit(now, 3, || 200).is_err(), "the session holds its share of 2");
+        assert!(s.admit(now, 400, 3, false, || 200).is_err(), "the session holds its share of 2");
         now += 100;
         s.observe(now, 1.0, 300);
         assert_eq!(s.window(), Some(440.0), "a refusal within the second: grow, do not let go");
@@ -365,7 +387,7 @@ mod shedder_tests {
         now += 2_000;
         s.observe(now, 1.0, 0);
         assert!(!s.limiting(), "a low lag and no refusal for a second: done");
-        assert!(s.admit(now, 1_000_000, || 1).is_ok());
+        assert!(s.admit(now, 1_000_000, 1_000_000, true, || 1).is_ok());
         let mut off = CpuShedder::new(0.0, 0.0);
         for i in 0..30 {
             off.observe(i * 100, 500.0, 100);
@@ -377,22 +399,26 @@ mod shedder_tests {
     fn while_limiting_only_sessions_at_their_share_are_refused() {
         let (mut s, now) = limiting_at(200);
         assert_eq!(s.window(), Some(100.0));
-        // 10 busy sessions: a share of 10 each.
-        assert!(s.admit(now, 9, || 10).is_ok(), "under its share");
-        assert!(s.admit(now, 10, || 10).is_err(), "at its share");
-        assert!(s.admit(now, 99, || 1).is_ok(), "alone, a session has the whole window");
-        assert!(s.admit(now, 100, || 1).is_err());
-        // More busy sessions than the window: one each.
-        assert!(s.admit(now, 0, || 1_000).is_ok(), "a newcomer always gets one in");
-        assert!(s.admit(now, 1, || 1_000).is_err());
+        // 10 busy sessions: a share of 10 each, however full the window.
+        assert!(s.admit(now, 100, 9, true, || 10).is_ok(), "under its share");
+        assert!(s.admit(now, 100, 10, false, || 10).is_err(), "at its share");
+        assert!(s.admit(now, 100, 99, false, || 1).is_ok(), "alone, a session has the whole window");
+        assert!(s.admit(now, 100, 100, false, || 1).is_err());
+        // More busy sessions than the window: one each for a session that
+        // keeps to its share, whatever the window holds...
+        assert!(s.admit(now, 500, 0, false, || 1_000).is_ok(), "a newcomer always gets one in");
+        assert!(s.admit(now, 500, 1, false, || 1_000).is_err());
+        // ...and for one refused lately, only while the window has room.
+        assert!(s.admit(now, 99, 0, true, || 1_000).is_ok());
+        assert!(s.admit(now, 100, 0, true, || 1_000).is_err());
         let mut off = CpuShedder::new(20.0, 5.0);
-        assert!(off.admit(now, 1_000_000, || unreachable!("not asked unless limiting")).is_ok());
+        assert!(off.admit(now, 0, 1_000_000, true, || unreachable!("not asked unless limiting")).is_ok());
     }
 
     #[test]
     fn the_wait_keeps_refusals_a_small_share_of_what_is_served() {
         let (mut s, mut now) = limiting_at(1_000);
-        assert_eq!(s.admit(now, 1_000, || 100), Err(1_000), "nothing served yet: a second");
+        assert_eq!(s.admit(now, 1_000, 1_000, false, || 100), Err(1_000), "nothing served yet: a second");
         // 2,000 outcomes a second, read every 100 ms: the rate is known
         // within a second.
         for _ in 0..10 {
@@ -404,11 +430,11 @@ mod shedder_tests {
             s.observe(now, 10.0, 1_000);
         }
         // 100 sessions once per wait = 2 % of 2,000/s: 40 per second, so 2.5 s.
-        let wait = s.admit(now, 1_000, || 100).unwrap_err();
+        let wait = s.admit(now, 1_000, 1_000, false, || 100).unwrap_err();
         assert!((2_500..=2_505).contains(&wait), "{wait}");
-        let wait = s.admit(now, 1_000, || 10).unwrap_err();
+        let wait = s.admit(now, 1_000, 1_000, false, || 10).unwrap_err();
         assert!((250..=251).contains(&wait), "{wait}");
-        assert_eq!(s.admit(now, 1_000, || 1).unwrap_err(), 100, "at least 100 ms");
-        assert_eq!(s.admit(now, 1_000_000, || 100_000).unwrap_err(), 5_000, "at most 5 s");
+        assert_eq!(s.admit(now, 1_000, 1_000, false, || 1).unwrap_err(), 100, "at least 100 ms");
+        assert_eq!(s.admit(now, 1_000_000, 1_000_000, false, || 100_000).unwrap_err(), 5_000, "at most 5 s");
     }
 }

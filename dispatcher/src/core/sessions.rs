@@ -43,6 +43,8 @@ pub(super) struct Session {
     pub jobs: HashSet<String>,
     pub last_activity: Millis,
     pub detached_at: Option<Millis>,
+    /// When the CPU shedder last refused this session (it sends past its share).
+    pub cpu_refused_at: Option<Millis>,
 }
 
 impl Core {
@@ -196,6 +198,7 @@ impl Core {
             jobs: HashSet::new(),
             last_activity: now,
             detached_at: None,
+            cpu_refused_at: None,
         }
     }
 
@@ -314,9 +317,16 @@ impl Core {
         // the window is refused at once (cheaper than serving it late),
         // before any work is spent on it.
         let classes = &self.classes;
-        if let Err(retry) = self.shedder.admit(now, unsent, || classes.active_sessions()) {
+        let flooding = s.cpu_refused_at.is_some_and(|at| now < at + admission::CpuShedder::FLOOD_MEMORY_MS);
+        if let Err(retry) = self.shedder.admit(now, self.jobs.len(), unsent, flooding, || classes.active_sessions()) {
             if let Some(s) = self.sessions.get_mut(id) {
                 s.order.withdraw(index);
+                // Only asking past the guaranteed one marks a flood: a
+                // session refused with nothing in flight gets its one back
+                // once the mark has aged, and is never starved.
+                if unsent > 0 {
+                    s.cpu_refused_at = Some(now);
+                }
             }
             self.stats.cpu_shed += 1;
             let msg = "the dispatcher is overloaded; send it again later".to_owned();
