@@ -36,6 +36,16 @@ struct Tally {
     sent_at: HashMap<u64, u64>,
 }
 
+/// Opens `n` en → es sessions: (conn, session id).
+fn open_sessions(sim: &mut Sim, n: usize) -> Vec<(u64, String)> {
+    (0..n)
+        .map(|_| {
+            let (conn, id, _) = sim.open_session("en", "es");
+            (conn, id)
+        })
+        .collect()
+}
+
 struct Load {
     sim: Sim,
     nodes: Vec<(u64, String)>,
@@ -56,12 +66,7 @@ impl Load {
                 (conn, id)
             })
             .collect();
-        let sessions: Vec<(u64, String)> = (0..sessions)
-            .map(|_| {
-                let (conn, id, _) = sim.open_session("en", "es");
-                (conn, id)
-            })
-            .collect();
+        let sessions = open_sessions(&mut sim, sessions);
         let n = sessions.len();
         Self {
             sim,
@@ -271,12 +276,7 @@ impl CpuBound {
             ..CoreConfig::default()
         });
         let (conn, node_id, _) = sim.register_node(&[("en", "es")], true);
-        let sessions: Vec<(u64, String)> = (0..FLOODS + LIGHT)
-            .map(|_| {
-                let (conn, id, _) = sim.open_session("en", "es");
-                (conn, id)
-            })
-            .collect();
+        let sessions = open_sessions(&mut sim, FLOODS + LIGHT);
         let n = sessions.len();
         Self {
             sim,
