@@ -190,7 +190,7 @@ impl Collector for CoreCollector {
             &mut e,
             "shedding",
             "1 while utterances in the system are held to a window (the dispatcher's CPU is the limit)",
-            u64::from(s.shedding),
+            u64::from(s.shed_window.is_some()),
         )?;
         gauge(
             &mut e,

@@ -240,6 +240,8 @@ impl CpuShedder {
     pub const MIN_WINDOW: f64 = 64.0;
     /// How long a refused session counts as sending past its share.
     pub const FLOOD_MEMORY_MS: Millis = 2_000;
+    /// Below this many outcomes a second the drain says nothing yet.
+    const MIN_SERVED_PER_S: f64 = 1.0;
 
     /// A shedder that admits everything until the lag says otherwise;
     /// `high`/`low` are lags in ms. `high <= 0` disables it.
@@ -323,9 +325,6 @@ impl CpuShedder {
         let ms = active as f64 * 1000.0 / (Self::REFUSAL_SHARE * served);
         (ms.ceil() as u64).clamp(100, 5_000)
     }
-
-    /// Below this many outcomes a second the drain says nothing yet.
-    const MIN_SERVED_PER_S: f64 = 1.0;
 
     pub fn limiting(&self) -> bool {
         self.window.is_some()

@@ -382,7 +382,6 @@ impl Core {
             Input::Detected { job_id, extra } => self.on_detected(now, &job_id, extra),
             Input::Load { lag_ms } => {
                 self.shedder.observe(now, lag_ms, self.jobs.len());
-                self.stats.shedding = self.shedder.limiting();
                 self.stats.shed_window = self.shedder.window();
             }
             Input::Peer { from, msg } => self.on_peer(now, from, msg),

@@ -53,10 +53,8 @@ pub struct CoreStats {
     pub nodes_live: u64,
     pub queue_depth: u64,
     pub jobs_running: u64,
-    /// The dispatcher's own CPU is the limit: utterances in the system are
-    /// held to a window (`admission::CpuShedder`).
-    pub shedding: bool,
-    /// That window, while shedding.
+    /// While the dispatcher's own CPU is the limit: the window utterances
+    /// in the system are held to (`admission::CpuShedder`).
     pub shed_window: Option<f64>,
     /// Connected nodes by trust state.
     pub nodes_by_trust: BTreeMap<&'static str, u64>,
@@ -146,7 +144,6 @@ impl Default for CoreStats {
             sessions_restored: 0,
             sessions_moved_away: 0,
             session_lookups_missed: 0,
-            shedding: false,
             shed_window: None,
             sessions_opened: 0,
             sessions_resumed: 0,
