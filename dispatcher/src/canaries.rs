@@ -9,6 +9,8 @@
 //! audio = "en-weather.wav"        # beside this file: mono 16-bit PCM WAV
 //! text = "the weather is nice today"
 //! translation = "el tiempo es bueno hoy"
+//! # or several wordings; an answer is held to the closest:
+//! # translation = ["el tiempo es bueno hoy", "hace buen tiempo hoy"]
 //! ```
 
 use std::path::Path;
@@ -23,6 +25,8 @@ use crate::core::trust::{Canary, CanarySet};
 /// At most this many canaries, of at most this length each.
 pub const MAX_CANARIES: usize = 256;
 pub const MAX_CANARY_MS: u64 = 30_000;
+/// At most this many wordings of one canary's translation.
+pub const MAX_REFERENCES: usize = 16;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,7 +41,15 @@ struct Entry {
     tgt_lang: String,
     audio: String,
     text: String,
-    translation: String,
+    translation: References,
+}
+
+/// One correct translation, or several wordings of it.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum References {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// Reads the set at `path`; every problem is an error naming the file and entry.
@@ -56,8 +68,18 @@ pub fn load(path: &Path) -> Result<CanarySet, Error> {
         if e.text.trim().is_empty() || e.src_lang.trim().is_empty() || e.tgt_lang.trim().is_empty() {
             return Err(at("src_lang, tgt_lang and text must not be empty".into()));
         }
-        if !e.src_lang.eq_ignore_ascii_case(&e.tgt_lang) && e.translation.trim().is_empty() {
+        let translations: Vec<String> = match e.translation {
+            References::One(t) => vec![t],
+            References::Many(ts) => ts,
+        }
+        .into_iter()
+        .filter(|t| !t.trim().is_empty())
+        .collect();
+        if !e.src_lang.eq_ignore_ascii_case(&e.tgt_lang) && translations.is_empty() {
             return Err(at("a translation is needed when the languages differ".into()));
+        }
+        if translations.len() > MAX_REFERENCES {
+            return Err(at(format!("{} translations; at most {MAX_REFERENCES}", translations.len())));
         }
         let wav = dir.join(&e.audio);
         let mut reader = hound::WavReader::open(&wav).map_err(|x| at(format!("{}: {x}", wav.display())))?;
@@ -79,7 +101,7 @@ pub fn load(path: &Path) -> Result<CanarySet, Error> {
             src_lang: e.src_lang,
             tgt_lang: e.tgt_lang,
             text: e.text,
-            translation: e.translation,
+            translations,
             samples: Arc::from(samples),
             sample_rate: spec.sample_rate,
             opus,
@@ -145,6 +167,13 @@ mod tests {
         assert!(e.contains("missing field"), "{e}");
         let e = set(&dir, &entry("ok.wav").replace("text = \"hello\"", "text = \"  \"")).unwrap_err().to_string();
         assert!(e.contains("must not be empty"), "{e}");
+        // Several wordings of the translation; blank ones are dropped, none at all is refused.
+        let s = set(&dir, &entry("ok.wav").replace("\"hola\"", "[\"hola\", \" \", \"buenas\"]")).unwrap();
+        assert_eq!(s.canaries[0].translations, ["hola", "buenas"]);
+        let e = set(&dir, &entry("ok.wav").replace("\"hola\"", "[\" \"]")).unwrap_err().to_string();
+        assert!(e.contains("a translation is needed"), "{e}");
+        let e = set(&dir, &entry("ok.wav").replace("\"hola\"", "[1]")).unwrap_err().to_string();
+        assert!(e.contains("canary set"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -376,7 +376,7 @@ fn a_quarantined_node_stays_quarantined_when_it_reconnects_to_another_dispatcher
             src_lang: "en".into(),
             tgt_lang: "es".into(),
             text: "the weather is nice today".into(),
-            translation: "el tiempo es bueno hoy".into(),
+            translations: vec!["el tiempo es bueno hoy".into()],
             samples: Arc::from(samples),
             sample_rate: 16_000,
             opus: Vec::new(),

@@ -40,8 +40,10 @@ pub struct Canary {
     pub tgt_lang: String,
     /// What the speech says.
     pub text: String,
-    /// A correct translation of it (scored by content-word recall).
-    pub translation: String,
+    /// Correct translations of it, worded differently (an answer is scored
+    /// by its content-word recall of the closest one). At least one when the
+    /// languages differ.
+    pub translations: Vec<String>,
     /// Mono 16-bit samples.
     pub samples: Arc<[i16]>,
     pub sample_rate: u32,
@@ -393,7 +395,7 @@ impl Core {
             Some(c) => {
                 let expected = Expected {
                     text: &c.text,
-                    translation: &c.translation,
+                    translations: &c.translations,
                     audio_ms: inf.audio_ms,
                     wants_translation: inf.pipeline.use_nmt,
                     wants_speech: inf.pipeline.use_tts,
