@@ -122,16 +122,27 @@ impl Upgrade {
 /// A connection whose writes by tungstenite can be held: while one of our
 /// frames is partly written they wait (tungstenite keeps them and retries,
 /// and a read goes on meanwhile), so its frames never land inside ours.
+///
+/// It also reads ahead: tungstenite asks for at most its read buffer
+/// (`ws_read_buffer_bytes`, 8 KiB so idle connections stay small) per
+/// read, which took six `recv` calls for each 43 kB utterance. Here one
+/// read of up to [`READ_AHEAD`] goes into memory that is not zero-filled,
+/// and tungstenite's reads are served from it; the memory is given back
+/// whenever it is drained and the socket has nothing more.
 #[derive(Debug)]
 pub(crate) struct Gated<T> {
     io: T,
     hold: bool,
     waker: Option<Waker>,
+    ahead: bytes::BytesMut,
 }
+
+/// Bytes read from the socket at once, at most.
+pub(crate) const READ_AHEAD: usize = 64 * 1024;
 
 impl<T> Gated<T> {
     pub(crate) fn new(io: T) -> Self {
-        Self { io, hold: false, waker: None }
+        Self { io, hold: false, waker: None, ahead: bytes::BytesMut::new() }
     }
 
     fn held(&mut self, cx: &Context<'_>) -> bool {
@@ -147,11 +158,36 @@ impl<T> Gated<T> {
             w.wake();
         }
     }
+
+    /// Moves what fits of the bytes read ahead into `buf`.
+    fn serve(&mut self, buf: &mut ReadBuf<'_>) {
+        let n = buf.remaining().min(self.ahead.len());
+        buf.put_slice(&self.ahead[..n]);
+        bytes::Buf::advance(&mut self.ahead, n);
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Gated<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let this = &mut *self;
+        if this.ahead.is_empty() {
+            if buf.remaining() >= READ_AHEAD {
+                return Pin::new(&mut this.io).poll_read(cx, buf);
+            }
+            this.ahead.reserve(READ_AHEAD);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.ahead) {
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // Nothing to read: an idle connection keeps no buffer.
+                    this.ahead = bytes::BytesMut::new();
+                    return Poll::Pending;
+                }
+            }
+        }
+        // Empty still: the peer closed (a read of nothing is the end).
+        this.serve(buf);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -523,6 +559,38 @@ mod tests {
         let mut got = vec![0u8; 6];
         theirs.read_exact(&mut got).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(got, [b'o', b'u', b'r', b's', 0x8a, 0x00], "our bytes, then the whole pong");
+    }
+
+    /// Reads ahead: small reads get every byte in order from one large
+    /// read of the socket; a drained connection with nothing more to read
+    /// keeps no buffer; the peer's end reads as the end.
+    #[tokio::test]
+    async fn reads_ahead_in_order_and_an_idle_connection_keeps_no_buffer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let mut gated = Gated::new(ours);
+        let sent: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        theirs.write_all(&sent).await.unwrap_or_else(|e| panic!("{e}"));
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 8 * 1024];
+        while got.len() < sent.len() {
+            let n = gated.read(&mut chunk).await.unwrap_or_else(|e| panic!("{e}"));
+            assert!(n > 0 && n <= chunk.len());
+            got.extend_from_slice(&chunk[..n]);
+            assert!(gated.ahead.len() < READ_AHEAD, "one read of the socket at a time, at most READ_AHEAD");
+        }
+        assert!(got == sent, "every byte, in order");
+        // Drained, and the socket has nothing: the buffer is given back.
+        let quiet = std::time::Duration::from_millis(20);
+        assert!(tokio::time::timeout(quiet, gated.read(&mut chunk)).await.is_err());
+        assert_eq!(gated.ahead.capacity(), 0, "an idle connection keeps no read-ahead buffer");
+        // A read as large as the read-ahead goes straight to the socket.
+        theirs.write_all(b"tail").await.unwrap_or_else(|e| panic!("{e}"));
+        let mut big = vec![0u8; READ_AHEAD];
+        assert_eq!(gated.read(&mut big).await.unwrap_or_else(|e| panic!("{e}")), 4);
+        assert_eq!(gated.ahead.capacity(), 0);
+        drop(theirs);
+        assert_eq!(gated.read(&mut chunk).await.unwrap_or_else(|e| panic!("{e}")), 0, "the peer's end");
     }
 
     /// A peer that stops reading: the write waits, frames are still read,
