@@ -120,8 +120,9 @@ pub struct Config {
     /// past this (for nodes raised to what the core may send one at once:
     /// twice the job cap plus 64).
     pub outbound_queue: usize,
-    /// Read buffer of each WebSocket (resident per connection; larger frames
-    /// are read in several steps).
+    /// Bytes read from a WebSocket at once while waiting for a frame's
+    /// header (a frame's payload is read as a whole). Held only while data
+    /// arrives: an idle connection keeps no read buffer.
     pub ws_read_buffer_bytes: usize,
     /// Open WebSocket connections, all endpoints together.
     pub max_connections: usize,
@@ -252,7 +253,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             max_frame_bytes: 4 * 1024 * 1024,
             outbound_queue: 256,
-            ws_read_buffer_bytes: 8 * 1024,
+            ws_read_buffer_bytes: 64 * 1024,
             max_connections: 20_000,
             admin_token: None,
             tls_cert: None,

@@ -16,8 +16,8 @@
 //!   policies) and [`core::stats`] (its counters as plain data).
 //! - [`shell`]: axum routes, per-connection tasks, timers, admin API, TLS,
 //!   graceful shutdown; [`shell::web`] serves the web client (`/app/`) and
-//!   the dashboard (`/dashboard`); `ws`: the WebSocket upgrade, reader
-//!   (tungstenite) and our vectored writer.
+//!   the dashboard (`/dashboard`); `ws`: the WebSocket upgrade, our
+//!   reader (`ws::read`) and our vectored writer, on one socket.
 //! - [`config`]: every setting and its default; [`canaries`]: loading the canary set.
 //! - [`metrics`]: Prometheus export of the core's stats and the shell's own measurements.
 

@@ -27,7 +27,6 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tolk_protocol::{ClientToServer, Message, NodeToServer, ProtocolError};
 
 use crate::Error;
@@ -443,18 +442,14 @@ impl Dispatcher {
 
     /// Drives one connection in one task ([`ws::drive`]): frames read go to
     /// the core, frames the core queues are written, both at once.
-    async fn serve_socket(
-        self,
-        io: ws::Io,
-        config: WebSocketConfig,
-        endpoint: Endpoint,
-        addr: IpAddr,
-        _permit: tokio::sync::OwnedSemaphorePermit,
-    ) {
+    async fn serve_socket(self, io: ws::Io, endpoint: Endpoint, addr: IpAddr, _permit: tokio::sync::OwnedSemaphorePermit) {
         let conn = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel::<Out>(self.outbound_capacity(endpoint));
         let (kill, mut killed) = tokio::sync::oneshot::channel::<()>();
-        let mut socket = ws::Socket::from_raw_socket(ws::Gated::new(io), Role::Server, Some(config)).await;
+        // Frames up to twice the limit are read and answered with an error;
+        // larger ones end the connection at the WebSocket layer (1009).
+        let limit = self.shared.config.max_frame_bytes.saturating_mul(2);
+        let mut socket = ws::Socket::new(io, limit, self.shared.config.ws_read_buffer_bytes);
         self.lock().peers.insert(conn, Peer { tx, _kill: kill });
         self.with_core(|core, now| core.handle(now, Input::Opened { conn, endpoint, addr }));
         let dispatch_seconds = self.shared.metrics.dispatch_seconds.clone();
@@ -480,7 +475,7 @@ impl Dispatcher {
                     }
                 }
                 WsMessage::Binary(_) => Input::Invalid { conn, error: ProtocolError::binary_frame() },
-                // Pings are answered and closes replied to by tungstenite.
+                // Pings are answered by `ws::drive`; a close ends it.
                 WsMessage::Close(_) | WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => return,
             };
             self.with_core_from(Some(read_at), |core, now| core.handle(now, input));
@@ -489,9 +484,7 @@ impl Dispatcher {
         let end = ws::drive(&mut socket, &mut rx, &mut killed, on_message, sent).await;
         self.lock().peers.remove(&conn);
         self.with_core(|core, now| core.handle(now, Input::Closed { conn }));
-        if end != ws::End::Killed {
-            ws::close(&mut socket).await;
-        }
+        ws::close(&mut socket, end).await;
     }
 
     /// Frames queued to one peer before it counts as not reading. For a
@@ -514,17 +507,8 @@ impl Dispatcher {
         let Ok(permit) = self.shared.connections.clone().try_acquire_owned() else {
             return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
         };
-        // Frames up to twice the limit are read and answered with an error;
-        // larger ones end the connection at the WebSocket layer.
-        let limit = self.shared.config.max_frame_bytes.saturating_mul(2);
-        // tungstenite zero-fills its whole read buffer on first use: the
-        // default 128 KiB would stay resident in every idle connection.
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(limit))
-            .max_frame_size(Some(limit))
-            .read_buffer_size(self.shared.config.ws_read_buffer_bytes.max(1024));
         let this = self.clone();
-        ws.on_upgrade(move |io| this.serve_socket(io, config, endpoint, addr.ip(), permit))
+        ws.on_upgrade(move |io| this.serve_socket(io, endpoint, addr.ip(), permit))
     }
 
     fn authorized(&self, headers: &HeaderMap) -> Result<(), StatusCode> {

@@ -1,6 +1,5 @@
 //! The dispatcher's WebSocket connections: the HTTP upgrade, a reader
-//! (tungstenite: framing, masking, size limits, UTF-8, ping and close
-//! replies) and a writer of our own.
+//! ([`read`]) and a writer of our own, both on the one socket.
 //!
 //! Why our own writer: every frame the dispatcher sends carries tens of kB
 //! of audio that it received and keeps as JSON text. Through a WebSocket
@@ -9,42 +8,59 @@
 //! sends a frame's header, its serialized head and tail, and the audio
 //! literal where it lies, in one vectored write, and gathers the frames
 //! queued for a connection into the same write. Server frames are never
-//! masked, so the bytes on the wire are exactly these pieces.
+//! masked, so the bytes on the wire are exactly these pieces. Why our own
+//! reader: see [`read`] (tungstenite's took six `recv`s and a zero-fill per
+//! utterance).
 //!
-//! tungstenite still reads, and writes the control frames it answers with
-//! (pong, the reply to a close). One task per connection drives both
-//! directions of the one socket ([`drive`]): each poll advances the write in
-//! flight, then reads. Splitting the socket into halves instead put a lock
-//! between them, which spun for 8 % of the CPU on two cores; driving one
-//! direction at a time instead would stop reading a peer while a write to
-//! it waits, and two such peers can wait on each other for ever. While one
-//! of our frames is partly written, tungstenite's writes are held
-//! ([`Gated`]) so the two never interleave.
+//! One task per connection drives both directions of the one socket
+//! ([`drive`]): each poll advances the write in flight, then reads.
+//! Splitting the socket into halves instead put a lock between them, which
+//! spun for 8 % of the CPU on two cores; driving one direction at a time
+//! instead would stop reading a peer while a write to it waits, and two
+//! such peers can wait on each other for ever. A pong goes out between
+//! our frames, never inside one.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::FromRequestParts;
 use axum::http::{HeaderValue, Method, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
-use futures_util::{Sink, StreamExt};
+use bytes::Bytes;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::core::Frame;
+
+pub(crate) mod read;
 
 /// An upgraded connection.
 pub(crate) type Io = TokioIo<Upgraded>;
 
-/// A connection: tungstenite reads it and answers control frames; [`drive`]
-/// writes our frames.
-pub(crate) type Socket<T = Io> = WebSocketStream<Gated<T>>;
+/// A connection: the socket, what has been read of it, and the pong owed.
+#[derive(Debug)]
+pub(crate) struct Socket<T = Io> {
+    io: T,
+    reader: read::Reader,
+    /// The payload of the last ping not yet answered (RFC 6455 §5.5.3: only
+    /// the most recent needs its pong, so a ping flood holds one).
+    pong: Option<Bytes>,
+    /// One of our frames is partly written: nothing else may go out now.
+    mid_frame: bool,
+}
+
+impl<T> Socket<T> {
+    /// A server's side of an upgraded connection: messages up to `max_size`
+    /// bytes, `read_ahead` bytes read at once while waiting for a header.
+    pub(crate) fn new(io: T, max_size: usize, read_ahead: usize) -> Self {
+        Self { io, reader: read::Reader::new(max_size, read_ahead), pong: None, mid_frame: false }
+    }
+}
 
 /// Frames gathered into one vectored write, at most (each is up to four
 /// slices; `IOV_MAX` is 1024).
@@ -119,117 +135,16 @@ impl Upgrade {
     }
 }
 
-/// A connection whose writes by tungstenite can be held: while one of our
-/// frames is partly written they wait (tungstenite keeps them and retries,
-/// and a read goes on meanwhile), so its frames never land inside ours.
-///
-/// It also reads ahead: tungstenite asks for at most its read buffer
-/// (`ws_read_buffer_bytes`, 8 KiB so idle connections stay small) per
-/// read, which took six `recv` calls for each 43 kB utterance. Here one
-/// read of up to [`READ_AHEAD`] goes into memory that is not zero-filled,
-/// and tungstenite's reads are served from it; the memory is given back
-/// whenever it is drained and the socket has nothing more.
-#[derive(Debug)]
-pub(crate) struct Gated<T> {
-    io: T,
-    hold: bool,
-    waker: Option<Waker>,
-    ahead: bytes::BytesMut,
-}
-
-/// Bytes read from the socket at once, at most.
-pub(crate) const READ_AHEAD: usize = 64 * 1024;
-
-impl<T> Gated<T> {
-    pub(crate) fn new(io: T) -> Self {
-        Self { io, hold: false, waker: None, ahead: bytes::BytesMut::new() }
-    }
-
-    fn held(&mut self, cx: &Context<'_>) -> bool {
-        if self.hold {
-            self.waker = Some(cx.waker().clone());
-        }
-        self.hold
-    }
-
-    fn release(&mut self) {
-        self.hold = false;
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-    }
-
-    /// Moves what fits of the bytes read ahead into `buf`.
-    fn serve(&mut self, buf: &mut ReadBuf<'_>) {
-        let n = buf.remaining().min(self.ahead.len());
-        buf.put_slice(&self.ahead[..n]);
-        bytes::Buf::advance(&mut self.ahead, n);
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Gated<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if this.ahead.is_empty() {
-            if buf.remaining() >= READ_AHEAD {
-                return Pin::new(&mut this.io).poll_read(cx, buf);
-            }
-            this.ahead.reserve(READ_AHEAD);
-            match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.ahead) {
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    // Nothing to read: an idle connection keeps no buffer.
-                    this.ahead = bytes::BytesMut::new();
-                    return Poll::Pending;
-                }
-            }
-        }
-        // Empty still: the peer closed (a read of nothing is the end).
-        this.serve(buf);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Gated<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        if self.held(cx) {
-            return Poll::Pending;
-        }
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        if self.held(cx) {
-            return Poll::Pending;
-        }
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.held(cx) {
-            return Poll::Pending;
-        }
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.held(cx) {
-            return Poll::Pending;
-        }
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 /// A text frame's header (FIN, opcode 1, no mask) for a payload of `len`
 /// bytes: the header's bytes and how many of them are used.
 fn text_header(len: usize) -> ([u8; 10], usize) {
+    frame_header(0x81, len)
+}
+
+/// A frame's header with FIN and `opcode` set in `first`, unmasked.
+fn frame_header(first: u8, len: usize) -> ([u8; 10], usize) {
     let mut h = [0u8; 10];
-    h[0] = 0x81;
+    h[0] = first;
     if len < 126 {
         h[1] = len as u8;
         (h, 2)
@@ -273,21 +188,34 @@ pub(crate) enum Out<P = Frame> {
 /// Frames gathered for one vectored write, and how far it has got.
 #[derive(Debug)]
 struct Batch<P> {
+    /// A pong (header and payload) that goes out before the frames.
+    control: Vec<u8>,
     frames: Vec<P>,
     headers: Vec<([u8; 10], usize)>,
     read_at: Vec<Instant>,
     bytes: usize,
     written: usize,
-    started: bool,
 }
 
 impl<P: Pieces> Batch<P> {
     fn new() -> Self {
-        Self { frames: Vec::new(), headers: Vec::new(), read_at: Vec::new(), bytes: 0, written: 0, started: false }
+        Self { control: Vec::new(), frames: Vec::new(), headers: Vec::new(), read_at: Vec::new(), bytes: 0, written: 0 }
     }
 
     fn has_room(&self) -> bool {
         batch_has_room(self.frames.len(), self.bytes)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// The pong answering a ping of `payload` (at most 125 bytes).
+    fn pong(&mut self, payload: &[u8]) {
+        let (header, used) = frame_header(0x8a, payload.len());
+        self.control.extend_from_slice(&header[..used]);
+        self.control.extend_from_slice(payload);
+        self.bytes += used + payload.len();
     }
 
     fn push(&mut self, frame: P, read_at: Option<Instant>) {
@@ -303,43 +231,38 @@ impl<P: Pieces> Batch<P> {
     /// The slices still to write.
     fn remaining(&self) -> Vec<IoSlice<'_>> {
         let mut skip = self.written;
-        let mut out = Vec::with_capacity(self.frames.len() * 4);
-        for (frame, (header, used)) in self.frames.iter().zip(&self.headers) {
-            let pieces = frame.pieces();
-            for piece in std::iter::once(&header[..*used]).chain(pieces.iter().map(|p| p.as_bytes())) {
-                if skip >= piece.len() {
-                    skip -= piece.len();
-                } else {
-                    out.push(IoSlice::new(&piece[skip..]));
-                    skip = 0;
-                }
+        let mut out = Vec::with_capacity(self.frames.len() * 4 + 1);
+        let frames = self
+            .frames
+            .iter()
+            .zip(&self.headers)
+            .flat_map(|(frame, (header, used))| std::iter::once(&header[..*used]).chain(frame.pieces().into_iter().map(str::as_bytes)));
+        for piece in std::iter::once(&self.control[..]).chain(frames) {
+            if skip >= piece.len() {
+                skip -= piece.len();
+            } else {
+                out.push(IoSlice::new(&piece[skip..]));
+                skip = 0;
             }
         }
         out
     }
 
-    /// Writes on: first whatever tungstenite has pending (whole, so
-    /// nothing interleaves), then holds its writes until the batch is out.
-    fn poll_write<T: AsyncRead + AsyncWrite + Unpin>(&mut self, socket: &mut Socket<T>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.started {
-            match <Socket<T> as Sink<Message>>::poll_flush(Pin::new(&mut *socket), cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
-                Poll::Pending => return Poll::Pending,
-            }
-            socket.get_mut().hold = true;
-            self.started = true;
-        }
+    /// Writes on; while it is partly written the socket is marked so that
+    /// nothing else goes out in the middle of a frame.
+    fn poll_write<T: AsyncWrite + Unpin>(&mut self, socket: &mut Socket<T>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.bytes {
             let slices = self.remaining();
-            match Pin::new(&mut socket.get_mut().io).poll_write_vectored(cx, &slices) {
+            match Pin::new(&mut socket.io).poll_write_vectored(cx, &slices) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Ok(n)) => {
+                    self.written += n;
+                    socket.mid_frame = self.written < self.bytes;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
         }
-        socket.get_mut().release();
         Poll::Ready(Ok(()))
     }
 }
@@ -352,8 +275,12 @@ fn batch_has_room(count: usize, bytes: usize) -> bool {
 /// Why [`drive`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum End {
-    /// The peer closed, or its stream failed.
+    /// The peer's stream ended or failed.
     Gone,
+    /// The peer sent a close frame (with this status code, if any).
+    PeerClosed(Option<u16>),
+    /// The peer broke the protocol or a limit: closed with this code.
+    Refused(u16),
     /// Told to close ([`Out::Close`]), or the queue closed: what was queued is written.
     Closed,
     /// A write failed.
@@ -365,7 +292,7 @@ pub(crate) enum End {
 /// Drives one connection until it ends: writes what arrives on `rx`
 /// (gathered into vectored writes; `sent` hears when each frame that caused
 /// one was read, once it is written) and hands every message read to
-/// `on_message`, both directions at once in one task.
+/// `on_message`, both directions at once in one task. Pings are answered.
 pub(crate) async fn drive<T, P>(
     socket: &mut Socket<T>,
     rx: &mut mpsc::Receiver<Out<P>>,
@@ -384,9 +311,12 @@ where
             let mut progressed = false;
             // Write on, and gather the next batch when one is out.
             loop {
-                if writing.is_none() && !closing {
+                if writing.is_none() {
                     let mut batch = Batch::new();
-                    while batch.has_room() {
+                    if let Some(payload) = socket.pong.take() {
+                        batch.pong(&payload);
+                    }
+                    while !closing && batch.has_room() {
                         match rx.poll_recv(cx) {
                             Poll::Ready(Some(Out::Frame(frame, at))) => batch.push(frame, at),
                             Poll::Ready(Some(Out::Close) | None) => {
@@ -396,7 +326,7 @@ where
                             Poll::Pending => break,
                         }
                     }
-                    if !batch.frames.is_empty() {
+                    if !batch.is_empty() {
                         writing = Some(batch);
                     }
                 }
@@ -414,12 +344,22 @@ where
             if closing && writing.is_none() {
                 return Poll::Ready(End::Closed);
             }
-            match socket.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(msg))) => {
+            match socket.reader.poll_message(cx, &mut socket.io) {
+                Poll::Ready(Ok(Some(Message::Close(frame)))) => {
+                    return Poll::Ready(End::PeerClosed(frame.map(|f| u16::from(f.code))));
+                }
+                Poll::Ready(Ok(Some(msg))) => {
+                    if let Message::Ping(payload) = &msg {
+                        socket.pong = Some(payload.clone());
+                    }
                     on_message(msg);
                     progressed = true;
                 }
-                Poll::Ready(_) => return Poll::Ready(End::Gone),
+                Poll::Ready(Ok(None)) => return Poll::Ready(End::Gone),
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!("WebSocket read: {e}");
+                    return Poll::Ready(e.close_code().map_or(End::Gone, End::Refused));
+                }
                 Poll::Pending => {}
             }
             if Pin::new(&mut *killed).poll(cx).is_ready() {
@@ -433,23 +373,38 @@ where
     .await
 }
 
-/// Ends a connection that [`drive`] left (not one cut off mid-write): a
-/// close frame with status 1000, briefly (a peer that does not read is not
-/// waited for).
-pub(crate) async fn close<T: AsyncRead + AsyncWrite + Unpin>(socket: &mut Socket<T>) {
-    // One of our frames is partly written (the peer left mid-write): a
-    // close frame now would land inside it, and would wait for the gate.
-    if socket.get_ref().hold {
+/// Ends a connection that [`drive`] left as `end` says: a close frame
+/// (1000 after our own close, the peer's code echoed to its close, the
+/// reason's code after a refusal), written briefly (a peer that does not
+/// read is not waited for), then the socket shut. Nothing when the peer is
+/// gone or cut off, or when one of our frames is partly written (a close
+/// frame now would land inside it).
+pub(crate) async fn close<T: AsyncWrite + Unpin>(socket: &mut Socket<T>, end: End) {
+    let code = match end {
+        End::Closed => Some(1000),
+        End::PeerClosed(code) => code,
+        End::Refused(code) => Some(code),
+        End::Gone | End::WriteFailed | End::Killed => return,
+    };
+    if socket.mid_frame {
         return;
     }
-    let normal = tungstenite::protocol::CloseFrame { code: tungstenite::protocol::frame::coding::CloseCode::Normal, reason: "".into() };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), socket.close(Some(normal))).await;
+    let frame: &[u8] = match code {
+        Some(code) => &[0x88, 2, (code >> 8) as u8, code as u8],
+        None => &[0x88, 0],
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        socket.io.write_all(frame).await?;
+        socket.io.shutdown().await
+    })
+    .await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::SinkExt;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::WebSocketStream;
     use tokio_tungstenite::tungstenite::protocol::Role;
 
     #[derive(Debug)]
@@ -517,7 +472,7 @@ mod tests {
             let _ = sender.await;
             (texts, pongs)
         });
-        let mut socket = Socket::from_raw_socket(Gated::new(ours), Role::Server, None).await;
+        let mut socket = Socket::new(ours, 1 << 20, 64 * 1024);
         let (tx, mut rx) = mpsc::channel(64);
         let (_kill, mut killed) = oneshot::channel();
         for (i, &n) in sizes.iter().enumerate() {
@@ -529,7 +484,7 @@ mod tests {
         let end = drive(&mut socket, &mut rx, &mut killed, |m| read.push(m), |_| written += 1).await;
         assert_eq!(end, End::Closed);
         assert_eq!(written, sizes.len(), "each frame's read time is reported once it is written");
-        close(&mut socket).await;
+        close(&mut socket, end).await;
         let (texts, pongs) = client.await.unwrap_or_default();
         assert!(texts == want, "frames arrive whole and in order");
         let from_client = read.iter().filter(|m| matches!(m, Message::Text(_))).count();
@@ -537,60 +492,33 @@ mod tests {
         assert!(pongs > 0, "pings are answered while our frames go out");
     }
 
-    /// While one of our frames is partly written, tungstenite's pong waits
-    /// and nothing of it reaches the socket; released, it goes out whole.
+    /// A ping is answered with its payload, between our frames; the peer's
+    /// close is echoed; a frame the protocol forbids is refused with 1002.
     #[tokio::test]
-    async fn tungstenite_writes_wait_while_ours_is_in_flight() {
+    async fn pings_are_answered_closes_echoed_and_bad_frames_refused() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (ours, mut theirs) = tokio::io::duplex(1 << 12);
-        let mut socket = Socket::from_raw_socket(Gated::new(ours), Role::Server, None).await;
-        socket.get_mut().hold = true;
-        // A masked ping with no payload, as a client sends it.
-        theirs.write_all(&[0x89, 0x80, 1, 2, 3, 4]).await.unwrap_or_else(|e| panic!("{e}"));
-        let quiet = std::time::Duration::from_millis(50);
-        let ping = tokio::time::timeout(quiet, socket.next()).await;
-        assert!(matches!(ping, Ok(Some(Ok(Message::Ping(_))))), "{ping:?}");
-        assert!(tokio::time::timeout(quiet, socket.next()).await.is_err(), "the answer is held");
-        let mut buf = [0u8; 16];
-        assert!(tokio::time::timeout(quiet, theirs.read(&mut buf)).await.is_err(), "nothing written while held");
-        socket.get_mut().io.write_all(b"ours").await.unwrap_or_else(|e| panic!("{e}"));
-        socket.get_mut().release();
-        assert!(tokio::time::timeout(quiet, socket.next()).await.is_err());
-        let mut got = vec![0u8; 6];
-        theirs.read_exact(&mut got).await.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(got, [b'o', b'u', b'r', b's', 0x8a, 0x00], "our bytes, then the whole pong");
-    }
-
-    /// Reads ahead: small reads get every byte in order from one large
-    /// read of the socket; a drained connection with nothing more to read
-    /// keeps no buffer; the peer's end reads as the end.
-    #[tokio::test]
-    async fn reads_ahead_in_order_and_an_idle_connection_keeps_no_buffer() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
-        let mut gated = Gated::new(ours);
-        let sent: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        theirs.write_all(&sent).await.unwrap_or_else(|e| panic!("{e}"));
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 8 * 1024];
-        while got.len() < sent.len() {
-            let n = gated.read(&mut chunk).await.unwrap_or_else(|e| panic!("{e}"));
-            assert!(n > 0 && n <= chunk.len());
-            got.extend_from_slice(&chunk[..n]);
-            assert!(gated.ahead.len() < READ_AHEAD, "one read of the socket at a time, at most READ_AHEAD");
+        let key = [3, 1, 4, 1];
+        for (wire, want_end, want_bytes) in [
+            (
+                [read::client_frame(0x89, b"hi", key), read::client_frame(0x88, &[0x03, 0xe9], key)].concat(),
+                End::PeerClosed(Some(1001)),
+                vec![0x8a, 2, b'h', b'i', 0x88, 2, 0x03, 0xe9],
+            ),
+            (vec![0x81, 0x02, b'h', b'i'], End::Refused(1002), vec![0x88, 2, 0x03, 0xea]),
+        ] {
+            let (ours, mut theirs) = tokio::io::duplex(1 << 12);
+            let mut socket = Socket::new(ours, 1 << 20, 64 * 1024);
+            let (_tx, mut rx) = mpsc::channel::<Out<Text>>(4);
+            let (_kill, mut killed) = oneshot::channel();
+            theirs.write_all(&wire).await.unwrap_or_else(|e| panic!("{e}"));
+            let end = drive(&mut socket, &mut rx, &mut killed, |_| {}, |_| {}).await;
+            assert_eq!(end, want_end);
+            close(&mut socket, end).await;
+            drop(socket);
+            let mut got = Vec::new();
+            theirs.read_to_end(&mut got).await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(got, want_bytes);
         }
-        assert!(got == sent, "every byte, in order");
-        // Drained, and the socket has nothing: the buffer is given back.
-        let quiet = std::time::Duration::from_millis(20);
-        assert!(tokio::time::timeout(quiet, gated.read(&mut chunk)).await.is_err());
-        assert_eq!(gated.ahead.capacity(), 0, "an idle connection keeps no read-ahead buffer");
-        // A read as large as the read-ahead goes straight to the socket.
-        theirs.write_all(b"tail").await.unwrap_or_else(|e| panic!("{e}"));
-        let mut big = vec![0u8; READ_AHEAD];
-        assert_eq!(gated.read(&mut big).await.unwrap_or_else(|e| panic!("{e}")), 4);
-        assert_eq!(gated.ahead.capacity(), 0);
-        drop(theirs);
-        assert_eq!(gated.read(&mut chunk).await.unwrap_or_else(|e| panic!("{e}")), 0, "the peer's end");
     }
 
     /// A peer that stops reading: the write waits, frames are still read,
@@ -599,7 +527,7 @@ mod tests {
     async fn a_write_that_waits_does_not_stop_reading_and_is_cut_off() {
         let (ours, theirs) = tokio::io::duplex(1 << 12);
         let mut client = WebSocketStream::from_raw_socket(theirs, Role::Client, None).await;
-        let mut socket = Socket::from_raw_socket(Gated::new(ours), Role::Server, None).await;
+        let mut socket = Socket::new(ours, 1 << 20, 64 * 1024);
         let (tx, mut rx) = mpsc::channel(4);
         let (kill, mut killed) = oneshot::channel::<()>();
         tx.try_send(Out::Frame(text(0, 100_000), None)).unwrap_or_else(|e| panic!("{e}"));
