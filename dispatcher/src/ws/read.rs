@@ -107,7 +107,15 @@ impl Reader {
             };
             // As much as the frame lacks, or a read-ahead's worth while its
             // length is unknown; never nothing (a read of nothing is the end).
-            self.buf.reserve(need.max(if self.buf.len() < 14 { self.read_ahead } else { 1 }));
+            let want = need.max(if self.buf.len() < 14 { self.read_ahead } else { 1 });
+            if self.buf.capacity() - self.buf.len() < want && !self.buf.try_reclaim(want) {
+                // Exactly what is wanted, not `reserve`'s doubling: a payload
+                // is a slice of this buffer and keeps all of it while its
+                // job runs.
+                let mut grown = BytesMut::with_capacity(self.buf.len() + want);
+                grown.extend_from_slice(&self.buf);
+                self.buf = grown;
+            }
             match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut self.buf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(None)),
                 Poll::Ready(Ok(_)) => {}
