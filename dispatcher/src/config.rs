@@ -65,7 +65,7 @@ pub struct CoreConfig {
     pub detect_wait_ms: u64,
     /// The dispatcher's own CPU as a limit: once a task that asks to run
     /// has waited at least this many ms for a worker thread for 300 ms,
-    /// utterances in the system are held to a window that shrinks while
+    /// with a few lags' worth of work in the system, utterances in it are held to a window that shrinks while
     /// the lag stays this high; a session at its share of it is refused at
     /// once with `RATE_LIMITED` (`admission::CpuShedder`)...
     pub shed_lag_high_ms: f64,
