@@ -416,9 +416,31 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(6455);
         let valid: Vec<u8> =
             [frame(0x01, b"abc", [1, 2, 3, 4]), frame(0x89, b"p", [5, 6, 7, 8]), frame(0x80, b"def", [9, 9, 9, 9])].concat();
-        for round in 0..3000 {
-            let wire: Vec<u8> = if round % 2 == 0 {
+        for round in 0..20_000 {
+            let wire: Vec<u8> = if round % 3 == 0 {
                 (0..rng.random_range(0..300)).map(|_| rng.random()).collect()
+            } else if round % 3 == 1 {
+                // Frames with any first byte, masked or not, their lengths in
+                // any of the three encodings (some past the limit).
+                let mut w = Vec::new();
+                for _ in 0..rng.random_range(1..6) {
+                    let len: usize = rng.random_range(0..400);
+                    w.push(rng.random());
+                    let mask = if rng.random_bool(0.9) { 0x80 } else { 0 };
+                    match rng.random_range(0..3) {
+                        0 if len < 126 => w.push(mask | len as u8),
+                        0 | 1 => {
+                            w.push(mask | 126);
+                            w.extend_from_slice(&(len as u16).to_be_bytes());
+                        }
+                        _ => {
+                            w.push(mask | 127);
+                            w.extend_from_slice(&(len as u64).to_be_bytes());
+                        }
+                    }
+                    w.extend((0..4 + len).map(|_| rng.random::<u8>()));
+                }
+                w
             } else {
                 let mut w = valid.clone();
                 for _ in 0..rng.random_range(1..4) {
