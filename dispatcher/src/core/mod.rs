@@ -292,7 +292,9 @@ impl Core {
         ctx.update(purpose.as_bytes());
         ctx.update(&[0]);
         ctx.update(id.as_bytes());
-        ctx.sign().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        let mut token = String::with_capacity(64);
+        push_hex(&mut token, ctx.sign().as_ref());
+        token
     }
 
     /// Whether `token` is the one derived for `id` (constant time).
@@ -510,10 +512,15 @@ impl Core {
         self.out.push(Action::Close { conn });
     }
 
-    fn random_hex(&mut self, bytes: usize) -> String {
-        let mut buf = vec![0u8; bytes];
-        self.rng.fill_bytes(&mut buf);
-        buf.iter().map(|b| format!("{b:02x}")).collect()
+    /// `prefix` and 16 random bytes in hex: an unguessable id, built in
+    /// one allocation (one is made for every job).
+    fn random_id(&mut self, prefix: &str) -> String {
+        let mut bytes = [0u8; 16];
+        self.rng.fill_bytes(&mut bytes);
+        let mut id = String::with_capacity(prefix.len() + 32);
+        id.push_str(prefix);
+        push_hex(&mut id, &bytes);
+        id
     }
 
     // ----------------------------------------------------------- connections
@@ -575,5 +582,35 @@ fn add_index(err: &mut ErrorMessage, index: u64) {
             map.insert("utterance_index".into(), index.into());
         }
         _ => err.details = Some(serde_json::json!({ "utterance_index": index })),
+    }
+}
+
+/// `bytes` in lower-case hex, appended to `out`.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    use rand::SeedableRng;
+
+    #[test]
+    fn ids_are_a_prefix_and_32_hex_digits_and_tokens_64() {
+        let mut core = super::Core::new(super::CoreConfig::default(), rand::rngs::StdRng::seed_from_u64(1), 0);
+        let (a, b) = (core.random_id("j-"), core.random_id("j-"));
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            assert!(id.len() == 34 && id.starts_with("j-"), "{id}");
+            assert!(id[2..].bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)), "{id}");
+        }
+        let mut hex = String::new();
+        super::push_hex(&mut hex, &[0x00, 0x0f, 0xa5, 0xff]);
+        assert_eq!(hex, "000fa5ff");
+        let token = core.derive_token("node", &a);
+        assert!(token.len() == 64 && token.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{token}");
     }
 }

@@ -147,7 +147,7 @@ impl Core {
                     self.send_error(conn, err);
                     return self.close(conn);
                 }
-                format!("n-{}", self.random_hex(16))
+                self.random_id("n-")
             }
         };
         let token = self.derive_token("node", &node_id);

@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 
-use rand::RngCore;
 use tolk_protocol::common::{ErrorCode, ErrorMessage, Features};
 use tolk_protocol::node::{JobAssign, Pipeline};
 use tolk_protocol::session::{ClientHeartbeat, ServerHeartbeat, SessionCloseAck, SessionInit, SessionInitAck, Utterance};
@@ -124,7 +123,7 @@ impl Core {
             }
             None => None,
         };
-        let id = format!("s-{}", self.random_hex(16));
+        let id = self.random_id("s-");
         let record = SessionRecord { src_lang: init.src_lang, tgt_lang: init.tgt_lang, features, tts_format: init.tts_format, paired_node };
         self.store(|| StoreOp::PutSession { session_id: id.clone(), record: record.clone() });
         let order = OrderBuffer::new(self.cfg.max_retained_outcomes, self.cfg.max_retained_bytes);
@@ -379,11 +378,7 @@ impl Core {
         let (format, rate) = (u.audio_format, u.sample_rate);
         let pipeline = Pipeline { use_asr: true, use_nmt: !u.src_lang.eq_ignore_ascii_case(&u.tgt_lang), use_tts: true };
         let deadline_ms = self.cfg.job_timeout_base_ms + audio_ms * self.cfg.job_timeout_per_audio_s_ms / 1000;
-        let job_id = format!("j-{}", {
-            let mut b = [0u8; 16];
-            self.rng.fill_bytes(&mut b);
-            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-        });
+        let job_id = self.random_id("j-");
         let req = Requirements {
             src_lang: u.src_lang.clone(),
             tgt_lang: u.tgt_lang.clone(),

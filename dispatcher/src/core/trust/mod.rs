@@ -309,8 +309,8 @@ impl Core {
         // Fresh ids of the same form as real ones, and audio that differs
         // from one canary to the next, so a node cannot recognise one by
         // its bytes.
-        let job_id = format!("j-{}", self.random_hex(16));
-        let session_id = format!("s-{}", self.random_hex(16));
+        let job_id = self.random_id("j-");
+        let session_id = self.random_id("s-");
         let index = self.rng.random_range(1..=40u64);
         // In the format real utterances come in (their recent share of Opus),
         // so that a node cannot answer one format honestly and the other not.
