@@ -117,7 +117,7 @@ struct Bench {
     /// Leave Nagle's algorithm on in the relay (the dispatcher does not set TCP_NODELAY).
     #[arg(long)]
     relay_no_nodelay: bool,
-    /// Bytes of the relay's WebSocket read buffer per connection (tungstenite's and the dispatcher's default: 131072).
+    /// Bytes of the relay's WebSocket read buffer per connection (tungstenite's default: 131072; the dispatcher reads its sockets itself, see dispatcher/src/ws/read.rs).
     #[arg(long, default_value_t = 128 * 1024)]
     relay_read_buffer: usize,
     /// Also run two dispatchers of one cluster over a fresh nats-server:

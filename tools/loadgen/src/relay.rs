@@ -56,7 +56,7 @@ struct Table {
 pub struct Options {
     /// Set `TCP_NODELAY` on accepted sockets.
     pub nodelay: bool,
-    /// tungstenite's `read_buffer_size` (default 128 KiB, as in the dispatcher):
+    /// tungstenite's `read_buffer_size` (default 128 KiB):
     /// it is zero-filled on the first read, so every connection keeps that much resident.
     pub read_buffer: usize,
 }
