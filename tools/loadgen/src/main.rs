@@ -124,6 +124,11 @@ struct Bench {
     /// sessions on one, nodes on the other, so every job is forwarded.
     #[arg(long)]
     cluster: bool,
+    /// Also print each run step by step (every 250 ms: served, refused,
+    /// latency, and the dispatcher's scheduling lag and shed window, scraped
+    /// from its /metrics).
+    #[arg(long)]
+    timeline: bool,
     /// The nats-server binary [default: where scripts/setup.sh installs it].
     #[arg(long)]
     nats_server: Option<PathBuf>,
@@ -184,6 +189,7 @@ fn load_config(b: &Bench) -> LoadConfig {
         duration: Duration::from_secs_f64(b.duration),
         max_jobs: b.max_jobs,
         heartbeat: (b.heartbeat > 0.0).then(|| Duration::from_secs_f64(b.heartbeat)),
+        scrape_timeline: b.timeline,
         ..LoadConfig::default()
     }
 }
@@ -223,6 +229,9 @@ async fn sweep(b: Bench, multiples: &[f64], capacity: Option<f64>) -> Result<(),
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         println!("{}", report::table(&runs.iter().collect::<Vec<_>>()));
+        if b.timeline {
+            runs.iter().for_each(|r| println!("{}", report::timeline_table(r)));
+        }
         rows.push(report::SweepRow { multiple: m, offered_per_s: m * capacity, runs });
     }
     println!("{}", report::sweep_table(capacity, &rows, cfg.warmup.as_secs_f64() + cfg.duration.as_secs_f64()));
@@ -258,6 +267,9 @@ async fn main_bench(b: Bench, cfg: LoadConfig, dispatcher_bin: PathBuf) -> Resul
     }
     if !reports.is_empty() {
         println!("{}", report::table(&reports.iter().collect::<Vec<_>>()));
+        if b.timeline {
+            reports.iter().for_each(|r| println!("{}", report::timeline_table(r)));
+        }
     }
     if b.idle_sessions > 0 {
         let icfg = IdleConfig { sessions: b.idle_sessions, hold: Duration::from_secs_f64(b.idle_hold), ..IdleConfig::default() };

@@ -193,3 +193,26 @@ pub fn sweep_table(capacity: f64, rows: &[SweepRow], run_s: f64) -> String {
     }
     s
 }
+
+/// A run step by step (`--timeline`).
+pub fn timeline_table(r: &LoadReport) -> String {
+    let mut s = format!("{} step by step (by when outcomes arrived)\n", r.target);
+    s.push_str("| at s | served | refused | p50 / p99 / max ms | lag ms | shed window | jobs running |\n|---|---|---|---|---|---|---|\n");
+    let opt = |v: Option<f64>| v.map_or("—".to_owned(), |v| format!("{v:.1}"));
+    for t in &r.timeline {
+        let _ = writeln!(
+            s,
+            "| {:.2} | {} | {} | {:.1} / {:.1} / {:.1} | {} | {} | {} |",
+            t.at_s,
+            t.served,
+            t.refused,
+            ms(t.latency.p50),
+            ms(t.latency.p99),
+            ms(t.latency.max),
+            opt(t.lag_ms),
+            opt(t.shed_window),
+            opt(t.jobs_running)
+        );
+    }
+    s
+}

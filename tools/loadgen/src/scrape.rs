@@ -16,6 +16,10 @@ pub struct Scrape {
     pub lock_wait_s: f64,
     /// `(le, cumulative count)` of `tolk_dispatch_seconds`.
     pub dispatch: Vec<(f64, u64)>,
+    /// `tolk_scheduling_lag_ms`, `tolk_shed_window`, `tolk_jobs_running`.
+    pub lag_ms: Option<f64>,
+    pub shed_window: Option<f64>,
+    pub jobs_running: Option<f64>,
 }
 
 /// What happened between two scrapes.
@@ -62,6 +66,12 @@ pub fn parse(text: &str) -> Scrape {
             s.lock_held_s = v;
         } else if name == "tolk_core_lock_wait_seconds_total" {
             s.lock_wait_s = v;
+        } else if name == "tolk_scheduling_lag_ms" {
+            s.lag_ms = Some(v);
+        } else if name == "tolk_shed_window" {
+            s.shed_window = Some(v);
+        } else if name == "tolk_jobs_running" {
+            s.jobs_running = Some(v);
         } else if let Some(le) = name.strip_prefix("tolk_dispatch_seconds_bucket{le=\"").and_then(|r| r.strip_suffix("\"}")) {
             let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::INFINITY) };
             s.dispatch.push((le, v as u64));

@@ -95,6 +95,10 @@ pub struct LoadConfig {
     /// A result later than this after its utterance was sent is useless to a
     /// speaker: counted as timed out, not as served.
     pub timeout: Duration,
+    /// Also scrape the dispatcher's `/metrics` every [`TIMELINE_STEP`] for
+    /// the timeline's scheduling lag, shed window and jobs running (it costs the
+    /// dispatcher a little CPU, so only when asked).
+    pub scrape_timeline: bool,
 }
 
 impl Default for LoadConfig {
@@ -115,6 +119,7 @@ impl Default for LoadConfig {
             connect_parallel: 128,
             heartbeat: Some(Duration::from_secs(5)),
             timeout: Duration::from_secs(5),
+            scrape_timeline: false,
         }
     }
 }
@@ -170,6 +175,28 @@ pub struct LoadReport {
     pub loadgen_cpu: Option<f64>,
     /// The machine's 1-minute load average at the end of the window.
     pub load_average: Option<f64>,
+    /// The whole run (warm-up, window, drain) step by step.
+    pub timeline: Vec<TimelineStep>,
+}
+
+/// The timeline's step.
+pub const TIMELINE_STEP: Duration = Duration::from_millis(250);
+
+/// One [`TIMELINE_STEP`] of a run, by when outcomes arrived: what an
+/// overload controller did over time, which a run's totals hide.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TimelineStep {
+    /// Start of the step, seconds since the load started (the window starts at the warm-up's end).
+    pub at_s: f64,
+    pub served: u64,
+    pub refused: u64,
+    /// Send → result of what was served in the step.
+    pub latency: Percentiles,
+    /// The dispatcher's `tolk_scheduling_lag_ms` and `tolk_shed_window` at
+    /// the step's end (with `scrape_timeline`).
+    pub lag_ms: Option<f64>,
+    pub shed_window: Option<f64>,
+    pub jobs_running: Option<f64>,
 }
 
 impl LoadReport {
@@ -354,6 +381,10 @@ struct SessionStats {
     back: Vec<u64>,
     total: Vec<u64>,
     served: Vec<u64>,
+    /// `(step, send → result)` of every result, warm-up and drain included.
+    results_at: Vec<(u32, u64)>,
+    /// The step of every refusal.
+    refused_at: Vec<u32>,
 }
 
 impl SessionStats {
@@ -427,6 +458,7 @@ impl SimSession {
                     self.complete(index, t3, None)
                 } else if let Some(index) = frames::u64_field(text, key::REFUSED_INDEX) {
                     self.stats.refused += 1;
+                    self.stats.refused_at.push(self.step_of(t3));
                     self.pending.retain(|p| p.index != index);
                     if frames::str_field(text, key::CODE) == Some("RATE_LIMITED") {
                         // The SDK's answer to being over its share (it would also
@@ -466,8 +498,10 @@ impl SimSession {
         let stamps = self.shared.slot(self.number, index).map(|s| [s[0].swap(0, Ordering::AcqRel), s[1].swap(0, Ordering::AcqRel)]);
         let Some(result_bytes) = result_bytes else { return true };
         self.stats.answered += 1;
-        let in_window = t3 >= self.shared.ns_at(self.plan.measure_from) && t3 <= self.shared.ns_at(self.plan.measure_until);
         let waited = t3.saturating_sub(p.t0);
+        let step = self.step_of(t3);
+        self.stats.results_at.push((step, waited));
+        let in_window = t3 >= self.shared.ns_at(self.plan.measure_from) && t3 <= self.shared.ns_at(self.plan.measure_until);
         if in_window && waited > self.plan.timeout.as_nanos() as u64 {
             self.stats.timed_out += 1;
         } else if in_window {
@@ -486,6 +520,12 @@ impl SimSession {
             }
         }
         true
+    }
+
+    /// The timeline step of `t` (this process's clock, ns).
+    fn step_of(&self, t: u64) -> u32 {
+        let since = t.saturating_sub(self.shared.ns_at(self.plan.start));
+        (since / TIMELINE_STEP.as_nanos() as u64).min(u64::from(u32::MAX)) as u32
     }
 
     async fn run(mut self) -> SessionStats {
@@ -834,9 +874,29 @@ pub async fn run_with(target: Target, cfg: &LoadConfig, pids: Vec<Pid>) -> Resul
         (server, loadgen, memory, crate::procstat::load_average(), window)
     });
 
+    let (scrape_timeline, give_up) = (cfg.scrape_timeline, measure_until + cfg.drain);
+    let stop_scrapes = stop_rx.clone();
+    let timeline_scrapes = tokio::spawn(async move {
+        let mut scrapes = Vec::new();
+        let Some(addr) = metrics_at.filter(|_| scrape_timeline) else { return scrapes };
+        let mut at = start + TIMELINE_STEP;
+        while at <= give_up {
+            tokio::time::sleep_until(at).await;
+            if let Ok(s) = crate::scrape::metrics(addr).await {
+                scrapes.push((at, s));
+            }
+            at += TIMELINE_STEP;
+            if stop_scrapes.has_changed().unwrap_or(true) {
+                break;
+            }
+        }
+        scrapes
+    });
+
     let mut report =
         LoadReport { target: target.name(), sessions: cfg.sessions, nodes: cfg.nodes, window: cfg.duration, ..Default::default() };
     let (mut out, mut back, mut total, mut served) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut results_at, mut refused_at) = (Vec::new(), Vec::new());
     for task in session_tasks {
         let s = task.await?;
         report.sent += s.sent;
@@ -857,6 +917,8 @@ pub async fn run_with(target: Target, cfg: &LoadConfig, pids: Vec<Pid>) -> Resul
         out.extend(s.out);
         back.extend(s.back);
         total.extend(s.total);
+        results_at.extend(s.results_at);
+        refused_at.extend(s.refused_at);
     }
     let _ = stop_tx.send(true);
     for task in node_tasks {
@@ -872,5 +934,65 @@ pub async fn run_with(target: Target, cfg: &LoadConfig, pids: Vec<Pid>) -> Resul
     report.out = Percentiles::of(out);
     report.back = Percentiles::of(back);
     report.total = Percentiles::of(total);
+    report.timeline = timeline(results_at, &refused_at, &timeline_scrapes.await?, start);
     Ok(report)
+}
+
+/// The run step by step, from each result's and refusal's step and the
+/// dispatcher's scrapes.
+fn timeline(
+    results_at: Vec<(u32, u64)>,
+    refused_at: &[u32],
+    scrapes: &[(Instant, crate::scrape::Scrape)],
+    start: Instant,
+) -> Vec<TimelineStep> {
+    let steps = results_at.iter().map(|r| r.0).chain(refused_at.iter().copied()).max().map_or(0, |m| m as usize + 1);
+    let mut latencies: Vec<Vec<u64>> = vec![Vec::new(); steps];
+    for (step, waited) in results_at {
+        latencies[step as usize].push(waited);
+    }
+    let mut refused = vec![0u64; steps];
+    for &step in refused_at {
+        refused[step as usize] += 1;
+    }
+    latencies
+        .into_iter()
+        .zip(refused)
+        .enumerate()
+        .map(|(i, (l, refused))| {
+            let step_end = start + TIMELINE_STEP * (i as u32 + 1);
+            let scrape = scrapes.iter().find(|(at, _)| *at == step_end).map(|(_, s)| s);
+            TimelineStep {
+                at_s: (TIMELINE_STEP * i as u32).as_secs_f64(),
+                served: l.len() as u64,
+                refused,
+                latency: Percentiles::of(l),
+                lag_ms: scrape.and_then(|s| s.lag_ms),
+                shed_window: scrape.and_then(|s| s.shed_window),
+                jobs_running: scrape.and_then(|s| s.jobs_running),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timeline_counts_each_step_and_takes_the_scrape_at_its_end() {
+        let start = Instant::now();
+        let ms = 1_000_000;
+        let results = vec![(0, 2 * ms), (0, 4 * ms), (2, 30 * ms)];
+        let scrape = crate::scrape::Scrape { lag_ms: Some(7.5), shed_window: Some(64.0), ..Default::default() };
+        let steps = timeline(results, &[1, 1], &[(start + TIMELINE_STEP * 2, scrape)], start);
+        assert_eq!(steps.len(), 3);
+        assert_eq!((steps[0].served, steps[0].refused), (2, 0));
+        assert_eq!(steps[0].latency.max, Duration::from_millis(4));
+        assert_eq!((steps[1].served, steps[1].refused), (0, 2));
+        assert_eq!((steps[1].lag_ms, steps[1].shed_window), (Some(7.5), Some(64.0)), "the scrape at the end of step 1");
+        assert_eq!(steps[2].latency.p50, Duration::from_millis(30));
+        assert_eq!(steps[2].at_s, 0.5);
+        assert!(steps[0].lag_ms.is_none());
+    }
 }
