@@ -64,10 +64,12 @@ pub struct CoreConfig {
     /// it is sent without their features.
     pub detect_wait_ms: u64,
     /// The dispatcher's own CPU as a limit: once a task that asks to run
-    /// has waited at least this many ms for a worker thread for 300 ms,
-    /// with a few lags' worth of work in the system, utterances in it are held to a window that shrinks while
-    /// the lag stays this high; a session at its share of it is refused at
-    /// once with `RATE_LIMITED` (`admission::CpuShedder`)...
+    /// has waited this many ms for a worker thread on average for 300 ms,
+    /// every sample at least `shed_lag_low_ms` (a standing queue), with a
+    /// few lags' worth of work in the system, utterances in it are held to
+    /// a window that shrinks while the lag stays this high; with the window
+    /// full, a session at its share of it is refused at once with
+    /// `RATE_LIMITED` (`admission::CpuShedder`)...
     pub shed_lag_high_ms: f64,
     /// ...and at or below this lag the window grows again. `shed_lag_high_ms
     /// = 0` turns shedding off.
@@ -101,9 +103,9 @@ impl Default for CoreConfig {
             node_forget_ms: 86_400_000,
             sample_rates: tolk_protocol::validate::SAMPLE_RATES.to_vec(),
             detect_wait_ms: 2_000,
-            // Off until a quiet-machine sweep shows it helps (README, "Overload").
-            shed_lag_high_ms: 5.0,
-            shed_lag_low_ms: 1.0,
+            // README, "Overload": the CPU-bound sweep.
+            shed_lag_high_ms: 3.0,
+            shed_lag_low_ms: 0.5,
         }
     }
 }

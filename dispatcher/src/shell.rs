@@ -392,9 +392,12 @@ impl Dispatcher {
 
     /// Every 100 ms: the scheduling lag (a task that yields waits behind
     /// every task ready to run: connections with frames waiting, when the
-    /// dispatcher is behind), for the core's CPU shedder; and how busy the
-    /// worker threads were, for `/metrics`.
+    /// dispatcher is behind), sampled every 10 ms, for the core's CPU
+    /// shedder; and how busy the worker threads were, for `/metrics`.
     async fn load_task(self) {
+        /// How often the lag is sampled, and how often the samples are read.
+        const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+        const READING_EVERY: Duration = Duration::from_millis(100);
         // In a current-thread runtime (tests) the one thread also runs
         // whatever else the process does: its lag says nothing of the
         // dispatcher's own load.
@@ -407,20 +410,30 @@ impl Dispatcher {
         let workers = metrics.num_workers().max(1);
         let busy_total = || (0..workers).map(|w| metrics.worker_total_busy_duration(w)).sum::<Duration>();
         let mut last = (std::time::Instant::now(), busy_total());
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // (sum, least, count) of the reading's samples, ms.
+        let mut samples = (0.0, f64::INFINITY, 0u32);
         loop {
             tick.tick().await;
             let asked = std::time::Instant::now();
             tokio::task::yield_now().await;
             let lag_ms = asked.elapsed().as_secs_f64() * 1000.0;
+            samples = (samples.0 + lag_ms, samples.1.min(lag_ms), samples.2 + 1);
             let now = (std::time::Instant::now(), busy_total());
+            if now.0.duration_since(last.0) < READING_EVERY {
+                continue;
+            }
+            // The least sample tells a standing queue (every sample waits)
+            // from a burst (some do), as CoDel's minimum sojourn does.
+            let (sum, least_lag_ms, count) = std::mem::replace(&mut samples, (0.0, f64::INFINITY, 0));
+            let lag_ms = sum / f64::from(count.max(1));
             let wall = now.0.duration_since(last.0).as_secs_f64() * workers as f64;
             let busy = if wall > 0.0 { now.1.saturating_sub(last.1).as_secs_f64() / wall } else { 0.0 };
             last = now;
             self.shared.metrics.worker_busy.set(busy.min(1.0));
             self.shared.metrics.scheduling_lag.set(lag_ms);
-            self.with_core(|core, now| core.handle(now, Input::Load { lag_ms }));
+            self.with_core(|core, now| core.handle(now, Input::Load { lag_ms, least_lag_ms }));
         }
     }
 

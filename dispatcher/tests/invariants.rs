@@ -347,7 +347,7 @@ impl World {
                 // them, 100 ms apart, now and then long enough to shed.
                 for _ in 0..self.rng.random_range(1..8) {
                     let lag_ms = [0.2, 3.0, 8.0, 40.0, 200.0][self.rng.random_range(0..5)];
-                    self.sim.input(tolk_dispatcher::core::Input::Load { lag_ms });
+                    self.sim.input(tolk_dispatcher::core::Input::Load { lag_ms, least_lag_ms: lag_ms });
                     self.advance(100);
                 }
             }

@@ -298,7 +298,7 @@ impl CpuBound {
         if t.is_multiple_of(100) {
             let lag_ms = self.held.len() as f64 / SERVE_PER_MS as f64;
             let now = self.sim.now;
-            self.sim.core.handle(now, Input::Load { lag_ms });
+            self.sim.core.handle(now, Input::Load { lag_ms, least_lag_ms: lag_ms });
         }
         if t.is_multiple_of(5_000) {
             self.sim.heartbeat(node, &node_id, None);
@@ -381,8 +381,9 @@ fn when_the_dispatchers_own_cpu_is_the_limit_what_is_in_flight_is_held_to_a_wind
     for (k, &n) in floods.iter().enumerate() {
         assert!((n as f64) > 0.75 * mean && (n as f64) < 1.25 * mean, "flood {k} served {n}, mean {mean}");
     }
-    // The load ends: the backlog drains, the lag falls, shedding stops.
-    for t in LOAD_MS..LOAD_MS + 2_000 {
+    // The load ends: the backlog drains, the lag falls, shedding stops
+    // (CALM_MS after the last refusal).
+    for t in LOAD_MS..LOAD_MS + 1_000 + tolk_dispatcher::core::admission::CpuShedder::CALM_MS {
         load.step(t, false, false);
     }
     assert!(load.sim.core.stats().shed_window.is_none());

@@ -207,13 +207,14 @@ mod tests {
 /// long enough that with every busy session refused once per wait,
 /// refusals stay about [`REFUSAL_SHARE`](Self::REFUSAL_SHARE) of what is
 /// served; the SDK keeps its window cut for that long. Limiting ends once
-/// the lag is at or below `low` and a whole second passed without a refusal.
+/// the lag is at or below `low` and [`CALM_MS`](Self::CALM_MS) passed without a refusal.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CpuShedder {
     high: f64,
     low: f64,
-    /// Readings in a row at or above `high`.
-    busy_run: u32,
+    /// Readings in a row at or above `high` with every sample at or above
+    /// `low`: a standing queue.
+    standing_run: u32,
     /// Utterances allowed in the system while limiting.
     window: Option<f64>,
     last_refusal: Millis,
@@ -244,6 +245,11 @@ impl CpuShedder {
     /// hundreds of milliseconds (every phone's window full), a lag that is
     /// not ours a few.
     pub const BACKLOG_LAGS: f64 = 4.0;
+    /// Limiting ends after this long with no refusal (and a low lag): at
+    /// about the capacity, a window that refuses nothing costs nothing,
+    /// while ending it lets a queue build for the readings it takes to
+    /// start again.
+    pub const CALM_MS: Millis = 3_000;
     /// How long a refused session counts as sending past its share.
     pub const FLOOD_MEMORY_MS: Millis = 2_000;
     /// Below this many outcomes a second the drain says nothing yet.
@@ -252,13 +258,28 @@ impl CpuShedder {
     /// A shedder that admits everything until the lag says otherwise;
     /// `high`/`low` are lags in ms. `high <= 0` disables it.
     pub fn new(high: f64, low: f64) -> Self {
-        Self { high, low: low.min(high), busy_run: 0, window: None, last_refusal: 0, served_since: 0, served_per_s: None, read_at: None }
+        Self {
+            high,
+            low: low.min(high),
+            standing_run: 0,
+            window: None,
+            last_refusal: 0,
+            served_since: 0,
+            served_per_s: None,
+            read_at: None,
+        }
     }
 
-    /// One reading of the scheduling lag, ms, at `now`, with `in_flight`
-    /// utterances in the system.
+    /// One reading of a steady scheduling lag, ms (every sample the same),
+    /// at `now`, with `in_flight` utterances in the system.
     pub fn observe(&mut self, now: Millis, lag_ms: f64, in_flight: usize) {
-        if self.high <= 0.0 || !lag_ms.is_finite() {
+        self.observe_samples(now, lag_ms, lag_ms, in_flight);
+    }
+
+    /// One reading of the scheduling lag at `now`: the mean and the least
+    /// of its samples, ms, with `in_flight` utterances in the system.
+    pub fn observe_samples(&mut self, now: Millis, lag_ms: f64, least_lag_ms: f64, in_flight: usize) {
+        if self.high <= 0.0 || !lag_ms.is_finite() || !least_lag_ms.is_finite() {
             return;
         }
         if let Some(at) = self.read_at.filter(|&at| now > at) {
@@ -268,21 +289,26 @@ impl CpuShedder {
         self.read_at = Some(now);
         self.served_since = 0;
         let busy = lag_ms >= self.high;
-        self.busy_run = if busy { self.busy_run.saturating_add(1) } else { 0 };
+        // Limiting starts only on a standing queue: every sample of the
+        // reading waited. A burst (a neighbour's, such as the load
+        // generator's on the same cores, or many frames at once) leaves
+        // some samples waiting nothing (CoDel's minimum sojourn).
+        let standing = busy && least_lag_ms >= self.low;
+        self.standing_run = if standing { self.standing_run.saturating_add(1) } else { 0 };
         let ours = self.backlog_ms(in_flight) >= Self::BACKLOG_LAGS * self.high;
         match &mut self.window {
             // Fewer than the floor in the system, or fewer than a few lags'
             // worth of what it serves: nothing of ours to hold back (the lag
             // is something else: a burst of connections, or a neighbour
             // taking the cores, as the load generator does at 0.8×).
-            None if self.busy_run >= Self::SUSTAINED && in_flight as f64 >= Self::MIN_WINDOW && ours => {
+            None if self.standing_run >= Self::SUSTAINED && in_flight as f64 >= Self::MIN_WINDOW && ours => {
                 self.window = Some((in_flight as f64 * 0.5).max(Self::MIN_WINDOW));
             }
             None => {}
             // The further over, the faster down: a deep backlog at the
             // start of an overload is cut within a few readings.
             Some(w) if busy => *w = (*w * (self.high / lag_ms).clamp(0.5, Self::DECREASE)).max(Self::MIN_WINDOW),
-            Some(_) if lag_ms <= self.low && now >= self.last_refusal + 1_000 => self.window = None,
+            Some(_) if lag_ms <= self.low && now >= self.last_refusal + Self::CALM_MS => self.window = None,
             Some(w) if lag_ms <= self.low => *w += *w * Self::INCREASE,
             Some(_) => {}
         }
@@ -324,9 +350,13 @@ impl CpuShedder {
         // refusal, which costs reading the frame, and a longer wait). A
         // session refused lately sends past its share: with more busy
         // sessions than the window, it gets one in only while the window
-        // has room, so floods do not hold the window open.
+        // has room, so floods do not hold the window open. While the
+        // window has room, anyone is admitted: refusing then would leave
+        // the CPU it was holding back idle (at about the capacity, where
+        // every session is now and then one over its share, that cost a
+        // tenth of the goodput).
         let guaranteed = if flooding { 0.0 } else { 1.0 };
-        if (session_in_flight as f64) < share.max(guaranteed) || (session_in_flight == 0 && (in_flight as f64) < window) {
+        if (session_in_flight as f64) < share.max(guaranteed) || (in_flight as f64) < window {
             return Ok(());
         }
         self.last_refusal = now;
@@ -403,13 +433,35 @@ mod shedder_tests {
         assert_eq!(s.window(), Some(CpuShedder::MIN_WINDOW), "never below the floor");
         now += 2_000;
         s.observe(now, 1.0, 0);
-        assert!(!s.limiting(), "a low lag and no refusal for a second: done");
+        assert!(!s.limiting(), "a low lag and no refusal for CALM_MS: done");
         assert!(s.admit(now, 1_000_000, 1_000_000, true, || 1).is_ok());
         let mut off = CpuShedder::new(0.0, 0.0);
         for i in 0..30 {
             off.observe(i * 100, 500.0, 100);
         }
         assert!(!off.limiting(), "disabled");
+    }
+
+    #[test]
+    fn only_a_standing_queue_starts_limiting() {
+        let mut s = CpuShedder::new(5.0, 1.0);
+        let mut now = 1_000_000;
+        // Every reading's mean far over, but some sample in each waited
+        // nothing: bursts (a neighbour's, or frames arriving together).
+        for _ in 0..50 {
+            s.observe_samples(now, 40.0, 0.2, 5_000);
+            now += 100;
+        }
+        assert!(!s.limiting(), "bursts are not a standing queue");
+        for _ in 0..CpuShedder::SUSTAINED {
+            s.observe_samples(now, 40.0, 2.0, 5_000);
+            now += 100;
+        }
+        assert!(s.limiting(), "every sample waited: a standing queue");
+        // Once limiting, the mean steers the window, bursts included.
+        let w = s.window().unwrap();
+        s.observe_samples(now, 8.0, 0.0, 5_000);
+        assert!(s.window().unwrap() < w);
     }
 
     #[test]
@@ -447,6 +499,8 @@ mod shedder_tests {
         // ...and for one refused lately, only while the window has room.
         assert!(s.admit(now, 99, 0, true, || 1_000).is_ok());
         assert!(s.admit(now, 100, 0, true, || 1_000).is_err());
+        // While the window has room, anyone: refusing would idle the CPU.
+        assert!(s.admit(now, 99, 50, true, || 10).is_ok());
         let mut off = CpuShedder::new(20.0, 5.0);
         assert!(off.admit(now, 0, 1_000_000, true, || unreachable!("not asked unless limiting")).is_ok());
     }

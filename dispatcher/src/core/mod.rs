@@ -89,8 +89,10 @@ pub enum Input {
     /// What the dispatcher's detectors found for a job (empty on failure).
     Detected { job_id: String, extra: Extra },
     /// The shell's scheduling lag, ms (how long a task waited for a worker
-    /// thread): the dispatcher's own CPU as a limit (`admission::CpuShedder`).
-    Load { lag_ms: f64 },
+    /// thread), over the samples of one reading: their mean, and the least
+    /// (above zero only if every sample waited: a standing queue, not a
+    /// burst). The dispatcher's own CPU as a limit (`admission::CpuShedder`).
+    Load { lag_ms: f64, least_lag_ms: f64 },
     /// A message from another dispatcher of the cluster.
     Peer { from: String, msg: cluster::PeerMsg },
     /// What the cluster's store holds for a session a client resumes here
@@ -382,8 +384,8 @@ impl Core {
             }
             Input::Closed { conn } => self.on_closed(now, conn),
             Input::Detected { job_id, extra } => self.on_detected(now, &job_id, extra),
-            Input::Load { lag_ms } => {
-                self.shedder.observe(now, lag_ms, self.jobs.len());
+            Input::Load { lag_ms, least_lag_ms } => {
+                self.shedder.observe_samples(now, lag_ms, least_lag_ms, self.jobs.len());
                 self.stats.shed_window = self.shedder.window();
             }
             Input::Peer { from, msg } => self.on_peer(now, from, msg),
