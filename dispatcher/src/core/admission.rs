@@ -224,6 +224,11 @@ pub struct CpuShedder {
     /// wait must be right from the first second of an overload).
     served_per_s: Option<f64>,
     read_at: Option<Millis>,
+    /// Sessions refused in the second that started at `refusing_since`,
+    /// and in the second before it.
+    refusing_since: Millis,
+    refusing_now: usize,
+    refusing_before: usize,
 }
 
 impl CpuShedder {
@@ -267,6 +272,9 @@ impl CpuShedder {
             served_since: 0,
             served_per_s: None,
             read_at: None,
+            refusing_since: 0,
+            refusing_now: 0,
+            refusing_before: 0,
         }
     }
 
@@ -330,16 +338,19 @@ impl CpuShedder {
 
     /// Whether a new utterance arriving at `now` is admitted, with
     /// `in_flight` utterances in the system, `session_in_flight` of them its
-    /// session's, `flooding` if the session was refused in the last
-    /// [`FLOOD_MEMORY_MS`](Self::FLOOD_MEMORY_MS), and `active_sessions()`
-    /// sessions with work in it (asked only while limiting). `Err` is the
-    /// refusal's `retry_after_ms`.
+    /// session's, `flooding` if the session was refused past its guaranteed
+    /// one in the last [`FLOOD_MEMORY_MS`](Self::FLOOD_MEMORY_MS),
+    /// `last_refused` when the session was last refused at all, and
+    /// `active_sessions()` sessions with work in it (asked only while
+    /// limiting). `Err` is the refusal's `retry_after_ms`.
+    #[allow(clippy::too_many_arguments)]
     pub fn admit(
         &mut self,
         now: Millis,
         in_flight: usize,
         session_in_flight: usize,
         flooding: bool,
+        last_refused: Option<Millis>,
         active_sessions: impl FnOnce() -> usize,
     ) -> Result<(), u64> {
         let Some(window) = self.window else { return Ok(()) };
@@ -360,17 +371,30 @@ impl CpuShedder {
             return Ok(());
         }
         self.last_refusal = now;
-        Err(self.retry_after_ms(active))
+        if now >= self.refusing_since + 1_000 {
+            self.refusing_before = if now < self.refusing_since + 2_000 { self.refusing_now } else { 0 };
+            self.refusing_now = 0;
+            self.refusing_since = now;
+        }
+        if last_refused.is_none_or(|at| at < self.refusing_since) {
+            self.refusing_now += 1;
+        }
+        let refusing = self.refusing_now.max(self.refusing_before).min(active);
+        Err(self.retry_after_ms(refusing))
     }
 
-    /// A refused session's wait: with `active` sessions each refused once
-    /// per wait, refusals are `REFUSAL_SHARE` of the outcomes served.
-    fn retry_after_ms(&self, active: usize) -> u64 {
+    /// A refused session's wait: with the `refusing` sessions being refused
+    /// (in this second or the last) each refused once per wait, refusals
+    /// are `REFUSAL_SHARE` of the outcomes served. Counting only those, not
+    /// every busy session, keeps the wait short when few are over (at about
+    /// the capacity, where a long wait made a phone skip a tenth of its
+    /// sends), and long when every session floods.
+    fn retry_after_ms(&self, refusing: usize) -> u64 {
         let served = self.served_per_s.unwrap_or(0.0);
         if served < Self::MIN_SERVED_PER_S {
             return 1_000;
         }
-        let ms = active as f64 * 1000.0 / (Self::REFUSAL_SHARE * served);
+        let ms = refusing.max(1) as f64 * 1000.0 / (Self::REFUSAL_SHARE * served);
         (ms.ceil() as u64).clamp(100, 5_000)
     }
 
@@ -422,7 +446,7 @@ mod shedder_tests {
         now += 100;
         s.observe(now, 10.0, 400);
         assert_eq!(s.window(), Some(400.0), "between low and high it holds");
-        assert!(s.admit(now, 400, 3, false, || 200).is_err(), "the session holds its share of 2");
+        assert!(s.admit(now, 400, 3, false, None, || 200).is_err(), "the session holds its share of 2");
         now += 100;
         s.observe(now, 1.0, 300);
         assert_eq!(s.window(), Some(440.0), "a refusal within the second: grow, do not let go");
@@ -434,7 +458,7 @@ mod shedder_tests {
         now += 2_000;
         s.observe(now, 1.0, 0);
         assert!(!s.limiting(), "a low lag and no refusal for CALM_MS: done");
-        assert!(s.admit(now, 1_000_000, 1_000_000, true, || 1).is_ok());
+        assert!(s.admit(now, 1_000_000, 1_000_000, true, None, || 1).is_ok());
         let mut off = CpuShedder::new(0.0, 0.0);
         for i in 0..30 {
             off.observe(i * 100, 500.0, 100);
@@ -488,27 +512,27 @@ mod shedder_tests {
         let (mut s, now) = limiting_at(200);
         assert_eq!(s.window(), Some(100.0));
         // 10 busy sessions: a share of 10 each, however full the window.
-        assert!(s.admit(now, 100, 9, true, || 10).is_ok(), "under its share");
-        assert!(s.admit(now, 100, 10, false, || 10).is_err(), "at its share");
-        assert!(s.admit(now, 100, 99, false, || 1).is_ok(), "alone, a session has the whole window");
-        assert!(s.admit(now, 100, 100, false, || 1).is_err());
+        assert!(s.admit(now, 100, 9, true, None, || 10).is_ok(), "under its share");
+        assert!(s.admit(now, 100, 10, false, None, || 10).is_err(), "at its share");
+        assert!(s.admit(now, 100, 99, false, None, || 1).is_ok(), "alone, a session has the whole window");
+        assert!(s.admit(now, 100, 100, false, None, || 1).is_err());
         // More busy sessions than the window: one each for a session that
         // keeps to its share, whatever the window holds...
-        assert!(s.admit(now, 500, 0, false, || 1_000).is_ok(), "a newcomer always gets one in");
-        assert!(s.admit(now, 500, 1, false, || 1_000).is_err());
+        assert!(s.admit(now, 500, 0, false, None, || 1_000).is_ok(), "a newcomer always gets one in");
+        assert!(s.admit(now, 500, 1, false, None, || 1_000).is_err());
         // ...and for one refused lately, only while the window has room.
-        assert!(s.admit(now, 99, 0, true, || 1_000).is_ok());
-        assert!(s.admit(now, 100, 0, true, || 1_000).is_err());
+        assert!(s.admit(now, 99, 0, true, None, || 1_000).is_ok());
+        assert!(s.admit(now, 100, 0, true, None, || 1_000).is_err());
         // While the window has room, anyone: refusing would idle the CPU.
-        assert!(s.admit(now, 99, 50, true, || 10).is_ok());
+        assert!(s.admit(now, 99, 50, true, None, || 10).is_ok());
         let mut off = CpuShedder::new(20.0, 5.0);
-        assert!(off.admit(now, 0, 1_000_000, true, || unreachable!("not asked unless limiting")).is_ok());
+        assert!(off.admit(now, 0, 1_000_000, true, None, || unreachable!("not asked unless limiting")).is_ok());
     }
 
     #[test]
     fn the_wait_keeps_refusals_a_small_share_of_what_is_served() {
         let (mut s, mut now) = limiting_at(1_000);
-        assert_eq!(s.admit(now, 1_000, 1_000, false, || 100), Err(1_000), "nothing served yet: a second");
+        assert_eq!(s.admit(now, 1_000, 1_000, false, None, || 100), Err(1_000), "nothing served yet: a second");
         // 2,000 outcomes a second, read every 100 ms: the rate is known
         // within a second.
         for _ in 0..10 {
@@ -519,12 +543,29 @@ mod shedder_tests {
             }
             s.observe(now, 10.0, 1_000);
         }
-        // 100 sessions once per wait = 2 % of 2,000/s: 40 per second, so 2.5 s.
-        let wait = s.admit(now, 1_000, 1_000, false, || 100).unwrap_err();
+        // One session being refused, once per wait = 2 % of 2,000/s: 40 a
+        // second, so 25 ms; at least 100 ms.
+        assert_eq!(s.admit(now, 1_000, 1_000, false, None, || 100).unwrap_err(), 100);
+        // 100 sessions refused this second: 2.5 s each.
+        for _ in 0..98 {
+            let _ = s.admit(now, 1_000, 1_000, false, None, || 100);
+        }
+        let wait = s.admit(now, 1_000, 1_000, false, None, || 100).unwrap_err();
         assert!((2_500..=2_505).contains(&wait), "{wait}");
-        let wait = s.admit(now, 1_000, 1_000, false, || 10).unwrap_err();
-        assert!((250..=251).contains(&wait), "{wait}");
-        assert_eq!(s.admit(now, 1_000, 1_000, false, || 1).unwrap_err(), 100, "at least 100 ms");
-        assert_eq!(s.admit(now, 1_000_000, 1_000_000, false, || 100_000).unwrap_err(), 5_000, "at most 5 s");
+        let again = s.admit(now, 1_000, 1_000, false, Some(now), || 100).unwrap_err();
+        assert_eq!(again, wait, "a session refused again in the second is not counted twice");
+        let wait = s.admit(now, 1_000, 1_000, false, None, || 10).unwrap_err();
+        assert!((250..=251).contains(&wait), "never more than the busy sessions: {wait}");
+        // The next second remembers the last: the floods go on.
+        now += 1_000;
+        let wait = s.admit(now, 1_000, 1_000, false, Some(now - 1_000), || 100).unwrap_err();
+        assert!((2_500..=2_505).contains(&wait), "{wait}");
+        // Two seconds without a refusal: forgotten.
+        now += 2_000;
+        assert_eq!(s.admit(now, 1_000, 1_000, false, None, || 100).unwrap_err(), 100);
+        for _ in 0..1_000 {
+            let _ = s.admit(now, 1_000_000, 1_000_000, false, None, || 100_000);
+        }
+        assert_eq!(s.admit(now, 1_000_000, 1_000_000, false, None, || 100_000).unwrap_err(), 5_000, "at most 5 s");
     }
 }

@@ -42,8 +42,11 @@ pub(super) struct Session {
     pub jobs: HashSet<String>,
     pub last_activity: Millis,
     pub detached_at: Option<Millis>,
-    /// When the CPU shedder last refused this session (it sends past its share).
+    /// When the CPU shedder last refused this session past its guaranteed
+    /// one (it sends past its share).
     pub cpu_refused_at: Option<Millis>,
+    /// When the CPU shedder last refused this session at all.
+    pub cpu_refused_last: Option<Millis>,
 }
 
 impl Core {
@@ -198,6 +201,7 @@ impl Core {
             last_activity: now,
             detached_at: None,
             cpu_refused_at: None,
+            cpu_refused_last: None,
         }
     }
 
@@ -317,9 +321,11 @@ impl Core {
         // before any work is spent on it.
         let classes = &self.classes;
         let flooding = s.cpu_refused_at.is_some_and(|at| now < at + admission::CpuShedder::FLOOD_MEMORY_MS);
-        if let Err(retry) = self.shedder.admit(now, self.jobs.len(), unsent, flooding, || classes.active_sessions()) {
+        let last_refused = s.cpu_refused_last;
+        if let Err(retry) = self.shedder.admit(now, self.jobs.len(), unsent, flooding, last_refused, || classes.active_sessions()) {
             if let Some(s) = self.sessions.get_mut(id) {
                 s.order.withdraw(index);
+                s.cpu_refused_last = Some(now);
                 // Only asking past the guaranteed one marks a flood: a
                 // session refused with nothing in flight gets its one back
                 // once the mark has aged, and is never starved.
