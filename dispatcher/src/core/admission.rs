@@ -181,33 +181,35 @@ mod tests {
 /// everything is served late. How late is set by how many utterances the
 /// phones keep unanswered (each up to its window), so the cure is fewer in
 /// flight; admitting at the rate outcomes leave would hold the backlog where
-/// it is. The shell measures its scheduling lag every 100 ms (how long a task
+/// it is. The shell samples its scheduling lag every 10 ms (how long a task
 /// that yields waits for a worker thread: every connection with a frame
-/// ready is a task waiting) and feeds it here with the number of utterances
-/// in the system (accepted, outcome not yet sent).
+/// ready is a task waiting) and every 100 ms feeds the mean and the least
+/// sample here, with the number of utterances in the system (accepted,
+/// outcome not yet sent).
 ///
-/// After [`SUSTAINED`](Self::SUSTAINED) readings in a row at or above
-/// `high`, with at least [`BACKLOG_LAGS`](Self::BACKLOG_LAGS) lags' worth of
-/// work in the system, a *window* on what is in the system starts at half
-/// of what is in it. It shrinks by a fifth (up to a half, the further the lag is over)
-/// each reading the lag stays at or above `high`, never below
-/// [`MIN_WINDOW`](Self::MIN_WINDOW), and grows by a tenth each reading at or
+/// After [`SUSTAINED`](Self::SUSTAINED) readings in a row with the mean at
+/// or above `high` and every sample at or above `low` (a standing queue, not
+/// bursts), with at least [`BACKLOG_LAGS`](Self::BACKLOG_LAGS) lags' worth
+/// of work in the system, a *window* on what is in the system starts at
+/// half of what is in it. It shrinks by a fifth (up to a half, the further
+/// the lag is over) each reading the mean stays at or above `high`, never
+/// below [`MIN_WINDOW`](Self::MIN_WINDOW), and grows by a tenth each reading at or
 /// below `low` (AIMD's shape, on a delay signal).
 ///
-/// While limiting, a session holding its *share* (the window over the
-/// sessions with work in the system) is refused at once with
-/// `RATE_LIMITED`; a session under its share is admitted. So a flood takes
-/// only its own share, never room freed for the others. A session that
-/// keeps to its share is guaranteed one in flight even when there are more
-/// busy sessions than the window (closed-loop phones are never refused); one
-/// refused lately gets one in only while the window has room, so floods
-/// cannot hold the window open and what is served stays near the window's
-/// latency. A refusal still costs reading
-/// the frame (a tenth to a quarter of serving it), so `retry_after_ms` is
-/// long enough that with every busy session refused once per wait,
-/// refusals stay about [`REFUSAL_SHARE`](Self::REFUSAL_SHARE) of what is
-/// served; the SDK keeps its window cut for that long. Limiting ends once
-/// the lag is at or below `low` and [`CALM_MS`](Self::CALM_MS) passed without a refusal.
+/// While the window has room, everyone is admitted. With it full, a session
+/// holding its *share* (the window over the sessions with work in the
+/// system) is refused at once with `RATE_LIMITED`; a session under its
+/// share is admitted. So a flood takes only its own share and what room is
+/// left. A session that keeps to its share is guaranteed one in flight even
+/// when there are more busy sessions than the window (closed-loop phones
+/// are never refused); one refused lately gets one in only while the window
+/// has room, so floods cannot hold the window open and what is served stays
+/// near the window's latency. A refusal still costs reading the frame (a
+/// tenth to a quarter of serving it), so `retry_after_ms` is long enough
+/// that with every session being refused refused once per wait, refusals
+/// stay about [`REFUSAL_SHARE`](Self::REFUSAL_SHARE) of what is served; the
+/// SDK keeps its window cut for that long. Limiting ends once the lag is at
+/// or below `low` and [`CALM_MS`](Self::CALM_MS) passed without a refusal.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CpuShedder {
     high: f64,
