@@ -345,7 +345,6 @@ impl CpuShedder {
     /// `last_refused` when the session was last refused at all, and
     /// `active_sessions()` sessions with work in it (asked only while
     /// limiting). `Err` is the refusal's `retry_after_ms`.
-    #[allow(clippy::too_many_arguments)]
     pub fn admit(
         &mut self,
         now: Millis,
