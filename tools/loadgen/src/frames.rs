@@ -7,6 +7,8 @@
 
 use std::fmt::Write as _;
 
+use crate::wsclient::TextFrame;
+
 use tolk_protocol::node::{Hardware, InstalledModel, JobResult, NodeHeartbeat, NodePlatform, NodeRegister, ResourceUsage};
 use tolk_protocol::session::{ClientHeartbeat, ClientPlatform, SessionInit, Utterance};
 use tolk_protocol::{AudioFormat, ClientToServer, Features, Message, ModelKind, NodeToServer};
@@ -53,12 +55,14 @@ impl Template {
         Self { parts, slots }
     }
 
-    fn render(&self, prefix: &str, values: &[&str]) -> String {
+    /// The frame with `values` in their places, after `prefix`, the first
+    /// `skip` bytes of the template left out.
+    fn render(&self, prefix: &str, skip: usize, values: &[&str]) -> TextFrame {
         let len = prefix.len() + self.parts.iter().map(String::len).sum::<usize>() + values.iter().map(|v| v.len()).sum::<usize>();
-        let mut out = String::with_capacity(len);
+        let mut out = TextFrame::with_capacity(len);
         out.push_str(prefix);
         for (i, part) in self.parts.iter().enumerate() {
-            out.push_str(part);
+            out.push_str(if i == 0 { part.get(skip..).unwrap_or_default() } else { part });
             if let Some(&slot) = self.slots.get(i) {
                 out.push_str(values[slot]);
             }
@@ -97,8 +101,8 @@ impl UtteranceFrames {
         Self(Template::new(&json, &[SESSION, &INDEX.to_string()]))
     }
 
-    pub fn render(&self, session_id: &str, index: u64) -> String {
-        self.0.render("", &[session_id, &index.to_string()])
+    pub fn render(&self, session_id: &str, index: u64) -> TextFrame {
+        self.0.render("", 0, &[session_id, &index.to_string()])
     }
 }
 
@@ -128,18 +132,16 @@ impl ResultFrames {
     }
 
     /// The frame for the dispatcher.
-    pub fn render(&self, job_id: &str, session_id: &str, index: u64) -> String {
-        self.0.render("", &[job_id, session_id, &index.to_string()])
+    pub fn render(&self, job_id: &str, session_id: &str, index: u64) -> TextFrame {
+        self.0.render("", 0, &[job_id, session_id, &index.to_string()])
     }
 
     /// The frame for the bare relay: the same object with the routing field first.
-    pub fn render_for_relay(&self, session_number: u32, session_id: &str, index: u64) -> String {
+    pub fn render_for_relay(&self, session_number: u32, session_id: &str, index: u64) -> TextFrame {
         let mut prefix = String::with_capacity(RELAY_PREFIX.len() + RELAY_DIGITS + 2);
         let _ = write!(prefix, "{RELAY_PREFIX}{session_number:0width$}\",", width = RELAY_DIGITS);
-        let mut out = self.0.render(&prefix, &["relay", session_id, &index.to_string()]);
-        // The template's own `{` follows the prefix: drop it.
-        out.remove(prefix.len());
-        out
+        // The prefix opens the object: the template's own `{` is left out.
+        self.0.render(&prefix, 1, &["relay", session_id, &index.to_string()])
     }
 }
 
@@ -244,21 +246,24 @@ mod tests {
     #[test]
     fn rendered_frames_parse_as_the_protocol_types() {
         let utt = UtteranceFrames::new(20, 16_000).render("s-abc", 7);
-        let ClientToServer::Utterance(u) = ClientToServer::parse(&utt).unwrap() else { panic!("{utt}") };
+        let utt = utt.as_str();
+        let ClientToServer::Utterance(u) = ClientToServer::parse(utt).unwrap() else { panic!("{utt}") };
         assert_eq!((u.session_id.as_str(), u.utterance_index), ("s-abc", 7));
         assert_eq!(tolk_protocol::audio::decode_base64(&u.audio, u.audio_format, 16_000).unwrap().duration_ms(), 20);
-        assert_eq!(u64_field(&utt, key::UTTERANCE_INDEX), Some(7));
+        assert_eq!(u64_field(utt, key::UTTERANCE_INDEX), Some(7));
 
         let frames = ResultFrames::new("n-1", 30, 16_000, 5);
         let r = frames.render("j-1", "s-abc", 7);
-        let NodeToServer::JobResult(j) = NodeToServer::parse(&r).unwrap() else { panic!("{r}") };
+        let r = r.as_str();
+        let NodeToServer::JobResult(j) = NodeToServer::parse(r).unwrap() else { panic!("{r}") };
         assert_eq!((j.job_id.as_str(), j.session_id.as_str(), j.utterance_index, j.success), ("j-1", "s-abc", 7, true));
 
         let relayed = frames.render_for_relay(42, "r-42", 8);
-        assert_eq!(relay_target(&relayed), Some(42));
+        let relayed = relayed.as_str();
+        assert_eq!(relay_target(relayed), Some(42));
         assert!(relayed.starts_with("{\"relay_to\":\"00000042\",\"type\":\"job_result\""), "{relayed}");
-        assert!(NodeToServer::parse(&relayed).is_ok(), "unknown fields are ignored");
-        assert_eq!(u64_field(&relayed, key::UTTERANCE_INDEX), Some(8));
+        assert!(NodeToServer::parse(relayed).is_ok(), "unknown fields are ignored");
+        assert_eq!(u64_field(relayed, key::UTTERANCE_INDEX), Some(8));
     }
 
     #[test]

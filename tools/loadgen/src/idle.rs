@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::Message as Ws;
 
 use crate::Error;
 use crate::frames;
@@ -96,13 +94,13 @@ async fn idle(mut ws: crate::sim::Socket, id: String, number: u32, period: Durat
     let mut next = tokio::time::Instant::now() + period.mul_f64(phase);
     let open = loop {
         tokio::select! {
-            msg = ws.next() => match msg {
-                Some(Ok(Ws::Close(_))) | None | Some(Err(_)) => break false,
-                Some(Ok(_)) => {}
+            msg = ws.next_text() => match msg {
+                Ok(None) | Err(_) => break false,
+                Ok(Some(_)) => {}
             },
             () = tokio::time::sleep_until(next) => {
                 let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-                if ws.send(Ws::text(frames::client_heartbeat(&id, ms, None))).await.is_err() {
+                if ws.send(frames::client_heartbeat(&id, ms, None).into()).await.is_err() {
                     break false;
                 }
                 next += period;
@@ -110,6 +108,6 @@ async fn idle(mut ws: crate::sim::Socket, id: String, number: u32, period: Durat
             _ = stop.changed() => break true,
         }
     };
-    let _ = ws.close(None).await;
+    let _ = ws.close().await;
     open
 }

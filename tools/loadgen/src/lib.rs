@@ -16,6 +16,8 @@
 //! - [`idle`]: the idle-session memory test.
 //! - [`frames`]: frames built once through `tolk-protocol` and rendered per
 //!   utterance; field lookups that read a frame without building it.
+//! - [`wsclient`]: the simulated peers' lean WebSocket client (the load
+//!   generator shares the cores with the server it measures).
 //! - [`child`]: the dispatcher and the relay as child processes.
 //! - [`procstat`]: CPU and RSS of a process from `/proc`.
 //! - [`scrape`]: the dispatcher's own figures (lock share, time inside) from `/metrics`.
@@ -30,6 +32,7 @@ pub mod report;
 pub mod scrape;
 pub mod sim;
 pub mod stats;
+pub mod wsclient;
 
 /// Errors of a run, for the reader (a load generator has no caller to match on them).
 pub type Error = Box<dyn std::error::Error + Send + Sync>;

@@ -15,21 +15,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message as Ws;
 use tolk_protocol::{Message, ServerToClient, ServerToNode};
 
 use crate::Error;
 use crate::frames::{self, ResultFrames, UtteranceFrames, key};
 use crate::procstat::{Memory, Pid};
 use crate::stats::Percentiles;
-
-/// A WebSocket client connection.
-pub type Socket = WebSocketStream<TcpStream>;
+pub use crate::wsclient::Socket;
+use crate::wsclient::TextFrame;
 
 /// Where the simulated peers connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,24 +245,16 @@ impl Shared {
 
 /// Opens a WebSocket to `addr` with `TCP_NODELAY` (the load generator must not add Nagle delays).
 pub async fn connect(addr: SocketAddr, path: &str) -> Result<Socket, Error> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}{path}"), stream).await?;
-    Ok(ws)
+    Socket::connect(addr, path).await
 }
 
-/// The next text frame, skipping control frames; an error on close or after `within`.
+/// The next text frame; an error on close or after `within`.
 async fn next_text(ws: &mut Socket, within: Duration) -> Result<String, Error> {
-    let deadline = Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Err(_) => return Err("no answer in time".into()),
-            Ok(None) => return Err("connection closed".into()),
-            Ok(Some(Err(e))) => return Err(e.into()),
-            Ok(Some(Ok(Ws::Text(t)))) => return Ok(t.as_str().to_owned()),
-            Ok(Some(Ok(Ws::Close(_)))) => return Err("connection closed".into()),
-            Ok(Some(Ok(_))) => continue,
-        }
+    match tokio::time::timeout(within, ws.next_text()).await {
+        Err(_) => Err("no answer in time".into()),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(None)) => Err("connection closed".into()),
+        Ok(Ok(Some(t))) => Ok(t.as_str().ok_or("the target sent text that is not UTF-8")?.to_owned()),
     }
 }
 
@@ -279,7 +266,7 @@ pub(crate) async fn open_session(target: Target, number: u32, nodes: usize) -> R
     match target {
         Target::Dispatcher(addr) | Target::Cluster { sessions: addr, .. } => {
             let mut ws = connect(addr, "/ws/session").await?;
-            ws.send(Ws::text(frames::session_init())).await?;
+            ws.send(frames::session_init().into()).await?;
             loop {
                 let text = next_text(&mut ws, HANDSHAKE).await?;
                 match ServerToClient::parse_unvalidated(&text) {
@@ -302,7 +289,7 @@ async fn open_node(target: Target, number: usize, max_jobs: u32) -> Result<(Sock
     match target {
         Target::Dispatcher(addr) | Target::Cluster { nodes: addr, .. } => {
             let mut ws = connect(addr, "/ws/node").await?;
-            ws.send(Ws::text(frames::node_register(max_jobs))).await?;
+            ws.send(frames::node_register(max_jobs).into()).await?;
             loop {
                 let text = next_text(&mut ws, HANDSHAKE).await?;
                 match ServerToNode::parse_unvalidated(&text) {
@@ -435,7 +422,7 @@ impl SimSession {
         let t0 = self.shared.now_ns();
         self.pending.push_back(Pending { index, t0, bytes });
         self.stats.sent += 1;
-        self.ws.send(Ws::text(frame)).await?;
+        self.ws.send(frame).await?;
         Ok(())
     }
 
@@ -533,7 +520,7 @@ impl SimSession {
             self.stats.unexpected(|| format!("session {}: {e}", self.number));
         }
         self.stats.lost = self.pending.len() as u64;
-        let _ = self.ws.close(None).await;
+        let _ = self.ws.close().await;
         self.stats
     }
 
@@ -584,16 +571,15 @@ impl SimSession {
             }
             let timed = plan.period.is_some() && next_send < plan.measure_until;
             tokio::select! {
-                msg = self.ws.next() => match msg {
-                    Some(Ok(Ws::Text(text))) => {
+                msg = self.ws.next_text() => match msg? {
+                    Some(text) => {
+                        let text = text.as_str().ok_or("the target sent text that is not UTF-8")?;
                         let paused = self.paused_until.is_some_and(|t| Instant::now() < t);
-                        if self.on_frame(text.as_str()) && plan.period.is_none() && self.pending.is_empty() && !paused && Instant::now() < plan.measure_until {
+                        if self.on_frame(text) && plan.period.is_none() && self.pending.is_empty() && !paused && Instant::now() < plan.measure_until {
                             self.send_next().await?;
                         }
                     }
-                    Some(Ok(Ws::Close(_))) | None => return Err("the target closed the connection".into()),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(e.into()),
+                    None => return Err("the target closed the connection".into()),
                 },
                 () = tokio::time::sleep_until(next_send), if timed && !blocked => {
                     let paused = self.paused_until.is_some_and(|t| Instant::now() < t);
@@ -606,7 +592,7 @@ impl SimSession {
                 }
                 () = tokio::time::sleep_until(next_heartbeat), if plan.heartbeat.is_some() => {
                     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-                    self.ws.send(Ws::text(frames::client_heartbeat(&self.id, ms, self.last_outcome))).await?;
+                    self.ws.send(frames::client_heartbeat(&self.id, ms, self.last_outcome).into()).await?;
                     next_heartbeat += plan.heartbeat.unwrap_or_default();
                 }
                 // Open loop, told to wait with room in the window: wake when the wait ends.
@@ -649,7 +635,7 @@ struct SimNode {
 /// A built result waiting for its node's delay.
 struct Due {
     at: Instant,
-    frame: String,
+    frame: TextFrame,
     session: u32,
     index: u64,
 }
@@ -701,7 +687,7 @@ impl SimNode {
     }
 
     async fn drive(&mut self, ws: Socket) -> Result<(), Error> {
-        let (mut sink, mut stream) = ws.split();
+        let (mut stream, mut sink) = ws.split();
         let mut due: VecDeque<Due> = VecDeque::new();
         // Jobs beyond `slots`, waiting for one (only the relay sends them).
         let mut waiting: VecDeque<Due> = VecDeque::new();
@@ -712,38 +698,36 @@ impl SimNode {
         loop {
             let next_due = due.front().map_or(far, |d| d.at);
             tokio::select! {
-                msg = stream.next() => match msg {
-                    Some(Ok(Ws::Text(text))) => {
-                        let Some(d) = self.on_frame(text.as_str()) else { continue };
+                msg = stream.next_text() => match msg? {
+                    Some(text) => {
+                        let text = text.as_str().ok_or("the target sent text that is not UTF-8")?;
+                        let Some(d) = self.on_frame(text) else { continue };
                         if self.delay.is_zero() {
                             self.stamp_sent(&d);
-                            sink.send(Ws::text(d.frame)).await?;
+                            sink.send(d.frame).await?;
                         } else if due.len() < self.slots {
                             due.push_back(d);
                         } else {
                             waiting.push_back(d);
                         }
                     }
-                    Some(Ok(Ws::Close(_))) | None => return Ok(()),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(e.into()),
+                    None => return Ok(()),
                 },
                 () = tokio::time::sleep_until(next_due), if !due.is_empty() => {
                     let now = Instant::now();
                     while due.front().is_some_and(|d| d.at <= now) {
                         let Some(d) = due.pop_front() else { break };
                         self.stamp_sent(&d);
-                        sink.feed(Ws::text(d.frame)).await?;
+                        sink.send(d.frame).await?;
                         if let Some(mut next) = waiting.pop_front() {
                             next.at = now + self.delay;
                             due.push_back(next);
                         }
                     }
-                    sink.flush().await?;
                 }
                 _ = heartbeat.tick(), if !self.relay => {
                     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-                    sink.send(Ws::text(frames::node_heartbeat(&self.node_id, ms, due.len().min(self.slots) as u32))).await?;
+                    sink.send(frames::node_heartbeat(&self.node_id, ms, due.len().min(self.slots) as u32).into()).await?;
                 }
                 _ = self.stop.changed() => {
                     let _ = sink.close().await;
