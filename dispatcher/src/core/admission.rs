@@ -220,6 +220,8 @@ pub struct CpuShedder {
     /// Utterances allowed in the system while limiting.
     window: Option<f64>,
     last_refusal: Millis,
+    /// The last reading of a standing queue while limiting.
+    last_standing: Millis,
     /// Outcomes delivered since the last reading.
     served_since: u64,
     /// Outcomes per second, smoothed over readings (a quick meter: the
@@ -271,6 +273,7 @@ impl CpuShedder {
             standing_run: 0,
             window: None,
             last_refusal: 0,
+            last_standing: 0,
             served_since: 0,
             served_per_s: None,
             read_at: None,
@@ -292,6 +295,7 @@ impl CpuShedder {
         if self.high <= 0.0 || !lag_ms.is_finite() || !least_lag_ms.is_finite() {
             return;
         }
+        let previous = self.read_at;
         if let Some(at) = self.read_at.filter(|&at| now > at) {
             let rate = self.served_since as f64 * 1000.0 / (now - at) as f64;
             self.served_per_s = Some(self.served_per_s.map_or(rate, |r| 0.5 * (r + rate)));
@@ -299,27 +303,40 @@ impl CpuShedder {
         self.read_at = Some(now);
         self.served_since = 0;
         let busy = lag_ms >= self.high;
-        // Limiting starts only on a standing queue: every sample of the
-        // reading waited. A burst (a neighbour's, such as the load
-        // generator's on the same cores, or many frames at once) leaves
-        // some samples waiting nothing (CoDel's minimum sojourn).
+        // A standing queue: every sample of the reading waited. A burst (a
+        // neighbour's, such as the load generator's on the same cores, or
+        // many frames at once) leaves some samples waiting nothing
+        // (CoDel's minimum sojourn).
         let standing = busy && least_lag_ms >= self.low;
         self.standing_run = if standing { self.standing_run.saturating_add(1) } else { 0 };
         let ours = self.backlog_ms(in_flight) >= Self::BACKLOG_LAGS * self.high;
+        let refused_since_last = previous.is_some_and(|at| self.last_refusal >= at);
         match &mut self.window {
-            // Fewer than the floor in the system, or fewer than a few lags'
-            // worth of what it serves: nothing of ours to hold back (the lag
-            // is something else: a burst of connections, or a neighbour
-            // taking the cores, as the load generator does at 0.8×).
+            // Limiting starts only on a standing queue, with at least the
+            // floor in the system and a few lags' worth of what it serves:
+            // otherwise nothing of ours is to hold back (the lag is
+            // something else: a burst of connections, or a neighbour taking
+            // the cores, as the load generator does at 0.8×).
             None if self.standing_run >= Self::SUSTAINED && in_flight as f64 >= Self::MIN_WINDOW && ours => {
                 self.window = Some((in_flight as f64 * 0.5).max(Self::MIN_WINDOW));
+                self.last_standing = now;
             }
             None => {}
-            // The further over, the faster down: a deep backlog at the
-            // start of an overload is cut within a few readings.
-            Some(w) if busy => *w = (*w * (self.high / lag_ms).clamp(0.5, Self::DECREASE)).max(Self::MIN_WINDOW),
-            Some(_) if lag_ms <= self.low && now >= self.last_refusal + Self::CALM_MS => self.window = None,
-            Some(w) if lag_ms <= self.low => *w += *w * Self::INCREASE,
+            // Only a standing queue shrinks it, as only one starts it: a
+            // burst shrinking it (by a fifth) each time, and only a reading
+            // with no lag at all growing it, ratcheted the window down to
+            // its floor at 1-2× on a busy machine, where phones told to
+            // wait left a fifth of the CPU idle. The further over, the
+            // faster down: a deep backlog at the start of an overload is
+            // cut within a few readings.
+            Some(w) if standing => {
+                *w = (*w * (self.high / lag_ms).clamp(0.5, Self::DECREASE)).max(Self::MIN_WINDOW);
+                self.last_standing = now;
+            }
+            Some(_) if now >= self.last_standing + Self::CALM_MS && now >= self.last_refusal + Self::CALM_MS => self.window = None,
+            // Some sample waited nothing: there was CPU to spare. It grows
+            // where the window is what holds utterances back.
+            Some(w) if least_lag_ms < self.low && (refused_since_last || in_flight as f64 >= *w * 0.5) => *w += *w * Self::INCREASE,
             Some(_) => {}
         }
     }
@@ -456,9 +473,12 @@ mod shedder_tests {
             s.observe(now, 50.0, 300);
         }
         assert_eq!(s.window(), Some(CpuShedder::MIN_WINDOW), "never below the floor");
-        now += 2_000;
+        now += CpuShedder::CALM_MS - 100;
         s.observe(now, 1.0, 0);
-        assert!(!s.limiting(), "a low lag and no refusal for CALM_MS: done");
+        assert!(s.limiting(), "a standing queue within CALM_MS");
+        now += 100;
+        s.observe(now, 1.0, 0);
+        assert!(!s.limiting(), "no standing queue and no refusal for CALM_MS: done");
         assert!(s.admit(now, 1_000_000, 1_000_000, true, None, || 1).is_ok());
         let mut off = CpuShedder::new(0.0, 0.0);
         for i in 0..30 {
@@ -483,10 +503,39 @@ mod shedder_tests {
             now += 100;
         }
         assert!(s.limiting(), "every sample waited: a standing queue");
-        // Once limiting, the mean steers the window, bursts included.
+        // Once limiting, too, only a standing queue shrinks the window.
         let w = s.window().unwrap();
         s.observe_samples(now, 8.0, 0.0, 5_000);
+        assert!(s.window().unwrap() > w, "a burst with time to spare: it grows");
+        let w = s.window().unwrap();
+        now += 100;
+        s.observe_samples(now, 8.0, 2.0, 5_000);
         assert!(s.window().unwrap() < w);
+    }
+
+    #[test]
+    fn bursts_at_about_the_capacity_do_not_ratchet_the_window_down() {
+        let (mut s, mut now) = limiting_at(400);
+        let start = s.window().unwrap();
+        // Near the capacity on busy cores: the mean often over `high`, but
+        // some sample of each reading waited nothing. The window is full
+        // (sessions are refused), so the spare CPU is the window's doing.
+        for i in 0..30 {
+            now += 100;
+            let w = s.window().unwrap().ceil() as usize;
+            assert!(s.admit(now, w, 50, true, None, || 100).is_err());
+            let (mean, least) = if i % 2 == 0 { (45.0, 1.0) } else { (12.0, 3.0) };
+            s.observe_samples(now, mean, least, w);
+        }
+        assert!(s.window().unwrap() > 2.0 * start, "{:?}", s.window());
+        // A window nobody fills does not grow (after the reading that
+        // follows the last refusal).
+        now += 100;
+        s.observe_samples(now, 1.0, 0.0, 10);
+        let w = s.window();
+        now += 100;
+        s.observe_samples(now, 1.0, 0.0, 10);
+        assert_eq!(s.window(), w);
     }
 
     #[test]
