@@ -129,6 +129,11 @@ struct Bench {
     /// from its /metrics).
     #[arg(long)]
     timeline: bool,
+    /// Open loop: a phone holds an utterance it may not send when it falls
+    /// due (window full, or told to wait) and sends it as soon as it may, as
+    /// the SDK's queue does, instead of dropping it.
+    #[arg(long)]
+    hold_unsent: bool,
     /// The nats-server binary [default: where scripts/setup.sh installs it].
     #[arg(long)]
     nats_server: Option<PathBuf>,
@@ -190,6 +195,7 @@ fn load_config(b: &Bench) -> LoadConfig {
         max_jobs: b.max_jobs,
         heartbeat: (b.heartbeat > 0.0).then(|| Duration::from_secs_f64(b.heartbeat)),
         scrape_timeline: b.timeline,
+        hold_unsent: b.hold_unsent,
         ..LoadConfig::default()
     }
 }

@@ -74,7 +74,7 @@ pub fn table(reports: &[&LoadReport]) -> String {
     row(&mut s, "machine load average (1 min)", col(&|r| r.load_average.map_or("n/a".into(), |l| format!("{l:.2}"))));
     row(&mut s, "sent / answered", col(&|r| format!("{} / {}", r.sent, r.answered)));
     row(&mut s, "failed/refused/lost", col(&|r| format!("{}/{}/{}", r.failed, r.refused, r.lost)));
-    row(&mut s, "skipped (64 unanswered)", col(&|r| r.skipped.to_string()));
+    row(&mut s, "unsent (held or dropped)", col(&|r| r.skipped.to_string()));
     if let [ours, relay] = reports {
         let ratio = ours.utterances_per_s() / relay.utterances_per_s().max(1e-9);
         let _ = writeln!(
@@ -159,7 +159,7 @@ pub fn sweep_table(capacity: f64, rows: &[SweepRow], run_s: f64) -> String {
     );
     let _ = writeln!(
         s,
-        "| offered | target | delivered/s | NODE_UNAVAILABLE/s | RATE_LIMITED/s | timed out (> 5 s) | skipped | served p50 / p99 | CPU µs / delivered | lock share | inside p99 |"
+        "| offered | target | delivered/s | NODE_UNAVAILABLE/s | RATE_LIMITED/s | timed out (> 5 s) | unsent | served p50 / p99 | CPU µs / delivered | lock share | inside p99 |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
     let peak =

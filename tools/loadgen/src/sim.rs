@@ -78,9 +78,16 @@ pub struct LoadConfig {
     /// `max_jobs` each node registers with.
     pub max_jobs: u32,
     /// Unanswered utterances per session (the dispatcher refuses more than
-    /// its `max_pending_per_session`, 64 by default); at the rate, a send
-    /// that finds this many is skipped and counted.
+    /// its `max_pending_per_session`, 64 by default). At the rate, an
+    /// utterance due while the phone may not send (this many unanswered, or
+    /// told to wait) is dropped and counted; with `hold_unsent`, it is held
+    /// and sent as soon as the phone may, as the SDK's queue holds it.
     pub max_pending: usize,
+    /// Hold an utterance the phone may not send when it is due and send it
+    /// as soon as it may (the SDK's queue), instead of dropping it: the
+    /// offered rate is then what the phones produce, not what reaches the
+    /// server.
+    pub hold_unsent: bool,
     /// Connection handshakes in flight at once.
     pub connect_parallel: usize,
     /// Each session's `client_heartbeat` period, carrying `last_utterance_index`
@@ -111,6 +118,7 @@ impl Default for LoadConfig {
             drain: Duration::from_secs(10),
             max_jobs: 1024,
             max_pending: 64,
+            hold_unsent: false,
             connect_parallel: 128,
             heartbeat: Some(Duration::from_secs(5)),
             timeout: Duration::from_secs(5),
@@ -133,7 +141,9 @@ pub struct LoadReport {
     pub failed: u64,
     /// Utterances refused (`RATE_LIMITED`, no outcome follows).
     pub refused: u64,
-    /// Sends skipped at the rate because `max_pending` were unanswered.
+    /// Utterances due at the rate that were never sent: dropped (or, with
+    /// `hold_unsent`, still held when sending stopped) because
+    /// `max_pending` were unanswered or the phone was told to wait.
     pub skipped: u64,
     /// Sent, and neither answered, failed nor refused by the end of the drain.
     pub lost: u64,
@@ -346,6 +356,7 @@ struct Plan {
     /// Offset of the first send in the open loop, a fraction of `period`.
     phase: f64,
     max_pending: usize,
+    hold_unsent: bool,
     heartbeat: Option<Duration>,
     timeout: Duration,
 }
@@ -403,6 +414,9 @@ struct SimSession {
     /// `max_pending`, cut to what the server had accepted by a
     /// `RATE_LIMITED` refusal, one more per outcome once `grow_after` has passed.
     window: usize,
+    /// Utterances due (open loop) that the phone could not send yet, oldest
+    /// first, as the SDK's queue holds them.
+    held: u64,
     /// After a `RATE_LIMITED` refusal, as the SDK does: no sends until the
     /// server's `retry_after_ms` has passed or the next outcome arrives.
     paused_until: Option<Instant>,
@@ -542,19 +556,21 @@ impl SimSession {
         loop {
             let sending = Instant::now() < plan.measure_until;
             if !sending && self.pending.is_empty() {
-                // Blocked to the end: the sends it skipped meanwhile.
+                // Blocked to the end: what fell due meanwhile, and what it
+                // still held, was never sent.
                 if let (Some(period), Some(_)) = (plan.period, blocked_since) {
                     while next_send < plan.measure_until {
-                        self.stats.skipped += 1;
+                        self.held += 1;
                         next_send += period;
                     }
                 }
+                self.stats.skipped += std::mem::take(&mut self.held);
                 return Ok(());
             }
             let timed = plan.period.is_some() && next_send < plan.measure_until;
-            // A phone that cannot send (window full, or told to wait) skips
-            // its sends without waking for each: the skips are counted when
-            // it can send again. Waking 300 times a second per phone to skip
+            // A phone that cannot send (window full, or told to wait) does
+            // not wake for each utterance falling due: they are counted
+            // when it can send again. Waking 300 times a second per phone
             // would take the load generator's share of the two cores from
             // the server under test.
             let now = Instant::now();
@@ -563,12 +579,23 @@ impl SimSession {
             if timed && !blocked && blocked_since.take().is_some() {
                 let period = plan.period.unwrap_or_default();
                 while next_send <= now && next_send < plan.measure_until {
-                    self.stats.skipped += 1;
+                    self.held += 1;
                     next_send += period;
                 }
             } else if timed && blocked {
                 blocked_since.get_or_insert(now);
             }
+            if !plan.hold_unsent {
+                self.stats.skipped += std::mem::take(&mut self.held);
+            } else if !blocked && sending {
+                // What it holds goes as soon as the window and the wait
+                // allow, as the SDK's queue sends it.
+                while self.held > 0 && self.pending.len() < self.window {
+                    self.held -= 1;
+                    self.send_next().await?;
+                }
+            }
+            let blocked = paused || self.pending.len() >= self.window;
             let timed = plan.period.is_some() && next_send < plan.measure_until;
             tokio::select! {
                 msg = self.ws.next_text() => match msg? {
@@ -586,7 +613,7 @@ impl SimSession {
                     if !paused && self.pending.len() < self.window {
                         self.send_next().await?;
                     } else {
-                        self.stats.skipped += 1;
+                        self.held += 1;
                     }
                     next_send += plan.period.unwrap_or_default();
                 }
@@ -802,6 +829,7 @@ pub async fn run_with(target: Target, cfg: &LoadConfig, pids: Vec<Pid>) -> Resul
             // Spread the sessions' first sends evenly over one period.
             phase: (f64::from(number) * 0.618_033_988_75).fract(),
             max_pending: cfg.max_pending.clamp(1, RING / 2),
+            hold_unsent: cfg.hold_unsent,
             heartbeat: cfg.heartbeat,
             timeout: cfg.timeout,
         };
@@ -815,6 +843,7 @@ pub async fn run_with(target: Target, cfg: &LoadConfig, pids: Vec<Pid>) -> Resul
             next_index: 0,
             last_outcome: None,
             window: plan.max_pending,
+            held: 0,
             paused_until: None,
             grow_after: None,
             stats: SessionStats::default(),

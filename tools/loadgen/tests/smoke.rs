@@ -92,6 +92,18 @@ async fn tiny_runs_against_the_dispatcher_and_the_relay_answer_everything() {
     // At a rate, with nodes that take their time.
     let paced = sim::run(Target::Dispatcher(daddr), &tiny(20.0, 15), None).await.unwrap();
     check(&paced);
+    // Faster than one unanswered utterance per phone allows: what falls
+    // due with the window full is dropped, or held and sent when it may
+    // (the SDK's queue). Either way every utterance due is sent or counted.
+    for hold_unsent in [false, true] {
+        let cfg = LoadConfig { max_pending: 1, hold_unsent, ..tiny(50.0, 60) };
+        let r = sim::run(Target::Dispatcher(daddr), &cfg, None).await.unwrap();
+        check(&r);
+        let due = cfg.sessions as f64 * cfg.rate * (cfg.warmup + cfg.duration).as_secs_f64();
+        let counted = (r.sent + r.skipped) as f64;
+        assert!((counted - due).abs() <= cfg.sessions as f64, "hold {hold_unsent}: {counted} counted, {due} due: {r:?}");
+        assert!(r.skipped > 0 && r.sent > 0, "{r:?}");
+    }
 
     let (addr, relay) = start_relay().await;
     let bare = sim::run(Target::Relay(addr), &tiny(0.0, 0), None).await.unwrap();
