@@ -192,9 +192,10 @@ mod tests {
 /// bursts), with at least [`BACKLOG_LAGS`](Self::BACKLOG_LAGS) lags' worth
 /// of work in the system, a *window* on what is in the system starts at
 /// half of what is in it. It shrinks by a fifth (up to a half, the further
-/// the lag is over) each reading the mean stays at or above `high`, never
-/// below [`MIN_WINDOW`](Self::MIN_WINDOW), and grows by a tenth each reading at or
-/// below `low` (AIMD's shape, on a delay signal).
+/// the lag is over) each reading that shows a standing queue again, never
+/// below [`MIN_WINDOW`](Self::MIN_WINDOW), and grows by a tenth each reading with a
+/// sample under `low` (CPU to spare) while the window is what holds
+/// utterances back: full, or refusing (AIMD's shape, on a delay signal).
 ///
 /// While the window has room, everyone is admitted. With it full, a session
 /// holding its *share* (the window over the sessions with work in the
@@ -208,8 +209,8 @@ mod tests {
 /// tenth to a quarter of serving it), so `retry_after_ms` is long enough
 /// that with every session being refused refused once per wait, refusals
 /// stay about [`REFUSAL_SHARE`](Self::REFUSAL_SHARE) of what is served; the
-/// SDK keeps its window cut for that long. Limiting ends once the lag is at
-/// or below `low` and [`CALM_MS`](Self::CALM_MS) passed without a refusal.
+/// SDK keeps its window cut for that long. Limiting ends once
+/// [`CALM_MS`](Self::CALM_MS) passed with neither a standing queue nor a refusal.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CpuShedder {
     high: f64,
