@@ -195,7 +195,8 @@ mod tests {
 /// the lag is over) each reading that shows a standing queue again, never
 /// below [`MIN_WINDOW`](Self::MIN_WINDOW), and grows by a tenth each reading with a
 /// sample under `low` (CPU to spare) while the window is what holds
-/// utterances back: full, or refusing (AIMD's shape, on a delay signal).
+/// utterances back: at least half full, or refusing (AIMD's shape, on a
+/// delay signal).
 ///
 /// While the window has room, everyone is admitted. With it full, a session
 /// holding its *share* (the window over the sessions with work in the
