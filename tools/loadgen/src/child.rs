@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::Error;
@@ -23,9 +24,20 @@ impl Server {
         Pid(self.child.id())
     }
 
-    /// Starts `program args…`, which must print a line ending in its `ws://ADDR` within 60 s.
+    /// Starts `program args…` (under `taskset` when [`pin_servers`] was
+    /// given CPUs), which must print a line ending in its `ws://ADDR` within 60 s.
     fn spawn(program: &Path, args: &[&str], config: Option<PathBuf>) -> Result<Self, Error> {
-        let mut child = Command::new(program)
+        let mut command = match SERVER_CPUS.get() {
+            // taskset sets the affinity and execs the program: same pid,
+            // and every thread it starts inherits the CPUs.
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpus).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
+        let mut child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -95,6 +107,41 @@ impl Drop for Server {
     }
 }
 
+/// The CPUs every server started from now on is confined to (`taskset -c`).
+static SERVER_CPUS: OnceLock<String> = OnceLock::new();
+
+/// A CPU list as `taskset -c` takes it (`0`, `0,2`, `1-3`); refused
+/// otherwise, since it goes on a command line.
+fn checked_cpu_list(cpus: &str) -> Result<&str, Error> {
+    let ok = !cpus.is_empty()
+        && cpus.split(',').all(|part| {
+            let mut ends = part.splitn(2, '-');
+            ends.all(|n| !n.is_empty() && n.len() <= 4 && n.bytes().all(|b| b.is_ascii_digit()))
+        });
+    if ok { Ok(cpus) } else { Err(format!("bad CPU list {cpus:?}: want e.g. 0, 0,2 or 1-3").into()) }
+}
+
+/// Confines the servers started from now on to `cpus` (once per process).
+/// On two cores, `--server-cpus 0 --generator-cpus 1` keeps the load
+/// generator from taking the server's CPU as the offered load grows, so
+/// the server's own CPU is what the sweep measures.
+pub fn pin_servers(cpus: &str) -> Result<(), Error> {
+    let cpus = checked_cpu_list(cpus)?;
+    SERVER_CPUS.set(cpus.to_owned()).map_err(|_| "the servers' CPUs are already set".into())
+}
+
+/// Confines every thread of this process (and those it starts later) to
+/// `cpus`, through `taskset -a -p`.
+pub fn pin_this_process(cpus: &str) -> Result<(), Error> {
+    let cpus = checked_cpu_list(cpus)?;
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run taskset (util-linux): {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("taskset -a -p -c {cpus} failed: {status}").into()) }
+}
+
 /// `tolk-dispatcher` next to this binary (`target/release/` under `cargo run --release`).
 pub fn default_dispatcher_binary() -> Option<PathBuf> {
     let me = std::env::current_exe().ok()?;
@@ -161,4 +208,19 @@ pub fn default_nats_binary() -> Option<PathBuf> {
     let home = std::env::var_os("HOME").map(PathBuf::from)?;
     let p = home.join(".cache/tolk/nats-2.15.1/nats-server");
     p.is_file().then_some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_are_what_taskset_takes_and_nothing_else() {
+        for good in ["0", "1", "0,2", "1-3", "0,2-3"] {
+            assert_eq!(checked_cpu_list(good).ok(), Some(good));
+        }
+        for bad in ["", "a", "0;rm", "-1", "1-", "0,,1", "0 1", "1-2-3", "99999"] {
+            assert!(checked_cpu_list(bad).is_err(), "{bad:?}");
+        }
+    }
 }

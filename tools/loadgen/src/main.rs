@@ -134,22 +134,42 @@ struct Bench {
     /// the SDK's queue does, instead of dropping it.
     #[arg(long)]
     hold_unsent: bool,
+    /// Confine the measured servers (dispatcher, relay, nats-server excepted)
+    /// to these CPUs, as `taskset -c` takes them (`0`, `0,2`, `1-3`).
+    #[arg(long)]
+    server_cpus: Option<String>,
+    /// Confine the load generator (its simulated phones and nodes) to these
+    /// CPUs. With `--server-cpus 0 --generator-cpus 1` on two cores, the
+    /// generator's work does not come out of the server's CPU as the offered
+    /// load grows.
+    #[arg(long)]
+    generator_cpus: Option<String>,
     /// The nats-server binary [default: where scripts/setup.sh installs it].
     #[arg(long)]
     nats_server: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     // Top-level error path: print and exit non-zero (no panic, no unwrap).
-    if let Err(e) = run().await {
+    if let Err(e) = start() {
         eprintln!("tolk-loadgen: {e}");
         std::process::exit(1);
     }
 }
 
-async fn run() -> Result<(), Error> {
+/// Pins the process before the runtime starts, so it sizes its worker
+/// threads to the CPUs it is given.
+fn start() -> Result<(), Error> {
     let args = Args::parse();
+    match &args.command {
+        Some(Cmd::Sweep { bench, .. }) => pin(bench)?,
+        Some(Cmd::Relay { .. }) => {}
+        None => pin(&args.bench)?,
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<(), Error> {
     if let Some(Cmd::Relay { listen, no_nodelay, read_buffer }) = args.command {
         let listener = tokio::net::TcpListener::bind(&listen).await?;
         println!("tolk-loadgen relay listening on ws://{}", listener.local_addr()?);
@@ -179,6 +199,19 @@ async fn run() -> Result<(), Error> {
         ),
     };
     main_bench(b, cfg, dispatcher_bin).await
+}
+
+/// Applies `--server-cpus` and `--generator-cpus`, and says so.
+fn pin(b: &Bench) -> Result<(), Error> {
+    if let Some(cpus) = &b.server_cpus {
+        child::pin_servers(cpus)?;
+        println!("servers confined to CPUs {cpus}");
+    }
+    if let Some(cpus) = &b.generator_cpus {
+        child::pin_this_process(cpus)?;
+        println!("load generator confined to CPUs {cpus}");
+    }
+    Ok(())
 }
 
 fn load_config(b: &Bench) -> LoadConfig {
