@@ -261,8 +261,11 @@ impl CpuShedder {
     /// while ending it lets a queue build for the readings it takes to
     /// start again.
     pub const CALM_MS: Millis = 3_000;
-    /// How long a refused session counts as sending past its share.
+    /// How long a refused session counts as sending past its share (and
+    /// a refusal as a repeat, which waits the long wait).
     pub const FLOOD_MEMORY_MS: Millis = 2_000;
+    /// The bounds of a first refusal's wait (the window's turnover time).
+    pub const FIRST_WAIT_MS: (u64, u64) = (20, 250);
     /// Below this many outcomes a second the drain says nothing yet.
     const MIN_SERVED_PER_S: f64 = 1.0;
 
@@ -400,7 +403,22 @@ impl CpuShedder {
             self.refusing_now += 1;
         }
         let refusing = self.refusing_now.max(self.refusing_before).min(active);
-        Err(self.retry_after_ms(refusing))
+        // A session's first refusal in a while is told to wait only until
+        // the window has turned over: near the capacity the window fills in
+        // bursts the CPU clears in milliseconds, and a phone told to wait
+        // long holds back (or, if it cannot hold, loses) all it has to say
+        // meanwhile, a loss many times the excess. Sent again within
+        // FLOOD_MEMORY_MS, it is flooding and waits the long wait.
+        let repeat = last_refused.is_some_and(|at| now < at + Self::FLOOD_MEMORY_MS);
+        Err(if repeat { self.retry_after_ms(refusing) } else { self.turnover_ms(window) })
+    }
+
+    /// How long the window takes to turn over at the measured outcome
+    /// rate (Little's law), within [`FIRST_WAIT_MS`](Self::FIRST_WAIT_MS).
+    fn turnover_ms(&self, window: f64) -> u64 {
+        let served = self.served_per_s.unwrap_or(0.0).max(Self::MIN_SERVED_PER_S);
+        let (least, most) = Self::FIRST_WAIT_MS;
+        ((window * 1000.0 / served).round() as u64).clamp(least, most)
     }
 
     /// A refused session's wait: with the `refusing` sessions being refused
@@ -584,7 +602,9 @@ mod shedder_tests {
     #[test]
     fn the_wait_keeps_refusals_a_small_share_of_what_is_served() {
         let (mut s, mut now) = limiting_at(1_000);
-        assert_eq!(s.admit(now, 1_000, 1_000, false, None, || 100), Err(1_000), "nothing served yet: a second");
+        // Sessions refused 1.5 s ago: these refusals are repeats (the long wait).
+        let mut earlier = Some(now - 1_500);
+        assert_eq!(s.admit(now, 1_000, 1_000, false, earlier, || 100), Err(1_000), "nothing served yet: a second");
         // 2,000 outcomes a second, read every 100 ms: the rate is known
         // within a second.
         for _ in 0..10 {
@@ -595,18 +615,19 @@ mod shedder_tests {
             }
             s.observe(now, 10.0, 1_000);
         }
+        earlier = Some(now - 1_500);
         // One session being refused, once per wait = 2 % of 2,000/s: 40 a
         // second, so 25 ms; at least 100 ms.
-        assert_eq!(s.admit(now, 1_000, 1_000, false, None, || 100).unwrap_err(), 100);
+        assert_eq!(s.admit(now, 1_000, 1_000, false, earlier, || 100).unwrap_err(), 100);
         // 100 sessions refused this second: 2.5 s each.
         for _ in 0..98 {
-            let _ = s.admit(now, 1_000, 1_000, false, None, || 100);
+            let _ = s.admit(now, 1_000, 1_000, false, earlier, || 100);
         }
-        let wait = s.admit(now, 1_000, 1_000, false, None, || 100).unwrap_err();
+        let wait = s.admit(now, 1_000, 1_000, false, earlier, || 100).unwrap_err();
         assert!((2_500..=2_505).contains(&wait), "{wait}");
         let again = s.admit(now, 1_000, 1_000, false, Some(now), || 100).unwrap_err();
         assert_eq!(again, wait, "a session refused again in the second is not counted twice");
-        let wait = s.admit(now, 1_000, 1_000, false, None, || 10).unwrap_err();
+        let wait = s.admit(now, 1_000, 1_000, false, earlier, || 10).unwrap_err();
         assert!((250..=251).contains(&wait), "never more than the busy sessions: {wait}");
         // The next second remembers the last: the floods go on.
         now += 1_000;
@@ -614,10 +635,39 @@ mod shedder_tests {
         assert!((2_500..=2_505).contains(&wait), "{wait}");
         // Two seconds without a refusal: forgotten.
         now += 2_000;
-        assert_eq!(s.admit(now, 1_000, 1_000, false, None, || 100).unwrap_err(), 100);
+        earlier = Some(now - 1_500);
+        assert_eq!(s.admit(now, 1_000, 1_000, false, earlier, || 100).unwrap_err(), 100);
         for _ in 0..1_000 {
             let _ = s.admit(now, 1_000_000, 1_000_000, false, None, || 100_000);
         }
-        assert_eq!(s.admit(now, 1_000_000, 1_000_000, false, None, || 100_000).unwrap_err(), 5_000, "at most 5 s");
+        assert_eq!(s.admit(now, 1_000_000, 1_000_000, false, earlier, || 100_000).unwrap_err(), 5_000, "at most 5 s");
+    }
+
+    #[test]
+    fn a_first_refusal_waits_for_the_window_to_turn_over_and_a_repeat_waits_long() {
+        let (mut s, mut now) = limiting_at(1_000);
+        for _ in 0..10 {
+            (0..1_000).for_each(|_| s.served());
+            now += 100;
+            s.observe(now, 10.0, 1_000);
+        }
+        // 10,000 outcomes a second; the window of 500 turns over in 50 ms.
+        let w = s.window().unwrap();
+        assert_eq!(w, 500.0);
+        assert_eq!(s.admit(now, 500, 500, false, None, || 100), Err(50), "never refused: the turnover");
+        assert_eq!(s.admit(now, 500, 500, false, Some(now - 2_500), || 100), Err(50), "refused long ago: the same");
+        // Refused again within FLOOD_MEMORY_MS: flooding, the long wait
+        // (3 sessions refused this second: 3 / (2 % of 10,000/s) = 15 ms, at least 100).
+        assert_eq!(s.admit(now, 500, 500, false, Some(now - 50), || 100), Err(100));
+        for _ in 0..200 {
+            let _ = s.admit(now, 500, 500, false, None, || 200);
+        }
+        let long = s.admit(now, 500, 500, false, Some(now - 50), || 200).unwrap_err();
+        assert!((1_000..=1_001).contains(&long), "200 sessions refused: 200 / (2 % of 10,000/s): {long}");
+        // The turnover's bounds.
+        s.window = Some(10.0);
+        assert_eq!(s.admit(now, 10, 10, false, None, || 1), Err(CpuShedder::FIRST_WAIT_MS.0));
+        s.window = Some(100_000.0);
+        assert_eq!(s.admit(now, 100_000, 100_000, false, None, || 1), Err(CpuShedder::FIRST_WAIT_MS.1));
     }
 }

@@ -159,9 +159,9 @@ pub fn sweep_table(capacity: f64, rows: &[SweepRow], run_s: f64) -> String {
     );
     let _ = writeln!(
         s,
-        "| offered | target | delivered/s | NODE_UNAVAILABLE/s | RATE_LIMITED/s | timed out (> 5 s) | unsent | served p50 / p99 | CPU µs / delivered | lock share | inside p99 | generator CPU |"
+        "| offered | target | delivered/s | NODE_UNAVAILABLE/s | RATE_LIMITED/s | timed out (> 5 s) | unsent | served p50 / p99 | server CPU | CPU µs / delivered | lock share | inside p99 | generator CPU |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let peak =
         rows.iter().flat_map(|r| r.runs.iter().filter(|x| x.target == "dispatcher")).map(LoadReport::utterances_per_s).fold(0.0, f64::max);
     for row in rows {
@@ -172,9 +172,12 @@ pub fn sweep_table(capacity: f64, rows: &[SweepRow], run_s: f64) -> String {
             // Near 100 % of what it is given, the generator itself fell
             // behind: what it offered was less than the row says.
             let generator = r.loadgen_cpu.map_or("n/a".to_owned(), |c| format!("{c:.0} %"));
+            // Past capacity, under 100 % of what the server was given is CPU
+            // an overload controller left idle.
+            let server = r.server_cpu.map_or("n/a".to_owned(), |c| format!("{c:.0} %"));
             let _ = writeln!(
                 s,
-                "| {:.1}× ({:.0}/s) | {} | {:.0}{} | {:.0} | {:.0} | {} | {} | {:.1} / {:.1} ms | {} | {lock} | {inside} | {generator} |",
+                "| {:.1}× ({:.0}/s) | {} | {:.0}{} | {:.0} | {:.0} | {} | {} | {:.1} / {:.1} ms | {server} | {} | {lock} | {inside} | {generator} |",
                 row.multiple,
                 row.offered_per_s,
                 r.target,
