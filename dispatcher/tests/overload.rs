@@ -332,8 +332,9 @@ impl CpuBound {
                     ServerToClient::Error(e) if e.code == ErrorCode::RateLimited => {
                         let d = e.details.as_ref().unwrap();
                         let wait = d["retry_after_ms"].as_u64().unwrap();
-                        // A first refusal waits the window's turnover; a repeat, at least 100 ms.
-                        let least = tolk_dispatcher::core::admission::CpuShedder::FIRST_WAIT_MS.0;
+                        // A first refusal waits the window's turnover; a repeat, at least
+                        // 100 ms; either jittered down to half.
+                        let least = tolk_dispatcher::core::admission::CpuShedder::FIRST_WAIT_MS.0 / 2;
                         assert!((least..=5_000).contains(&wait), "retry_after_ms {wait}");
                         assert!(self.refused[k].insert(d["refused_index"].as_u64().unwrap()));
                         if measured {

@@ -514,6 +514,13 @@ impl Core {
         self.out.push(Action::Close { conn });
     }
 
+    /// `ms` with "equal jitter" (half fixed, half random: between `ms / 2`
+    /// and `ms`), so phones refused together do not all come back together.
+    fn jittered(&mut self, ms: u64) -> u64 {
+        let half = ms / 2;
+        half + u64::from(self.rng.next_u32()) % (ms - half + 1)
+    }
+
     /// `prefix` and 16 random bytes in hex: an unguessable id, built in
     /// one allocation (one is made for every job).
     fn random_id(&mut self, prefix: &str) -> String {
@@ -614,5 +621,18 @@ mod id_tests {
         assert_eq!(hex, "000fa5ff");
         let token = core.derive_token("node", &a);
         assert!(token.len() == 64 && token.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{token}");
+    }
+
+    #[test]
+    fn waits_are_jittered_between_half_and_all_of_them() {
+        let mut core = super::Core::new(super::CoreConfig::default(), rand::rngs::StdRng::seed_from_u64(2), 0);
+        let waits: Vec<u64> = (0..1_000).map(|_| core.jittered(1_000)).collect();
+        assert!(waits.iter().all(|w| (500..=1_000).contains(w)), "{waits:?}");
+        let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
+        assert!(distinct.len() > 300, "phones refused together are told different waits: {}", distinct.len());
+        let mean = waits.iter().sum::<u64>() as f64 / waits.len() as f64;
+        assert!((700.0..800.0).contains(&mean), "{mean}");
+        assert_eq!(core.jittered(0), 0);
+        assert!((0..=1).contains(&core.jittered(1)));
     }
 }

@@ -323,6 +323,11 @@ impl Core {
         let flooding = s.cpu_refused_at.is_some_and(|at| now < at + admission::CpuShedder::FLOOD_MEMORY_MS);
         let last_refused = s.cpu_refused_last;
         if let Err(retry) = self.shedder.admit(now, self.jobs.len(), unsent, flooding, last_refused, || classes.active_sessions()) {
+            // Jittered: sessions refused in one burst, told the same wait,
+            // came back in one burst a wait later, were refused together
+            // again (now as repeats, the long wait), and so on: at about the
+            // capacity on one core, a refusal burst every second.
+            let retry = self.jittered(retry);
             if let Some(s) = self.sessions.get_mut(id) {
                 s.order.withdraw(index);
                 s.cpu_refused_last = Some(now);
