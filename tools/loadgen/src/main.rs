@@ -34,7 +34,7 @@ enum Cmd {
     /// out, served latency and CPU per offered rate, side by side.
     Sweep {
         #[command(flatten)]
-        bench: Bench,
+        bench: Box<Bench>,
         /// Offered loads, as multiples of capacity.
         #[arg(long, value_delimiter = ',', default_values_t = vec![0.8, 1.0, 1.5, 2.0, 4.0])]
         multiples: Vec<f64>,
@@ -181,7 +181,7 @@ async fn run(args: Args) -> Result<(), Error> {
         return Ok(());
     }
     if let Some(Cmd::Sweep { bench, multiples, capacity }) = args.command {
-        return sweep(bench, &multiples, capacity).await;
+        return sweep(*bench, &multiples, capacity).await;
     }
     let b = args.bench;
     let fds = tolk_loadgen::raise_fd_limit()?;
