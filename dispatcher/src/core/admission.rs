@@ -206,11 +206,14 @@ mod tests {
 /// when there are more busy sessions than the window (closed-loop phones
 /// are never refused); one refused lately gets one in only while the window
 /// has room, so floods cannot hold the window open and what is served stays
-/// near the window's latency. A refusal still costs reading the frame (a
-/// tenth to a quarter of serving it), so `retry_after_ms` is long enough
-/// that with every session being refused refused once per wait, refusals
-/// stay about [`REFUSAL_SHARE`](Self::REFUSAL_SHARE) of what is served; the
-/// SDK keeps its window cut for that long. Limiting ends once
+/// near the window's latency. A session's first refusal in
+/// [`FLOOD_MEMORY_MS`](Self::FLOOD_MEMORY_MS) waits only the window's
+/// turnover (a burst at about the capacity clears that fast); a repeat is a
+/// flood, and since a refusal still costs reading the frame (a tenth to a
+/// quarter of serving it), its `retry_after_ms` is long enough that with
+/// every session being refused refused once per wait, refusals stay about
+/// [`REFUSAL_SHARE`](Self::REFUSAL_SHARE) of what is served; the SDK keeps
+/// its window cut for that long. (The core jitters both.) Limiting ends once
 /// [`CALM_MS`](Self::CALM_MS) passed with neither a standing queue nor a refusal.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CpuShedder {
