@@ -42,6 +42,12 @@ enum Cmd {
         /// with no delay, measured by a closed-loop run of the dispatcher].
         #[arg(long)]
         capacity: Option<f64>,
+        /// Rounds of the whole sweep (each round runs every multiple once,
+        /// so a machine that drifts drifts over all of them); with more
+        /// than one, a table of medians follows. One run on a shared
+        /// machine swings by a third.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+        repeat: u32,
     },
     /// Serve the bare relay (sessions on /s/{session}/{node}, nodes on /n/{node}).
     Relay {
@@ -180,8 +186,8 @@ async fn run(args: Args) -> Result<(), Error> {
         .await?;
         return Ok(());
     }
-    if let Some(Cmd::Sweep { bench, multiples, capacity }) = args.command {
-        return sweep(*bench, &multiples, capacity).await;
+    if let Some(Cmd::Sweep { bench, multiples, capacity, repeat }) = args.command {
+        return sweep(*bench, &multiples, capacity, repeat).await;
     }
     let b = args.bench;
     let fds = tolk_loadgen::raise_fd_limit()?;
@@ -233,7 +239,7 @@ fn load_config(b: &Bench) -> LoadConfig {
     }
 }
 
-async fn sweep(b: Bench, multiples: &[f64], capacity: Option<f64>) -> Result<(), Error> {
+async fn sweep(b: Bench, multiples: &[f64], capacity: Option<f64>, repeat: u32) -> Result<(), Error> {
     tolk_loadgen::raise_fd_limit()?;
     let bin =
         b.dispatcher_bin.clone().or_else(child::default_dispatcher_binary).ok_or("tolk-dispatcher not found: pass --dispatcher-bin")?;
@@ -251,29 +257,36 @@ async fn sweep(b: Bench, multiples: &[f64], capacity: Option<f64>) -> Result<(),
         }
     };
     let mut rows = Vec::new();
-    for &m in multiples {
-        cfg.rate = m * capacity / b.sessions.max(1) as f64;
-        println!("offered {m}× capacity = {:.0}/s: {}", m * capacity, report::describe(&cfg));
-        let mut runs = Vec::new();
-        if matches!(b.target, Which::Both | Which::Dispatcher) {
-            let server = Server::dispatcher(&bin, b.max_jobs)?;
-            runs.push(sim::run(Target::Dispatcher(server.addr), &cfg, Some(server.pid())).await?);
-            drop(server);
-            tokio::time::sleep(Duration::from_secs(1)).await;
+    for round in 1..=repeat {
+        for &m in multiples {
+            cfg.rate = m * capacity / b.sessions.max(1) as f64;
+            let of = if repeat > 1 { format!(" (round {round} of {repeat})") } else { String::new() };
+            println!("offered {m}× capacity = {:.0}/s{of}: {}", m * capacity, report::describe(&cfg));
+            let mut runs = Vec::new();
+            if matches!(b.target, Which::Both | Which::Dispatcher) {
+                let server = Server::dispatcher(&bin, b.max_jobs)?;
+                runs.push(sim::run(Target::Dispatcher(server.addr), &cfg, Some(server.pid())).await?);
+                drop(server);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            if matches!(b.target, Which::Both | Which::Relay) {
+                let server = Server::relay(relay)?;
+                runs.push(sim::run(Target::Relay(server.addr), &cfg, Some(server.pid())).await?);
+                drop(server);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            println!("{}", report::table(&runs.iter().collect::<Vec<_>>()));
+            if b.timeline {
+                runs.iter().for_each(|r| println!("{}", report::timeline_table(r)));
+            }
+            rows.push(report::SweepRow { multiple: m, offered_per_s: m * capacity, runs });
         }
-        if matches!(b.target, Which::Both | Which::Relay) {
-            let server = Server::relay(relay)?;
-            runs.push(sim::run(Target::Relay(server.addr), &cfg, Some(server.pid())).await?);
-            drop(server);
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        println!("{}", report::table(&runs.iter().collect::<Vec<_>>()));
-        if b.timeline {
-            runs.iter().for_each(|r| println!("{}", report::timeline_table(r)));
-        }
-        rows.push(report::SweepRow { multiple: m, offered_per_s: m * capacity, runs });
     }
-    println!("{}", report::sweep_table(capacity, &rows, cfg.warmup.as_secs_f64() + cfg.duration.as_secs_f64()));
+    let run_s = cfg.warmup.as_secs_f64() + cfg.duration.as_secs_f64();
+    println!("{}", report::sweep_table(capacity, &rows, run_s));
+    if repeat > 1 {
+        println!("{}", report::sweep_medians(capacity, &rows, run_s));
+    }
     Ok(())
 }
 
