@@ -186,6 +186,13 @@ impl Collector for CoreCollector {
         family(&mut e, "bad_frames", "Frames refused as invalid, by endpoint", "endpoint", s.bad_frames.iter().map(|(k, v)| (*k, *v)))?;
         counter(&mut e, "detection_timeouts", "Results sent without detector features because detection was late", s.detection_timeouts)?;
         counter(&mut e, "cpu_shed", "Utterances refused because the dispatcher's own CPU was the limit", s.cpu_shed)?;
+        counter(
+            &mut e,
+            "cpu_replacements",
+            "Utterances admitted into a slot held for them while shedding (a refused phone's next send after an outcome)",
+            s.cpu_replacements,
+        )?;
+        counter(&mut e, "cpu_reservations_lapsed", "Slots held for a replacement that lapsed unused", s.cpu_reservations_lapsed)?;
         gauge(
             &mut e,
             "shedding",

@@ -12,6 +12,8 @@
 //! `retry_after_ms` from the measured drain rate. Nothing is held until it
 //! times out, so goodput stays at capacity whatever is offered.
 
+use std::collections::VecDeque;
+
 use super::Millis;
 
 /// Completions per second, exponentially decayed (time constant `TAU_MS`).
@@ -215,7 +217,7 @@ mod tests {
 /// [`REFUSAL_SHARE`](Self::REFUSAL_SHARE) of what is served; the SDK keeps
 /// its window cut for that long. (The core jitters both.) Limiting ends once
 /// [`CALM_MS`](Self::CALM_MS) passed with neither a standing queue nor a refusal.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CpuShedder {
     high: f64,
     low: f64,
@@ -238,6 +240,11 @@ pub struct CpuShedder {
     refusing_since: Millis,
     refusing_now: usize,
     refusing_before: usize,
+    /// When each slot held for a replacement lapses, oldest first (one
+    /// lifetime for all, so pushed in order).
+    reserved: VecDeque<Millis>,
+    /// Held slots that lapsed unused.
+    lapsed: u64,
 }
 
 impl CpuShedder {
@@ -269,6 +276,10 @@ impl CpuShedder {
     pub const FLOOD_MEMORY_MS: Millis = 2_000;
     /// The bounds of a first refusal's wait (the window's turnover time).
     pub const FIRST_WAIT_MS: (u64, u64) = (20, 250);
+    /// How long a slot freed by a refused session's outcome is held for
+    /// its replacement: the round trip to the phone and back, with the
+    /// phone's next send (at 40 a second, one every 25 ms).
+    pub const RESERVE_MS: Millis = 30;
     /// Below this many outcomes a second the drain says nothing yet.
     const MIN_SERVED_PER_S: f64 = 1.0;
 
@@ -288,6 +299,8 @@ impl CpuShedder {
             refusing_since: 0,
             refusing_now: 0,
             refusing_before: 0,
+            reserved: VecDeque::new(),
+            lapsed: 0,
         }
     }
 
@@ -341,7 +354,10 @@ impl CpuShedder {
                 *w = (*w * (self.high / lag_ms).clamp(0.5, Self::DECREASE)).max(Self::MIN_WINDOW);
                 self.last_standing = now;
             }
-            Some(_) if now >= self.last_standing + Self::CALM_MS && now >= self.last_refusal + Self::CALM_MS => self.window = None,
+            Some(_) if now >= self.last_standing + Self::CALM_MS && now >= self.last_refusal + Self::CALM_MS => {
+                self.window = None;
+                self.reserved.clear();
+            }
             // Some sample waited nothing: there was CPU to spare. It grows
             // where the window is what holds utterances back.
             Some(w) if least_lag_ms < self.low && (refused_since_last || in_flight as f64 >= *w * 0.5) => *w += *w * Self::INCREASE,
@@ -393,7 +409,9 @@ impl CpuShedder {
         // every session is now and then one over its share, that cost a
         // tenth of the goodput).
         let guaranteed = if flooding { 0.0 } else { 1.0 };
-        if (session_in_flight as f64) < share.max(guaranteed) || (in_flight as f64) < window {
+        // Slots held for replacements are not room for anyone else.
+        let held = self.held(now);
+        if (session_in_flight as f64) < share.max(guaranteed) || ((in_flight + held) as f64) < window {
             return Ok(());
         }
         self.last_refusal = now;
@@ -414,6 +432,50 @@ impl CpuShedder {
         // FLOOD_MEMORY_MS, it is flooding and waits the long wait.
         let repeat = last_refused.is_some_and(|at| now < at + Self::FLOOD_MEMORY_MS);
         Err(if repeat { self.retry_after_ms(refusing) } else { self.turnover_ms(window) })
+    }
+
+    /// An outcome left the system at `now` (`in_flight` left in it) for a
+    /// session refused lately. Such a phone holds what it could not send
+    /// and sends one again as soon as it hears an outcome (the SDK does);
+    /// racing every other arrival for the slot it just freed, it lost it,
+    /// and was refused again, once per outcome: with phones that hold, a
+    /// quarter to a third of what was served. So while limiting, and only
+    /// while the window is not over-full (that is how it shrinks), the
+    /// slot is held for it until the returned time. `None`: not held.
+    pub fn reserve(&mut self, now: Millis, in_flight: usize) -> Option<Millis> {
+        let window = self.window?;
+        if ((in_flight + self.held(now)) as f64) >= window {
+            return None;
+        }
+        let until = now + Self::RESERVE_MS;
+        self.reserved.push_back(until);
+        Some(until)
+    }
+
+    /// A session holding a slot (its `reserve` time not yet passed) sent
+    /// at `now`: it takes the slot, admitted whatever the window says (it
+    /// replaces what just left). False when no slot is held any more (the
+    /// window ended).
+    pub fn take_reserved(&mut self, now: Millis) -> bool {
+        if self.window.is_none() || self.held(now) == 0 {
+            return false;
+        }
+        self.reserved.pop_front();
+        true
+    }
+
+    /// Slots held for replacements at `now`, forgetting the lapsed ones.
+    fn held(&mut self, now: Millis) -> usize {
+        while self.reserved.front().is_some_and(|&until| until <= now) {
+            self.reserved.pop_front();
+            self.lapsed += 1;
+        }
+        self.reserved.len()
+    }
+
+    /// Held slots that lapsed unused, ever (for `/metrics`).
+    pub fn lapsed(&self) -> u64 {
+        self.lapsed
     }
 
     /// How long the window takes to turn over at the measured outcome
@@ -441,6 +503,14 @@ impl CpuShedder {
 
     pub fn limiting(&self) -> bool {
         self.window.is_some()
+    }
+
+    /// Outcomes per second each of `active` busy sessions would get with
+    /// the measured outcome rate shared evenly (`None` while not limiting
+    /// or before anything is measured).
+    pub fn fair_per_s(&self, active: usize) -> Option<f64> {
+        self.window?;
+        self.served_per_s.filter(|&r| r >= Self::MIN_SERVED_PER_S).map(|r| r / active.max(1) as f64)
     }
 
     /// The window while limiting (for `/metrics`).
@@ -672,5 +742,36 @@ mod shedder_tests {
         assert_eq!(s.admit(now, 10, 10, false, None, || 1), Err(CpuShedder::FIRST_WAIT_MS.0));
         s.window = Some(100_000.0);
         assert_eq!(s.admit(now, 100_000, 100_000, false, None, || 1), Err(CpuShedder::FIRST_WAIT_MS.1));
+    }
+
+    #[test]
+    fn a_slot_freed_for_a_refused_session_is_held_for_its_replacement_and_lapses_unused() {
+        let (mut s, mut now) = limiting_at(1_000);
+        assert_eq!(s.window(), Some(500.0));
+        // A flood (refused lately, nothing of its own left) at a full window: refused.
+        assert!(s.admit(now, 500, 0, true, Some(now - 10), || 1_000).is_err());
+        // Its last outcome leaves 499 in the system: the slot is held for it.
+        let until = s.reserve(now, 499).expect("held");
+        assert_eq!(until, now + CpuShedder::RESERVE_MS);
+        // Held, it is no room for anyone else.
+        assert!(s.admit(now + 1, 499, 0, true, Some(now - 10), || 1_000).is_err(), "the held slot is not room");
+        // The replacement takes it.
+        assert!(s.take_reserved(now + 5));
+        assert!(!s.take_reserved(now + 5), "one slot, taken once");
+        // With nothing held, the last slot is room again.
+        assert!(s.admit(now + 6, 499, 0, true, Some(now - 10), || 1_000).is_ok());
+        // A window over-full holds nothing: that is how it shrinks.
+        assert_eq!(s.reserve(now + 7, 500), None);
+        // Held and never taken, it lapses and is room again.
+        now += 10;
+        assert!(s.reserve(now, 400).is_some());
+        assert!(s.admit(now + CpuShedder::RESERVE_MS - 1, 499, 0, true, Some(now - 10), || 1_000).is_err());
+        assert!(s.admit(now + CpuShedder::RESERVE_MS, 499, 0, true, Some(now - 10), || 1_000).is_ok());
+        assert!(!s.take_reserved(now + CpuShedder::RESERVE_MS));
+        assert_eq!(s.lapsed(), 1);
+        // Not limiting: nothing is held (everyone is admitted anyway).
+        let mut off = CpuShedder::new(20.0, 5.0);
+        assert_eq!(off.reserve(now, 0), None);
+        assert!(!off.take_reserved(now));
     }
 }

@@ -488,6 +488,10 @@ impl Core {
             extra: Some(extra),
         };
         self.finish(&job.session, job.index, Outcome::Result(Box::new(result)));
+        if let Some(s) = self.sessions.get_mut(&job.session) {
+            s.served.record(now);
+        }
+        self.hold_slot_for_replacement(now, &job.session);
     }
 
     /// A job failed on `node_id`: retry on another node or give up.
@@ -595,6 +599,20 @@ impl Core {
                 let err = self.unavailable(now, &job, message);
                 self.finish(&job.session, job.index, Outcome::Error(err));
             }
+        }
+    }
+
+    /// A session the CPU shedder refused lately just got its last result
+    /// outstanding: the slot it freed is held for the utterance its phone
+    /// sends next (`admission::CpuShedder::reserve`). Only its last: a
+    /// session keeps one in flight this way, as a closed-loop phone is
+    /// guaranteed one, and a flood cannot keep many.
+    fn hold_slot_for_replacement(&mut self, now: Millis, session: &str) {
+        let Some(s) = self.sessions.get_mut(session) else { return };
+        let refused_lately = s.cpu_refused_last.is_some_and(|at| now < at + admission::CpuShedder::FLOOD_MEMORY_MS);
+        let holding = s.reserved_until.is_some_and(|until| now < until);
+        if refused_lately && !holding && s.conn.is_some() && s.order.unsent() == 0 {
+            s.reserved_until = self.shedder.reserve(now, self.jobs.len());
         }
     }
 

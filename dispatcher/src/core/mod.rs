@@ -387,6 +387,7 @@ impl Core {
             Input::Load { lag_ms, least_lag_ms } => {
                 self.shedder.observe_samples(now, lag_ms, least_lag_ms, self.jobs.len());
                 self.stats.shed_window = self.shedder.window();
+                self.stats.cpu_reservations_lapsed = self.shedder.lapsed();
             }
             Input::Peer { from, msg } => self.on_peer(now, from, msg),
             Input::SessionFound { conn, session_id, last, found } => self.on_session_found(now, conn, &session_id, last, found),

@@ -47,6 +47,11 @@ pub(super) struct Session {
     pub cpu_refused_at: Option<Millis>,
     /// When the CPU shedder last refused this session at all.
     pub cpu_refused_last: Option<Millis>,
+    /// Until when the CPU shedder holds a slot for this session's next
+    /// utterance (it was refused lately, and an outcome freed the slot).
+    pub reserved_until: Option<Millis>,
+    /// Its results per second, for fairness while the CPU is the limit.
+    pub served: admission::DrainMeter,
 }
 
 impl Core {
@@ -202,6 +207,8 @@ impl Core {
             detached_at: None,
             cpu_refused_at: None,
             cpu_refused_last: None,
+            reserved_until: None,
+            served: admission::DrainMeter::default(),
         }
     }
 
@@ -320,9 +327,20 @@ impl Core {
         // the window is refused at once (cheaper than serving it late),
         // before any work is spent on it.
         let classes = &self.classes;
-        let flooding = s.cpu_refused_at.is_some_and(|at| now < at + admission::CpuShedder::FLOOD_MEMORY_MS);
+        // A session refused lately sends past its share (a flood), unless it
+        // is served less than an even share of what is served: without that,
+        // phones that each kept one in flight (their results quicker than
+        // their sends) took the whole window at their full rate, and phones
+        // that had fallen behind (every send a second one) were starved, 4
+        // served where the even share was 50.
+        let flooding = s.cpu_refused_at.is_some_and(|at| now < at + admission::CpuShedder::FLOOD_MEMORY_MS)
+            && self.shedder.fair_per_s(classes.active_sessions()).is_none_or(|fair| s.served.per_s(now) >= fair);
         let last_refused = s.cpu_refused_last;
-        if let Err(retry) = self.shedder.admit(now, self.jobs.len(), unsent, flooding, last_refused, || classes.active_sessions()) {
+        // A replacement for an outcome just sent takes the slot held for it.
+        let reserved = s.reserved_until.take().is_some_and(|until| now < until) && self.shedder.take_reserved(now);
+        if reserved {
+            self.stats.cpu_replacements += 1;
+        } else if let Err(retry) = self.shedder.admit(now, self.jobs.len(), unsent, flooding, last_refused, || classes.active_sessions()) {
             // Jittered: sessions refused in one burst, told the same wait,
             // came back in one burst a wait later, were refused together
             // again (now as repeats, the long wait), and so on: at about the

@@ -94,6 +94,11 @@ pub struct CoreStats {
     pub detection_timeouts: u64,
     /// Utterances refused because the dispatcher's own CPU was the limit.
     pub cpu_shed: u64,
+    /// Utterances admitted into a slot the CPU shedder held for them (a
+    /// refused session's replacement for an outcome).
+    pub cpu_replacements: u64,
+    /// Slots held for a replacement that lapsed unused.
+    pub cpu_reservations_lapsed: u64,
     pub canaries_sent: u64,
     /// Of those, sent as Opus.
     pub canaries_opus: u64,
@@ -167,6 +172,8 @@ impl Default for CoreStats {
             bad_frames: BTreeMap::new(),
             detection_timeouts: 0,
             cpu_shed: 0,
+            cpu_replacements: 0,
+            cpu_reservations_lapsed: 0,
             canaries_sent: 0,
             canaries_opus: 0,
             canary_outcomes: BTreeMap::new(),
