@@ -252,10 +252,18 @@ fn spread(values: &[f64], f: impl Fn(f64) -> String) -> String {
 /// (one lucky run on a shared machine is not a peak), and served p99 a
 /// multiple of the lowest offered rate's median, the two targets.
 pub fn sweep_medians(capacity: f64, rows: &[SweepRow], run_s: f64) -> String {
+    // Multiples and targets in the order the sweep ran them (the targets
+    // by the names the runs carry: "dispatcher", "bare relay", …).
     let mut multiples: Vec<f64> = Vec::new();
+    let mut targets: Vec<&str> = Vec::new();
     for r in rows {
         if !multiples.contains(&r.multiple) {
             multiples.push(r.multiple);
+        }
+        for run in &r.runs {
+            if !targets.contains(&run.target) {
+                targets.push(run.target);
+            }
         }
     }
     let runs_of = |m: f64, target: &str| -> Vec<&LoadReport> {
@@ -277,7 +285,7 @@ pub fn sweep_medians(capacity: f64, rows: &[SweepRow], run_s: f64) -> String {
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &m in &multiples {
-        for target in ["dispatcher", "relay"] {
+        for &target in &targets {
             let runs = runs_of(m, target);
             if runs.is_empty() {
                 continue;
@@ -336,7 +344,7 @@ mod tests {
 
     #[test]
     fn the_medians_table_takes_goodput_against_the_best_median_not_the_luckiest_run() {
-        let row = |m: f64, answered: u64, p99: u64| SweepRow { multiple: m, offered_per_s: m * 100.0, runs: vec![run("dispatcher", answered, p99), run("relay", 50, 900)] };
+        let row = |m: f64, answered: u64, p99: u64| SweepRow { multiple: m, offered_per_s: m * 100.0, runs: vec![run("dispatcher", answered, p99), run("bare relay", 50, 900)] };
         // 1×: 90, 100, 200 (one lucky run); 2×: 95, 96, 97. The peak is
         // 1×'s median, 100, not the lucky 200.
         let rows = vec![row(1.0, 90, 10), row(2.0, 95, 30), row(1.0, 100, 20), row(2.0, 96, 40), row(1.0, 200, 20), row(2.0, 97, 50)];
@@ -349,7 +357,7 @@ mod tests {
         let two = line("2.0×", "dispatcher");
         assert!(two.contains("| 96 (95–97) | 96 % |"), "{two}");
         assert!(two.contains("| 40.0 (30.0–50.0) | 2.00 |"), "{two}");
-        let relay = line("2.0×", "relay");
+        let relay = line("2.0×", "bare relay");
         assert!(relay.contains("| 50 | — |"), "the relay has no share of the dispatcher's peak: {relay}");
     }
 }
