@@ -356,6 +356,8 @@ impl CpuShedder {
             }
             Some(_) if now >= self.last_standing + Self::CALM_MS && now >= self.last_refusal + Self::CALM_MS => {
                 self.window = None;
+                // Held and not taken: lapsed too.
+                self.lapsed += self.reserved.len() as u64;
                 self.reserved.clear();
             }
             // Some sample waited nothing: there was CPU to spare. It grows

@@ -238,8 +238,10 @@ pub fn median(values: &[f64]) -> Option<f64> {
 
 /// `median (least–most)` of `values`, formatted with `f`.
 fn spread(values: &[f64], f: impl Fn(f64) -> String) -> String {
-    let least = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let most = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    // As `median` does, only finite values count.
+    let finite = values.iter().copied().filter(|v| v.is_finite());
+    let least = finite.clone().fold(f64::INFINITY, f64::min);
+    let most = finite.fold(f64::NEG_INFINITY, f64::max);
     match median(values) {
         Some(m) if least < most => format!("{} ({}–{})", f(m), f(least), f(most)),
         Some(m) => f(m),
@@ -272,12 +274,13 @@ pub fn sweep_medians(capacity: f64, rows: &[SweepRow], run_s: f64) -> String {
     let delivered = |runs: &[&LoadReport]| runs.iter().map(|r| r.utterances_per_s()).collect::<Vec<_>>();
     let p99s = |runs: &[&LoadReport]| runs.iter().map(|r| ms(r.served.p99)).collect::<Vec<_>>();
     let peak = multiples.iter().filter_map(|&m| median(&delivered(&runs_of(m, "dispatcher")))).fold(0.0, f64::max);
-    let base_p99 = multiples.first().and_then(|&m| median(&p99s(&runs_of(m, "dispatcher"))));
+    let lowest = multiples.iter().copied().reduce(f64::min);
+    let base_p99 = lowest.and_then(|m| median(&p99s(&runs_of(m, "dispatcher"))));
     let mut s = String::new();
-    let rounds = multiples.first().map_or(0, |&m| rows.iter().filter(|r| r.multiple == m).count());
+    let runs = lowest.map_or(0, |m| rows.iter().filter(|r| r.multiple == m).count());
     let _ = writeln!(
         s,
-        "medians of {rounds} rounds (least–most); capacity {capacity:.0} utterances/s; goodput as a share of the best median, served p99 as a multiple of the lowest rate's median"
+        "medians of {runs} runs per rate (least–most); capacity {capacity:.0} utterances/s; goodput as a share of the best median, served p99 as a multiple of the lowest rate's median"
     );
     let _ = writeln!(
         s,
@@ -330,6 +333,7 @@ mod tests {
         assert_eq!(median(&[9.0, 1.0, 5.0]), Some(5.0));
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
         assert_eq!(median(&[f64::NAN, 2.0, 1.0, 3.0]), Some(2.0), "a value that is not a number is left out");
+        assert_eq!(spread(&[f64::INFINITY, 2.0, 1.0, 3.0], |v| format!("{v}")), "2 (1–3)", "the range leaves out what the median does");
     }
 
     fn run(target: &'static str, answered: u64, p99_ms: u64) -> LoadReport {
@@ -347,9 +351,11 @@ mod tests {
         let row = |m: f64, answered: u64, p99: u64| SweepRow { multiple: m, offered_per_s: m * 100.0, runs: vec![run("dispatcher", answered, p99), run("bare relay", 50, 900)] };
         // 1×: 90, 100, 200 (one lucky run); 2×: 95, 96, 97. The peak is
         // 1×'s median, 100, not the lucky 200.
-        let rows = vec![row(1.0, 90, 10), row(2.0, 95, 30), row(1.0, 100, 20), row(2.0, 96, 40), row(1.0, 200, 20), row(2.0, 97, 50)];
+        // Run high rate first (`--multiples 2,1`): p99 is still taken
+        // against the lowest rate's.
+        let rows = vec![row(2.0, 95, 30), row(1.0, 90, 10), row(2.0, 96, 40), row(1.0, 100, 20), row(2.0, 97, 50), row(1.0, 200, 20)];
         let t = sweep_medians(100.0, &rows, 1.0);
-        assert!(t.contains("medians of 3 rounds"), "{t}");
+        assert!(t.contains("medians of 3 runs per rate"), "{t}");
         let line = |m: &str, target: &str| t.lines().find(|l| l.starts_with(&format!("| {m}")) && l.contains(target)).unwrap_or_default().to_owned();
         let one = line("1.0×", "dispatcher");
         assert!(one.contains("| 100 (90–200) | 100 % |"), "{one}");
