@@ -266,15 +266,21 @@ const SERVE_PER_MS: usize = 2;
 const FLOODS: usize = 100;
 const LIGHT: usize = 5;
 
+/// A core whose CPU is the limit: node slots without bound, the lag
+/// thresholds of the model's scale.
+fn cpu_bound_sim() -> Sim {
+    Sim::new(CoreConfig {
+        max_jobs_per_node: 100_000,
+        max_pending_per_session: 100_000,
+        shed_lag_high_ms: 10.0,
+        shed_lag_low_ms: 2.0,
+        ..CoreConfig::default()
+    })
+}
+
 impl CpuBound {
     fn new() -> Self {
-        let mut sim = Sim::new(CoreConfig {
-            max_jobs_per_node: 100_000,
-            max_pending_per_session: 100_000,
-            shed_lag_high_ms: 10.0,
-            shed_lag_low_ms: 2.0,
-            ..CoreConfig::default()
-        });
+        let mut sim = cpu_bound_sim();
         let (conn, node_id, _) = sim.register_node(&[("en", "es")], true);
         let sessions = open_sessions(&mut sim, FLOODS + LIGHT);
         let n = sessions.len();
@@ -437,13 +443,7 @@ fn phones_that_hold_what_is_refused_keep_the_cpu_busy_and_none_is_starved() {
     const PHONES: usize = 200;
     // 200 phones at one every 50 ms: 4,000/s offered, twice the 2,000/s served.
     const PERIOD_MS: u64 = 50;
-    let mut sim = Sim::new(CoreConfig {
-        max_jobs_per_node: 100_000,
-        max_pending_per_session: 100_000,
-        shed_lag_high_ms: 10.0,
-        shed_lag_low_ms: 2.0,
-        ..CoreConfig::default()
-    });
+    let mut sim = cpu_bound_sim();
     let (node, node_id, _) = sim.register_node(&[("en", "es")], true);
     let sessions = open_sessions(&mut sim, PHONES);
     let mut phones: Vec<HoldingPhone> = (0..PHONES).map(|_| HoldingPhone { window: PHONE_WINDOW, ..HoldingPhone::default() }).collect();
@@ -556,13 +556,7 @@ fn phones_that_hold_what_is_refused_keep_the_cpu_busy_and_none_is_starved() {
 fn a_slot_freed_by_a_refused_sessions_last_outcome_is_kept_for_its_next_utterance() {
     use tolk_dispatcher::core::Input;
     use tolk_dispatcher::core::admission::CpuShedder;
-    let mut sim = Sim::new(CoreConfig {
-        max_jobs_per_node: 100_000,
-        max_pending_per_session: 100_000,
-        shed_lag_high_ms: 10.0,
-        shed_lag_low_ms: 2.0,
-        ..CoreConfig::default()
-    });
+    let mut sim = cpu_bound_sim();
     let (node, node_id, _) = sim.register_node(&[("en", "es")], true);
     let sessions = open_sessions(&mut sim, 100);
     for (conn, sid) in &sessions {
