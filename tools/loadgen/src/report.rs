@@ -159,9 +159,9 @@ pub fn sweep_table(capacity: f64, rows: &[SweepRow], run_s: f64) -> String {
     );
     let _ = writeln!(
         s,
-        "| offered | target | delivered/s | NODE_UNAVAILABLE/s | RATE_LIMITED/s | timed out (> 5 s) | unsent | served p50 / p99 | server CPU | CPU µs / delivered | lock share | inside p99 | generator CPU |"
+        "| offered | target | delivered/s | NODE_UNAVAILABLE/s | RATE_LIMITED/s | refused in window ÷ served | timed out (> 5 s) | unsent | served p50 / p99 | server CPU | CPU µs / delivered | lock share | inside p99 | generator CPU |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let peak =
         rows.iter().flat_map(|r| r.runs.iter().filter(|x| x.target == "dispatcher")).map(LoadReport::utterances_per_s).fold(0.0, f64::max);
     for row in rows {
@@ -177,7 +177,7 @@ pub fn sweep_table(capacity: f64, rows: &[SweepRow], run_s: f64) -> String {
             let server = r.server_cpu.map_or("n/a".to_owned(), |c| format!("{c:.0} %"));
             let _ = writeln!(
                 s,
-                "| {:.1}× ({:.0}/s) | {} | {:.0}{} | {:.0} | {:.0} | {} | {} | {:.1} / {:.1} ms | {server} | {} | {lock} | {inside} | {generator} |",
+                "| {:.1}× ({:.0}/s) | {} | {:.0}{} | {:.0} | {:.0} | {:.1} % | {} | {} | {:.1} / {:.1} ms | {server} | {} | {lock} | {inside} | {generator} |",
                 row.multiple,
                 row.offered_per_s,
                 r.target,
@@ -189,6 +189,7 @@ pub fn sweep_table(capacity: f64, rows: &[SweepRow], run_s: f64) -> String {
                 },
                 per_s(r.failed),
                 per_s(r.refused),
+                r.window_refused_share() * 100.0,
                 r.timed_out + r.lost,
                 r.skipped,
                 ms(r.served.p50),
@@ -284,9 +285,9 @@ pub fn sweep_medians(capacity: f64, rows: &[SweepRow], run_s: f64) -> String {
     );
     let _ = writeln!(
         s,
-        "| offered | target | delivered/s | % of peak | NODE_UNAVAILABLE/s | RATE_LIMITED/s | timed out | unsent | served p99 ms | p99 ÷ lowest rate's | server CPU | CPU µs / delivered |"
+        "| offered | target | delivered/s | % of peak | NODE_UNAVAILABLE/s | RATE_LIMITED/s | refused in window ÷ served | timed out | unsent | served p99 ms | p99 ÷ lowest rate's | server CPU | CPU µs / delivered |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &m in &multiples {
         for &target in &targets {
             let runs = runs_of(m, target);
@@ -297,7 +298,8 @@ pub fn sweep_medians(capacity: f64, rows: &[SweepRow], run_s: f64) -> String {
             let got = delivered(&runs);
             let p99 = p99s(&runs);
             let dispatcher = target == "dispatcher";
-            let share = median(&got).filter(|_| dispatcher && peak > 0.0).map_or("—".to_owned(), |d| format!("{:.0} %", d / peak * 100.0));
+            let share =
+                median(&got).filter(|_| dispatcher && peak > 0.0).map_or("—".to_owned(), |d| format!("{:.0} %", d / peak * 100.0));
             let ratio = match (median(&p99), base_p99) {
                 (Some(p), Some(b)) if dispatcher && b > 0.0 => format!("{:.2}", p / b),
                 _ => "—".to_owned(),
@@ -306,11 +308,12 @@ pub fn sweep_medians(capacity: f64, rows: &[SweepRow], run_s: f64) -> String {
             let us: Vec<f64> = runs.iter().filter_map(|r| per_utterance_us(r)).collect();
             let _ = writeln!(
                 s,
-                "| {m:.1}× ({:.0}/s) | {target} | {} | {share} | {} | {} | {} | {} | {} | {ratio} | {} | {} |",
+                "| {m:.1}× ({:.0}/s) | {target} | {} | {share} | {} | {} | {} | {} | {} | {} | {ratio} | {} | {} |",
                 m * capacity,
                 spread(&got, |v| format!("{v:.0}")),
                 spread(&of(&|r| r.failed as f64 / run_s), |v| format!("{v:.0}")),
                 spread(&of(&|r| r.refused as f64 / run_s), |v| format!("{v:.0}")),
+                spread(&of(&|r| r.window_refused_share() * 100.0), |v| format!("{v:.1} %")),
                 spread(&of(&|r| (r.timed_out + r.lost) as f64), |v| format!("{v:.0}")),
                 spread(&of(&|r| r.skipped as f64), |v| format!("{v:.0}")),
                 spread(&p99, |v| format!("{v:.1}")),
@@ -348,7 +351,11 @@ mod tests {
 
     #[test]
     fn the_medians_table_takes_goodput_against_the_best_median_not_the_luckiest_run() {
-        let row = |m: f64, answered: u64, p99: u64| SweepRow { multiple: m, offered_per_s: m * 100.0, runs: vec![run("dispatcher", answered, p99), run("bare relay", 50, 900)] };
+        let row = |m: f64, answered: u64, p99: u64| SweepRow {
+            multiple: m,
+            offered_per_s: m * 100.0,
+            runs: vec![run("dispatcher", answered, p99), run("bare relay", 50, 900)],
+        };
         // 1×: 90, 100, 200 (one lucky run); 2×: 95, 96, 97. The peak is
         // 1×'s median, 100, not the lucky 200.
         // Run high rate first (`--multiples 2,1`): p99 is still taken
@@ -356,7 +363,9 @@ mod tests {
         let rows = vec![row(2.0, 95, 30), row(1.0, 90, 10), row(2.0, 96, 40), row(1.0, 100, 20), row(2.0, 97, 50), row(1.0, 200, 20)];
         let t = sweep_medians(100.0, &rows, 1.0);
         assert!(t.contains("medians of 3 runs per rate"), "{t}");
-        let line = |m: &str, target: &str| t.lines().find(|l| l.starts_with(&format!("| {m}")) && l.contains(target)).unwrap_or_default().to_owned();
+        let line = |m: &str, target: &str| {
+            t.lines().find(|l| l.starts_with(&format!("| {m}")) && l.contains(target)).unwrap_or_default().to_owned()
+        };
         let one = line("1.0×", "dispatcher");
         assert!(one.contains("| 100 (90–200) | 100 % |"), "{one}");
         assert!(one.contains("| 20.0 (10.0–20.0) | 1.00 |"), "{one}");
@@ -365,5 +374,19 @@ mod tests {
         assert!(two.contains("| 40.0 (30.0–50.0) | 2.00 |"), "{two}");
         let relay = line("2.0×", "bare relay");
         assert!(relay.contains("| 50 | — |"), "the relay has no share of the dispatcher's peak: {relay}");
+    }
+
+    #[test]
+    fn both_tables_give_the_refusals_in_the_window_as_a_share_of_what_it_served() {
+        // 1,000 refused over the whole run (the start's burst among them),
+        // 25 of them in the window, which served 1,000.
+        let r = LoadReport { refused: 1_000, window_refused: 25, ..run("dispatcher", 1_000, 10) };
+        let rows = vec![SweepRow { multiple: 2.0, offered_per_s: 200.0, runs: vec![r] }];
+        let one = sweep_table(100.0, &rows, 10.0);
+        assert!(one.contains("| 100 | 2.5 % |"), "whole run: 100 refused/s; in the window 2.5 % of served: {one}");
+        let medians = sweep_medians(100.0, &rows, 10.0);
+        assert!(medians.contains("| 100 | 2.5 % |"), "{medians}");
+        let none = LoadReport::default();
+        assert_eq!(none.window_refused_share(), 0.0, "nothing served: no share, not a division by zero");
     }
 }

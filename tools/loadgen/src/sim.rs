@@ -160,6 +160,9 @@ pub struct LoadReport {
     /// The measured window and what completed in it.
     pub window: Duration,
     pub window_answered: u64,
+    /// Utterances refused (`RATE_LIMITED`) in the window: past capacity,
+    /// what the refusals cost once the start's burst is over.
+    pub window_refused: u64,
     /// Bytes of the utterance frames and result frames completed in the window.
     pub window_bytes: u64,
     /// Latency of the results completed in the window.
@@ -207,6 +210,11 @@ pub struct TimelineStep {
 impl LoadReport {
     pub fn utterances_per_s(&self) -> f64 {
         self.window_answered as f64 / self.window.as_secs_f64().max(1e-9)
+    }
+
+    /// Refusals in the measured window per utterance served in it.
+    pub fn window_refused_share(&self) -> f64 {
+        self.window_refused as f64 / self.window_answered.max(1) as f64
     }
 
     /// Frame bytes (utterances out + results back) per second, in MB (10^6).
@@ -373,6 +381,7 @@ struct SessionStats {
     unexpected: u64,
     first_unexpected: Option<String>,
     window_answered: u64,
+    window_refused: u64,
     window_bytes: u64,
     timed_out: u64,
     out: Vec<u64>,
@@ -460,6 +469,9 @@ impl SimSession {
                 } else if let Some(index) = frames::u64_field(text, key::REFUSED_INDEX) {
                     self.stats.refused += 1;
                     self.stats.refused_at.push(self.step_of(t3));
+                    if self.in_window(t3) {
+                        self.stats.window_refused += 1;
+                    }
                     self.pending.retain(|p| p.index != index);
                     if frames::str_field(text, key::CODE) == Some("RATE_LIMITED") {
                         // The SDK's answer to being over its share (it would also
@@ -502,7 +514,7 @@ impl SimSession {
         let waited = t3.saturating_sub(p.t0);
         let step = self.step_of(t3);
         self.stats.results_at.push((step, waited));
-        let in_window = t3 >= self.shared.ns_at(self.plan.measure_from) && t3 <= self.shared.ns_at(self.plan.measure_until);
+        let in_window = self.in_window(t3);
         if in_window && waited > self.plan.timeout.as_nanos() as u64 {
             self.stats.timed_out += 1;
         } else if in_window {
@@ -521,6 +533,11 @@ impl SimSession {
             }
         }
         true
+    }
+
+    /// Whether `t` (this process's clock, ns) is in the measured window.
+    fn in_window(&self, t: u64) -> bool {
+        t >= self.shared.ns_at(self.plan.measure_from) && t <= self.shared.ns_at(self.plan.measure_until)
     }
 
     /// The timeline step of `t` (this process's clock, ns).
@@ -921,6 +938,7 @@ pub async fn run_with(target: Target, cfg: &LoadConfig, pids: Vec<Pid>) -> Resul
         report.untimed += s.untimed;
         report.unexpected += s.unexpected;
         report.window_answered += s.window_answered;
+        report.window_refused += s.window_refused;
         report.timed_out += s.timed_out;
         served.extend(s.served);
         report.window_bytes += s.window_bytes;
